@@ -1,0 +1,89 @@
+"""Every error the library raises on purpose.
+
+    ScorerError                      root: the CLI prints "TypeName: message"
+    ├── ConfigError                  a TOML key or option value is wrong (exit 2)
+    ├── PreflightError               the job as a whole cannot be right (exit 2)
+    │   ├── NoInputFilesError        INPUT matched no Parquet file
+    │   ├── MissingColumnError       a model column is in no input file
+    │   └── OutputConflictError      OUTPUT inside INPUT, or holds another model's scores
+    ├── ModelError                   a model directory is unusable
+    │   └── ChecksumError            model.onnx does not match its card's sha256
+    ├── TrainingDataError            labelled data unfit for training or calibration
+    ├── LockError                    another run holds OUTPUT's lock
+    ├── ClusterError                 Ray could not be started or joined
+    ├── ShardError                   one shard failed (the run goes on)
+    │   └── ShardReadError           its input could not be read or has a wrong schema
+    └── StorageError                 a filesystem URI could not be opened
+"""
+
+
+class ScorerError(Exception):
+    """Root of every error this library raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(ScorerError):
+    """A config key or option value is invalid; the message names the key and file."""
+
+    exit_code = 2
+
+
+class PreflightError(ScorerError):
+    """The job as a whole cannot produce a right result; nothing was written."""
+
+    exit_code = 2
+
+
+class NoInputFilesError(PreflightError):
+    """INPUT matched no Parquet file."""
+
+
+class MissingColumnError(PreflightError):
+    """A column the model needs is absent from every input file."""
+
+
+class OutputConflictError(PreflightError):
+    """OUTPUT overlaps INPUT or holds scores of another model."""
+
+
+class ModelError(ScorerError):
+    """A model directory is missing, malformed or inconsistent."""
+
+    exit_code = 2
+
+
+class ChecksumError(ModelError):
+    """model.onnx does not match the sha256 recorded in its card."""
+
+
+class TrainingDataError(ScorerError):
+    """Labelled data cannot be used for training or calibration."""
+
+    exit_code = 2
+
+
+class LockError(ScorerError):
+    """Another live run holds the OUTPUT lock."""
+
+    exit_code = 2
+
+
+class ClusterError(ScorerError):
+    """Ray could not be started or joined."""
+
+    exit_code = 2
+
+
+class StorageError(ScorerError):
+    """A filesystem URI could not be opened or written."""
+
+    exit_code = 2
+
+
+class ShardError(ScorerError):
+    """One shard failed; the run records it and goes on."""
+
+
+class ShardReadError(ShardError):
+    """A shard's input file could not be read or lacks a model column."""
