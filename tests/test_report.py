@@ -1,0 +1,292 @@
+"""`scorer report` over a fake OUTPUT tree laid out exactly as SPEC §5 says.
+
+`make_output_tree` writes scores, shard stats, run stats and the calibration table of two runs
+(the latest labelled, with drift over three days; an older one unlabelled), so the report's
+numbers can be recomputed here from the same data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from scorer import metrics
+from scorer.cli import cli
+from scorer.metrics import CalibrationState
+from scorer.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
+
+RUN = "20261128T010203Z-a1b2c3"
+OLD_RUN = "20261127T010203Z-d4e5f6"
+DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
+DRIFT = (1.0, 0.6, 0.3)  # the conversion rate falls each day: calibrated scores grow too high
+SHARDS_PER_DAY = 2
+SHARD_ROWS = 500
+ACTORS = ("actor-0", "actor-1")
+MODEL = "intent-1.0.0"
+T0 = dt.datetime(2026, 11, 28, 1, 2, 3)
+
+
+@dataclass(frozen=True)
+class FakeOutput:
+    """A fake OUTPUT and the truth it was made from."""
+
+    root: Path
+    scores: pa.Table  # the latest run's rows, with dt and the label `converted` beside them
+    shards: pa.Table  # the latest run's shard stats
+
+
+def _dict(value: str, n: int) -> pa.DictionaryArray:
+    return pa.array([value] * n).dictionary_encode()
+
+
+def _scores(rng, run_id: str, first_id: int, n: int, drift: float) -> tuple[pa.Table, np.ndarray]:
+    raw = rng.beta(1.2, 5.0, n).astype(np.float32)
+    calibrated = np.clip(raw * 1.1, 0, 1).astype(np.float32)
+    labels = rng.random(n) < raw * drift
+    invalid = rng.random(n) < 0.05
+    status = np.where(invalid, "missing:page_value", "ok")
+    table = pa.table({
+        "session_id": pa.array(np.arange(first_id, first_id + n), pa.int64()),
+        "intent_raw": pa.array(raw, mask=invalid),
+        "intent_calibrated": pa.array(calibrated, mask=invalid),
+        "status": pa.array(status).dictionary_encode(),
+        "model_version": _dict(MODEL, n),
+        "run_id": _dict(run_id, n),
+    })
+    return table, labels
+
+
+def _shard_stat(
+    run_id, shard_id, path, rows, actor, attempt, status, start, *,
+    error=None, seconds=(0.2, 0.3, 0.9, 0.1),
+):
+    total = sum(seconds) + 0.05
+    return {
+        "run_id": run_id, "shard_id": shard_id, "input_path": path, "row_group_start": 0,
+        "row_group_end": 1, "rows": rows, "rows_ok": rows, "rows_invalid": 0,
+        "read_seconds": seconds[0], "encode_seconds": seconds[1], "infer_seconds": seconds[2],
+        "write_seconds": seconds[3], "total_seconds": total, "actor_id": actor, "node_id": "node-a",
+        "pid": 4242, "attempt": attempt, "started_at": start,
+        "ended_at": start + dt.timedelta(seconds=total), "status": status, "error": error,
+    }
+
+
+def _run_stat(run_id, start, rows, wall, committed, skipped, failed) -> dict:
+    return {
+        "run_id": run_id, "started_at": start, "ended_at": start + dt.timedelta(seconds=wall),
+        "wall_seconds": wall, "setup_seconds": 1.5, "rows": rows, "rows_per_second": rows / wall,
+        "shards_committed": committed, "shards_skipped": skipped, "shards_failed": failed,
+        "actors": len(ACTORS), "cpus": 2, "nodes": 1, "batch_rows": 256, "shard_rows": SHARD_ROWS,
+        "model_version": MODEL, "model_sha256": "0" * 64, "scorer_version": "0.1.0",
+        "ray_version": "2.60.0", "onnxruntime_version": "1.31.0", "pyarrow_version": pa.__version__,
+    }
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
+    """Write a fake OUTPUT under root (SPEC §5 layout) and return what it holds."""
+    rng = np.random.default_rng(seed)
+    scored, shard_stats, states = [], [], {}
+    shard_id = 0
+    for day, drift in zip(DAYS, DRIFT):
+        for k in range(SHARDS_PER_DAY):
+            table, labels = _scores(rng, RUN, shard_id * SHARD_ROWS, SHARD_ROWS, drift)
+            path = f"dt={day}/sessions-{k}.parquet"
+            _write(table, root / "scores" / f"dt={day}" / f"sessions-{k}-0000.parquet")
+            # Each shard ships a state; the driver merges them per partition.
+            state = CalibrationState.from_arrays(
+                labels, table["intent_raw"], table["intent_calibrated"]
+            )
+            states[day] = states[day].merge(state) if day in states else state
+            scored.append(table.append_column("dt", pa.array([day] * SHARD_ROWS))
+                          .append_column("converted", pa.array(labels)))
+            start = T0 + dt.timedelta(seconds=2 + shard_id)
+            actor = ACTORS[shard_id % 2]
+            if shard_id == 3:  # a failed first attempt, retried on the other actor
+                shard_stats.append(_shard_stat(
+                    RUN, shard_id, path, 0, "actor-1", 1, "failed", start,
+                    error="ActorDiedError: killed", seconds=(0.2, 0.1, 0.0, 0.0),
+                ))
+                actor = "actor-0"
+            attempt = 2 if shard_id == 3 else 1
+            shard_stats.append(
+                _shard_stat(RUN, shard_id, path, SHARD_ROWS, actor, attempt, "committed", start)
+            )
+            shard_id += 1
+
+    # One file committed by the older run and skipped by the latest: its rows carry OLD_RUN.
+    old, _ = _scores(rng, OLD_RUN, 10**6, 300, 1.0)
+    _write(old, root / "scores" / f"dt={DAYS[0]}" / "archive-0-0000.parquet")
+    old_path = f"dt={DAYS[0]}/archive-0.parquet"
+    old_start = T0 - dt.timedelta(days=1)
+    shard_stats.append(_shard_stat(RUN, shard_id, old_path, 300, None, 0, "skipped", T0))
+    old_shard = _shard_stat(OLD_RUN, 0, old_path, 300, "actor-0", 1, "committed", old_start)
+    _write(pa.Table.from_pylist([old_shard]),
+           root / "stats" / "shards" / f"run_id={OLD_RUN}" / "part-0.parquet")
+    _write(pa.Table.from_pylist([_run_stat(OLD_RUN, old_start, 300, 4.0, 1, 0, 0)]),
+           root / "stats" / "runs" / f"run_id={OLD_RUN}" / "part-0.parquet")
+
+    shards = pa.Table.from_pylist(shard_stats)
+    rows = len(DAYS) * SHARDS_PER_DAY * SHARD_ROWS
+    _write(shards, root / "stats" / "shards" / f"run_id={RUN}" / "part-0.parquet")
+    _write(pa.Table.from_pylist([_run_stat(RUN, T0, rows, 9.5, shard_id, 1, 0)]),
+           root / "stats" / "runs" / f"run_id={RUN}" / "part-0.parquet")
+    _write(metrics.calibration_table(RUN, states),
+           root / "calibration" / f"run_id={RUN}" / "part-0.parquet")
+    return FakeOutput(root, pa.concat_tables(scored), shards)
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory) -> FakeOutput:
+    return make_output_tree(tmp_path_factory.mktemp("output"))
+
+
+@pytest.fixture(scope="module")
+def built(fake, tmp_path_factory):
+    return build_report(fake.root, out_dir=tmp_path_factory.mktemp("report"))
+
+
+def _valid(table: pa.Table) -> pa.Table:
+    return table.filter(pc.is_valid(table["intent_raw"]))
+
+
+# --------------------------------------------------------------------------------------------
+# numbers
+# --------------------------------------------------------------------------------------------
+
+
+def test_default_run_is_the_latest(built):
+    assert built.run_id == RUN
+    assert built.run["rows"] == len(DAYS) * SHARDS_PER_DAY * SHARD_ROWS
+
+
+@pytest.mark.parametrize("scope", ["overall", *DAYS])
+def test_calibration_equals_a_recomputation_from_the_scores(built, fake, scope):
+    if scope == "overall":
+        rows, row = _valid(fake.scores), built.overall
+    else:
+        rows = _valid(fake.scores.filter(pc.equal(fake.scores["dt"], scope)))
+        row = next(r for r in built.partitions if r["dt"] == scope)
+    labels = rows["converted"].to_numpy()
+    assert row["rows"] == rows.num_rows and row["positives"] == int(labels.sum())
+    assert row["rows_null_score"] == sum(
+        pc.sum(pc.is_null(fake.scores.filter(pc.equal(fake.scores["dt"], d))["intent_raw"])).as_py()
+        for d in (DAYS if scope == "overall" else [scope])
+    )
+    for score in ("raw", "calibrated"):
+        exact = metrics.summary(labels, rows[f"intent_{score}"].to_numpy())
+        assert row[f"mean_{score}"] == pytest.approx(exact["mean_score"], rel=1e-9)
+        for name in ("brier", "log_loss", "ece_width"):
+            assert row[f"{name}_{score}"] == pytest.approx(exact[name], rel=1e-9)
+        # Histogram approximations (metrics.CalibrationState.approximation_bounds):
+        assert row[f"roc_auc_{score}"] == pytest.approx(exact["roc_auc"], abs=1e-3)
+        assert row[f"ece_mass_{score}"] == pytest.approx(exact["ece_mass"], abs=5e-3)
+        bins = metrics.reliability_bins(labels, rows[f"intent_{score}"].to_numpy())
+        assert row[f"bin_count_{score}"] == bins.count.tolist()
+
+
+def test_drift_shows_in_the_per_day_rows(built):
+    gaps = [r["mean_calibrated"] - r["observed_rate"] for r in built.partitions]
+    assert gaps == sorted(gaps) and gaps[-1] > 0.05
+    assert [r["dt"] for r in built.partitions] == list(DAYS)
+
+
+def test_throughput_equals_a_recomputation_from_the_shard_stats(built, fake):
+    attempts = fake.shards.filter(pc.not_equal(fake.shards["status"], "skipped"))
+    for stage in STAGES:
+        assert built.stages[stage] == pytest.approx(pc.sum(attempts[f"{stage}_seconds"]).as_py())
+    for actor in built.actors:
+        mine = attempts.filter(pc.equal(attempts["actor_id"], actor["actor_id"]))
+        committed = mine.filter(pc.equal(mine["status"], "committed"))
+        assert actor["rows"] == pc.sum(committed["rows"]).as_py()
+        assert actor["shards"] == committed.num_rows
+        assert actor["busy_seconds"] == pytest.approx(pc.sum(mine["total_seconds"]).as_py())
+        assert actor["rows_per_second"] == pytest.approx(actor["rows"] / actor["busy_seconds"])
+    assert sum(a["rows"] for a in built.actors) == built.run["rows"]
+    assert [(f["shard_id"], f["attempt"]) for f in built.failed] == [(3, 1)]
+
+
+def test_score_histogram_counts_only_the_runs_rows(built, fake):
+    for score in ("raw", "calibrated"):
+        values = _valid(fake.scores)[f"intent_{score}"].to_numpy().astype(np.float64)
+        bins = np.minimum(np.floor(values * HISTOGRAM_BINS), HISTOGRAM_BINS - 1).astype(int)
+        expected = np.bincount(bins, minlength=HISTOGRAM_BINS)
+        np.testing.assert_array_equal(built.histogram[score], expected)
+
+
+def test_an_unlabelled_run_reports_throughput_without_calibration(fake, tmp_path):
+    report = build_report(fake.root, OLD_RUN, tmp_path)
+    assert report.calibration == [] and report.overall is None
+    assert sorted(p.name for p in report.plots) == ["score_histogram.png", "throughput.png"]
+    assert report.histogram["raw"].sum() > 0
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+
+
+def test_plots_are_sensible_pngs(built):
+    names = sorted(p.name for p in built.plots)
+    assert names == [
+        "calibration_by_day.png", "reliability.png", "score_histogram.png", "throughput.png"
+    ]
+    for path in built.plots:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert 600 <= width <= 2000 and 400 <= height <= 1500, (path.name, width, height)
+
+
+def test_plots_default_to_the_runs_report_folder(fake):
+    report = build_report(fake.root)
+    assert {p.parent for p in report.plots} == {fake.root / "reports" / RUN}
+
+
+# --------------------------------------------------------------------------------------------
+# errors and the command
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_run_is_an_error_naming_the_runs(fake):
+    with pytest.raises(ReportError, match=f"--run nope.*{OLD_RUN}, {RUN}"):
+        read_report(fake.root, "nope")
+
+
+def test_an_output_without_runs_is_an_error(tmp_path):
+    with pytest.raises(ReportError, match="no run statistics"):
+        read_report(tmp_path)
+
+
+def test_command_prints_tables_with_four_decimal_ece(fake, tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(fake.root), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    overall = read_report(fake.root).overall
+    assert f"{overall['ece_width_calibrated']:.4f}" in result.output
+    for text in (RUN, "Calibration per dt", *DAYS, "Time per stage", "Per actor", "ActorDiedError"):
+        assert text in result.output
+    assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def test_command_exits_2_with_a_message_for_an_unknown_run(fake):
+    result = CliRunner().invoke(cli, ["report", str(fake.root), "--run", "nope"])
+    assert result.exit_code == 2
+    assert "ReportError: --run nope: no such run" in result.output
+
+
+def test_command_has_help():
+    result = CliRunner().invoke(cli, ["report", "--help"])
+    assert result.exit_code == 0
+    assert "--run RUN_ID" in result.output and "reliability" in result.output
