@@ -1,0 +1,237 @@
+"""The scoring actor: owns one onnxruntime session and streams shards batch by batch.
+
+All per-batch work is `IntentModel.score_batch` (pure, testable without Ray). What the actor
+adds is state (the session, created once) and overlap: while batch *i* is scored, batch *i+1*
+is decoded and batch *i-1* is written, each stage on its own thread (pyarrow and onnxruntime
+release the GIL, so they really run at once). Being async also lets object-storage latency of
+one stage hide behind the others. Memory is bounded by a few batches, not by the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from scorer.commit import OutputLayout
+from scorer.errors import ShardReadError
+from scorer.metrics import CalibrationState
+from scorer.plan import Shard
+from scorer.stats import utc_now
+from scorer.storage import Location
+
+
+@dataclass(frozen=True)
+class ActorSettings:
+    """Shipped once when an actor starts."""
+
+    model_files: dict[str, bytes]  # model.onnx and model.json: nodes need not share a disk
+    threads: int
+    batch_rows: int
+    key_column: str
+    keep: tuple[str, ...]
+    label_column: str | None
+    run_id: str
+    input_location: Location  # pickles as a secret-free URI; credentials come from the env
+    layout: OutputLayout
+    compression: str = "zstd"
+
+
+@dataclass
+class ShardOutcome:
+    """What an actor returns for a written shard; the driver commits it."""
+
+    shard_id: str
+    rows: int = 0
+    rows_ok: int = 0
+    rows_invalid: int = 0
+    rows_unseen_category: int = 0
+    output_bytes: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    calibration: CalibrationState | None = None
+    actor_id: str = ""
+    node_id: str = ""
+    node_ip: str = ""
+    pid: int = 0
+    started_at: object = None
+    ended_at: object = None
+
+
+class ScoringActor:
+    """Holds the model session; `score_shard` streams one shard into the output layout."""
+
+    def __init__(self, settings: ActorSettings) -> None:
+        from scorer.model import load_model
+
+        self.settings = settings
+        model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))
+        for name, payload in settings.model_files.items():
+            (model_dir / name).write_bytes(payload)
+        self.model = load_model(model_dir, threads=settings.threads)
+        # One thread per stage: batches stay in order within a stage, stages overlap.
+        self.reader = ThreadPoolExecutor(1, thread_name_prefix="read")
+        self.scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="write")
+        self.identity = _identity()
+
+    async def ready(self) -> dict:
+        """Who and where this actor is (answers once the session is loaded)."""
+        return self.identity
+
+    async def score_shard(self, shard: Shard, attempt: int, has_label: bool) -> ShardOutcome:
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        started, clock = utc_now(), time.perf_counter()
+        seconds = {"read": 0.0, "encode": 0.0, "infer": 0.0, "write": 0.0}
+        outcome = ShardOutcome(shard_id=shard.shard_id, **self.identity)
+        parquet, columns = await loop.run_in_executor(self.reader, self._open, shard, has_label)
+        batches = _read_batches(parquet, shard, columns, settings.batch_rows)
+        calibration = CalibrationState() if has_label else None
+
+        def read_next():
+            t = time.perf_counter()
+            batch = next(batches, None)
+            seconds["read"] += time.perf_counter() - t
+            return batch
+
+        sink = _ShardSink(settings.layout, shard, settings.run_id, settings.compression)
+        try:
+            pending_read = loop.run_in_executor(self.reader, read_next)
+            pending_write = None
+            while (batch := await pending_read) is not None:
+                pending_read = loop.run_in_executor(self.reader, read_next)
+                scored = await loop.run_in_executor(self.scorer, self._score, shard, batch, seconds)
+                outcome.rows += scored.table.num_rows
+                outcome.rows_invalid += scored.rows_invalid
+                outcome.rows_unseen_category += scored.rows_unseen
+                if calibration is not None:
+                    labels = batch.column(settings.label_column)
+                    calibration = calibration.merge(
+                        CalibrationState.from_arrays(labels, scored.raw, scored.calibrated)
+                    )
+                if pending_write is not None:
+                    await pending_write
+                pending_write = loop.run_in_executor(self.writer, sink.write, scored.table, seconds)
+            if pending_write is not None:
+                await pending_write
+            if not sink.opened:  # a shard of empty row groups still gets its (empty) file
+                empty = self._score(shard, _empty_batch(parquet, columns), seconds)
+                await loop.run_in_executor(self.writer, sink.write, empty.table, seconds)
+            outcome.output_bytes = await loop.run_in_executor(self.writer, sink.close)
+        except BaseException:
+            await loop.run_in_executor(self.writer, sink.abort)
+            raise
+        outcome.rows_ok = outcome.rows - outcome.rows_invalid
+        outcome.calibration = calibration
+        outcome.seconds = dict(seconds, total=time.perf_counter() - clock)
+        outcome.started_at, outcome.ended_at = started, utc_now()
+        return outcome
+
+    # -- stages (run on the executor threads) ----------------------------------------------
+
+    def _open(self, shard: Shard, has_label: bool) -> tuple[pq.ParquetFile, list[str]]:
+        settings = self.settings
+        try:
+            parquet = pq.ParquetFile(
+                settings.input_location.filesystem.open_input_file(shard.input_path),
+                read_dictionary=self.model.categorical_string_columns,
+            )
+        except Exception as exc:
+            raise ShardReadError(f"{shard.input_path}: cannot open: {exc}") from exc
+        wanted = [*self.model.required_columns, settings.key_column, *settings.keep]
+        if has_label and settings.label_column:
+            wanted.append(settings.label_column)
+        columns = list(dict.fromkeys(wanted))
+        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        if missing:
+            raise ShardReadError(f"{shard.input_path}: missing column(s) {', '.join(missing)}")
+        return parquet, columns
+
+    def _score(self, shard: Shard, batch: pa.RecordBatch, seconds: dict):
+        settings = self.settings
+        try:
+            scored = self.model.score_batch(
+                batch, key_column=settings.key_column, keep=settings.keep, run_id=settings.run_id
+            )
+        except ShardReadError as exc:
+            raise ShardReadError(f"{shard.input_path}: {exc}") from exc
+        seconds["encode"] += scored.encode_seconds
+        seconds["infer"] += scored.infer_seconds
+        return scored
+
+
+def _read_batches(parquet: pq.ParquetFile, shard: Shard, columns: list[str], batch_rows: int):
+    try:
+        yield from parquet.iter_batches(
+            batch_size=batch_rows, row_groups=shard.row_groups, columns=columns, use_threads=False
+        )
+    except Exception as exc:
+        raise ShardReadError(
+            f"{shard.input_path}: unreadable data in row groups {shard.rg_start}-{shard.rg_stop}: {exc}"
+        ) from exc
+
+
+def _empty_batch(parquet: pq.ParquetFile, columns: list[str]) -> pa.Table:
+    # Read zero rows through the same reader so types (dictionary strings) match a real batch.
+    return parquet.schema_arrow.empty_table().select(columns)
+
+
+class _ShardSink:
+    """A Parquet writer on the layout's whole-or-nothing sink, opened with the first batch."""
+
+    def __init__(self, layout: OutputLayout, shard: Shard, run_id: str, compression: str) -> None:
+        self.context = layout.open_shard_sink(shard, run_id)
+        self.compression = compression
+        self.stream = None
+        self.writer = None
+
+    @property
+    def opened(self) -> bool:
+        return self.writer is not None
+
+    def write(self, table: pa.Table, seconds: dict) -> None:
+        started = time.perf_counter()
+        if self.writer is None:
+            self.stream = self.context.__enter__()
+            self.writer = pq.ParquetWriter(
+                self.stream, table.schema, compression=self.compression, write_statistics=True
+            )
+        self.writer.write_table(table)
+        seconds["write"] += time.perf_counter() - started
+
+    def close(self) -> int:
+        self.writer.close()
+        size = self.stream.tell()
+        self.context.__exit__(None, None, None)  # locally: the temp file; on S3: the one upload
+        return size
+
+    def abort(self) -> None:
+        if self.writer is None:
+            return
+        abandoned = RuntimeError("shard abandoned")
+        try:
+            self.writer.close()
+        finally:
+            try:
+                self.context.__exit__(RuntimeError, abandoned, None)
+            except RuntimeError:
+                pass
+
+
+def _identity() -> dict:
+    import ray
+
+    context = ray.get_runtime_context()
+    return {
+        "actor_id": context.get_actor_id() or "",
+        "node_id": context.get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "pid": os.getpid(),
+    }

@@ -1,0 +1,207 @@
+"""Typed job configuration loaded from TOML; command-line flags override the file.
+
+A config file mirrors the `scorer score` flags::
+
+    input = "data/sessions"          # top level: the job
+    output = "scored"
+    shard_rows = 1_000_000
+    keep = ["visitor_type"]
+    since = 2026-11-01               # TOML dates or "YYYY-MM-DD" strings
+
+    [partition]                      # --partition KEY=VALUE
+    dt = "2026-11-27"
+
+    [ray]                            # where and how wide
+    address = "127.0.0.2:6379"
+    actors = 16
+    cpus_per_actor = 1.0
+    memory_per_actor_mb = 1024
+
+    [storage]                        # object storage defaults for s3:// URIs
+    endpoint_override = "127.0.0.1:9000"
+    region = "us-east-1"
+    scheme = "http"
+
+An unknown key or a value of the wrong type is a `ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from scorer.errors import ConfigError
+
+DEFAULT_BATCH_ROWS = 131_072
+DEFAULT_SHARD_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where the job runs and how much each actor asks of the cluster."""
+
+    address: str | None = None
+    actors: int | None = None
+    cpus_per_actor: float = 1.0
+    memory_per_actor_mb: int | None = None
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Object-storage defaults for URIs that do not carry them (credentials come from AWS_* env)."""
+
+    endpoint_override: str | None = None
+    region: str | None = None
+    scheme: str | None = None
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything `scorer score` needs; built from defaults, then a TOML file, then flags."""
+
+    input: str | None = None
+    output: str | None = None
+    model: str | None = None
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    partition: dict[str, str] = field(default_factory=dict)
+    since: dt.date | None = None
+    until: dt.date | None = None
+    overwrite: bool = False
+    max_attempts: int = 3
+    max_failed_shards: int | None = None
+    keep: tuple[str, ...] = ()
+    key_column: str | None = None
+    label_column: str | None = None
+    threads_per_actor: int = 1
+    ray: RayOptions = field(default_factory=RayOptions)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "batch_rows", "shard_rows", "max_attempts", "threads_per_actor")
+        if self.max_failed_shards is not None and self.max_failed_shards < 1:
+            raise ConfigError("max_failed_shards: must be at least 1")
+        if self.ray.actors is not None and self.ray.actors < 1:
+            raise ConfigError("ray.actors: must be at least 1")
+        if self.ray.cpus_per_actor <= 0:
+            raise ConfigError("ray.cpus_per_actor: must be positive")
+        if self.since and self.until and self.since > self.until:
+            raise ConfigError(f"since ({self.since}) is after until ({self.until})")
+
+    def with_overrides(self, **overrides: Any) -> JobConfig:
+        """A copy with the given non-None values; `ray__actors=4` reaches into a section."""
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            if value is None or value == () or value == {}:
+                continue
+            if "__" in key:
+                section, name = key.split("__", 1)
+                sections.setdefault(section, {})[name] = value
+            else:
+                top[key] = value
+        for section, values in sections.items():
+            top[section] = dataclasses.replace(getattr(self, section), **values)
+        return dataclasses.replace(self, **top)
+
+
+def _check_positive(config: JobConfig, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
+
+
+def load_config(path: str | Path | None) -> JobConfig:
+    """Read a TOML job config; `None` gives the defaults."""
+    if path is None:
+        return JobConfig()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return _build(JobConfig, raw, prefix="")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown key '{name}' (known: {', '.join(sorted(known))})")
+        values[key] = _coerce(hints[key], value, name)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, name: str) -> Any:
+    """Check a TOML value against a field's type hint, converting where TOML has no exact type."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{name}' must be a table [{name}]")
+        return _build(hint, value, prefix=f"{name}.")
+    args = [a for a in get_args(hint) if a is not type(None)]
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        hint = args[0]  # Optional[X]: TOML has no null, so a present value must be an X
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"'{name}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"'{name}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"'{name}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"'{name}' must be a string, got {value!r}")
+        return value
+    if hint is dt.date:
+        return parse_date(value, name)
+    if get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"'{name}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    if get_origin(hint) is dict:
+        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
+            raise ConfigError(f"'{name}' must be a table of strings, got {value!r}")
+        return {k: str(v) for k, v in value.items()}
+    raise ConfigError(f"'{name}': unsupported type {hint!r}")  # a bug in JobConfig, not user input
+
+
+def parse_date(value: Any, name: str) -> dt.date:
+    """A TOML date or an ISO `YYYY-MM-DD` string."""
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"'{name}' must be a date YYYY-MM-DD, got {value!r}")
+
+
+def parse_partitions(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`("dt=2026-11-27", "region=3")` → `{"dt": "2026-11-27", "region": "3"}`."""
+    parsed: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"partition: expected KEY=VALUE, got {pair!r}")
+        parsed[key] = value
+    return parsed

@@ -1,0 +1,105 @@
+"""Throughput statistics: one row per shard attempt and one row per run (SPEC §5).
+
+Both are written as Parquet under OUTPUT/stats/{shards,runs}/run_id=<RUN_ID>/ so that DuckDB,
+Polars or pandas read every run at once with hive partitioning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_TS = pa.timestamp("us", tz="UTC")
+
+SHARD_STATS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("shard_id", pa.string()),
+        ("input_path", pa.string()),
+        ("row_group_start", pa.int32()),
+        ("row_group_stop", pa.int32()),
+        ("output_path", pa.string()),
+        ("rows", pa.int64()),
+        ("rows_ok", pa.int64()),
+        ("rows_invalid", pa.int64()),
+        ("rows_unseen_category", pa.int64()),
+        ("input_bytes", pa.int64()),
+        ("output_bytes", pa.int64()),
+        ("read_seconds", pa.float64()),
+        ("encode_seconds", pa.float64()),
+        ("infer_seconds", pa.float64()),
+        ("write_seconds", pa.float64()),
+        ("total_seconds", pa.float64()),
+        ("actor_id", pa.string()),
+        ("node_id", pa.string()),
+        ("node_ip", pa.string()),
+        ("pid", pa.int64()),
+        ("attempt", pa.int32()),
+        ("started_at", _TS),
+        ("ended_at", _TS),
+        ("status", pa.string()),
+        ("error", pa.string()),
+    ]
+)
+"""`status`: committed, skipped (committed by an earlier run), failed, interrupted."""
+
+RUN_STATS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("status", pa.string()),
+        ("started_at", _TS),
+        ("ended_at", _TS),
+        ("wall_seconds", pa.float64()),
+        ("setup_seconds", pa.float64()),
+        ("work_seconds", pa.float64()),
+        ("rows", pa.int64()),
+        ("rows_per_second", pa.float64()),
+        ("work_rows_per_second", pa.float64()),
+        ("rows_skipped", pa.int64()),
+        ("shards_committed", pa.int64()),
+        ("shards_skipped", pa.int64()),
+        ("shards_failed", pa.int64()),
+        ("attempts_failed", pa.int64()),
+        ("actors", pa.int64()),
+        ("cpus", pa.float64()),
+        ("nodes", pa.int64()),
+        ("batch_rows", pa.int64()),
+        ("shard_rows", pa.int64()),
+        ("input", pa.string()),
+        ("output", pa.string()),
+        ("model_name", pa.string()),
+        ("model_version", pa.string()),
+        ("model_sha256", pa.string()),
+        ("scorer_version", pa.string()),
+        ("ray_version", pa.string()),
+        ("onnxruntime_version", pa.string()),
+        ("pyarrow_version", pa.string()),
+    ]
+)
+"""`rows_per_second` is over the wall time; `work_rows_per_second` over the work window (first
+shard dispatched to last shard finished), the figure that compares with the I/O floor."""
+
+STAGES = ("read", "encode", "infer", "write")
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def stats_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows as dicts → a table of exactly `schema` (missing keys become nulls)."""
+    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema)
+
+
+def write_table(filesystem, path: str, table: pa.Table) -> int:
+    """Write a small table as one Parquet file in one put (whole or absent on object storage)."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    payload = buffer.getvalue()
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(payload)
+    return len(payload)
