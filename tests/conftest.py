@@ -1,0 +1,35 @@
+"""Shared fixtures: one real local Ray for the whole test session, and small generated histories.
+
+Every test that scores in-process joins the same Ray (``scorer.score`` reuses a connected Ray
+and leaves it running), so the suite pays Ray's start-up once.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from scorer.generate import generate
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A private local Ray with 2 CPUs, started once through the scorer's own cluster module."""
+    from scorer.cluster import ray_session
+
+    with ray_session(num_cpus=2) as info:
+        yield info
+
+
+@pytest.fixture(scope="session")
+def history(tmp_path_factory):
+    """A labelled, hive-partitioned history: 24,000 sessions, 4 files over 2 days, 2 row groups each."""
+    root = tmp_path_factory.mktemp("history")
+    generate(root, sessions=24_000, files=4, days=2, seed=7, row_group_rows=3_000)
+    return root
+
+
+def make_history(path, **options):
+    """A fresh generated history for tests that modify their input."""
+    defaults = dict(sessions=12_000, files=2, days=2, seed=11, row_group_rows=2_000)
+    generate(path, **(defaults | options))
+    return path
