@@ -6,13 +6,17 @@ one-line message and its exit code (the traceback only with `--verbose`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+import warnings
+from pathlib import Path
 
 import click
 
 from scorer import __version__
 from scorer.errors import ScorerError
+from scorer.generate import DEFAULT_CONVERSION_RATE, DEFAULT_END_DATE, generate
 
 
 def handle_errors(command):
@@ -44,6 +48,435 @@ def cli(verbose: bool) -> None:
 
 
 # Commands are added below, one function each, calling one library function.
+
+
+@cli.command("score")
+@click.argument("input", required=False)
+@click.argument("output", required=False)
+@click.option("--model", "model", metavar="DIR", help="Model directory. Default: the bundled intent-v1.")
+@click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="TOML job config (see configs/); flags override its keys.")
+@click.option("--actors", type=click.IntRange(min=1), help="Scoring actors. Default: CPUs of the cluster.")
+@click.option("--batch-rows", type=click.IntRange(min=1), help="Rows per scored batch (default 131072).")
+@click.option("--shard-rows", type=click.IntRange(min=1),
+              help="Target rows per shard; files split on row-group boundaries (default 1000000).")
+@click.option("--address", metavar="ADDR",
+              help="Join this Ray cluster (also RAY_ADDRESS). Default: a private local Ray.")
+@click.option("--partition", "partitions", multiple=True, metavar="KEY=VALUE",
+              help="Only this hive partition (repeatable; values of one key are alternatives).")
+@click.option("--since", metavar="DATE", help="Only dt partitions on or after DATE (YYYY-MM-DD).")
+@click.option("--until", metavar="DATE", help="Only dt partitions on or before DATE (YYYY-MM-DD).")
+@click.option("--overwrite", is_flag=True, default=None,
+              help="Rescore everything, replacing shards atomically. Default: resume.")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per shard (default 3).")
+@click.option("--max-failed-shards", type=click.IntRange(min=1),
+              help="Stop dispatching after this many shards have failed.")
+@click.option("--keep", multiple=True, metavar="COLUMN", help="Copy this input column to the scores (repeatable).")
+@click.option("--key-column", metavar="COLUMN", help="Row key column. Default: the model card's (session_id).")
+@click.option("--label-column", metavar="COLUMN",
+              help="Label column for calibration metrics. Default: the model card's (converted).")
+@click.option("--dry-run", is_flag=True, help="Print the plan (shards, rows, bytes, what a resume skips); write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@handle_errors
+def score_command(input, output, model, config_file, actors, batch_rows, shard_rows, address,
+                  partitions, since, until, overwrite, max_attempts, max_failed_shards, keep,
+                  key_column, label_column, dry_run, as_json) -> None:
+    """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
+
+    Plans shards from the Parquet footers, starts a private local Ray (or joins --address),
+    scores every row with raw and calibrated intent on async actors, and commits each shard
+    atomically. Rerunning the same command resumes: committed shards are skipped.
+
+    Exit codes: 0 all shards committed or skipped, 1 some shards failed, 2 usage, config or
+    preflight error, 130 interrupted.
+    """
+    import json
+    import signal
+
+    from scorer.config import load_config, parse_date
+    from scorer.driver import score
+    from scorer.progress import LogProgress, RichProgress
+
+    config = load_config(config_file).with_overrides(
+        model=model,
+        batch_rows=batch_rows,
+        shard_rows=shard_rows,
+        partition=_partitions(partitions),
+        since=parse_date(since, "--since") if since else None,
+        until=parse_date(until, "--until") if until else None,
+        overwrite=overwrite,
+        max_attempts=max_attempts,
+        max_failed_shards=max_failed_shards,
+        keep=tuple(keep),
+        key_column=key_column,
+        label_column=label_column,
+        ray__actors=actors,
+        ray__address=address,
+    )
+    interactive = sys.stderr.isatty() and not as_json
+    progress = RichProgress() if interactive else LogProgress()
+    # SIGTERM (a scheduler stopping the job) gets the same clean abandon as Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    summary = score(input, output, config=config, progress=progress, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict(), default=str, indent=2))
+    elif dry_run:
+        click.echo(summary.plan_text)
+    else:
+        click.echo(_describe_run(summary), err=not as_json)
+    sys.exit(summary.exit_code)
+
+
+def _partitions(pairs: tuple[str, ...]) -> dict[str, str]:
+    from scorer.config import parse_partitions
+
+    return parse_partitions(pairs)
+
+
+def _describe_run(summary) -> str:
+    lines = [
+        f"run {summary.run_id}: {summary.status}",
+        f"  rows scored {summary.rows:,} in {summary.shards_committed:,} shard(s); skipped "
+        f"{summary.shards_skipped:,} committed shard(s) ({summary.rows_skipped:,} rows); "
+        f"failed {summary.shards_failed:,}",
+    ]
+    if summary.rows:
+        lines.append(
+            f"  {summary.wall_seconds:.1f} s wall ({summary.setup_seconds:.1f} s setup), "
+            f"{summary.work_rows_per_second:,.0f} rows/s in the work window on {summary.actors} "
+            f"actor(s), {summary.nodes} node(s)"
+        )
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in summary.stage_seconds.items())
+        lines.append(f"  time per stage (all actors): {stages}")
+        if len(summary.rows_per_node) > 1:
+            per_node = summary.work_seconds or 1.0
+            lines += [f"  node {node}: {rows / per_node:,.0f} rows/s" for node, rows in summary.rows_per_node.items()]
+    for failure in summary.failures:
+        lines.append(f"  FAILED {failure['shard_id']}: {failure['error']}")
+    return "\n".join(lines)
+
+
+@cli.command("generate")
+@click.argument("output")
+@click.option(
+    "--sessions", type=click.IntRange(min=1), required=True, help="Sessions (rows) in all."
+)
+@click.option(
+    "--files",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Parquet files in all, spread evenly over the days (at least one a day).",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Consecutive days, one dt=YYYY-MM-DD partition each, ending at --end-date.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Random seed: the same options give byte-identical files, on any number of CPUs.",
+)
+@click.option(
+    "--conversion-rate",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=DEFAULT_CONVERSION_RATE,
+    show_default=True,
+    help="Mean ground-truth conversion probability over the generated sessions.",
+)
+@click.option(
+    "--end-date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=DEFAULT_END_DATE.isoformat(),
+    show_default=True,
+    help="The last day. Fixed by default, so that a seed means the same data on any day.",
+)
+@handle_errors
+def generate_command(output, sessions, files, days, seed, conversion_rate, end_date) -> None:
+    """Write synthetic labelled session history to OUTPUT, hive-partitioned by dt.
+
+    OUTPUT is a new or empty directory, or a URI such as
+    s3://bucket/history?endpoint_override=host:9000&scheme=http. Sessions are drawn from the
+    bundled real sessions of the same calendar month, jittered, in the session schema; the label
+    `converted` is drawn from a known ground-truth probability (see
+    scorer.generate.ground_truth_probability), so that the calibration of any model can be
+    measured on them.
+    """
+    summary = generate(
+        output,
+        sessions=sessions,
+        files=files,
+        days=days,
+        seed=seed,
+        conversion_rate=conversion_rate,
+        end_date=end_date.date(),
+    )
+    click.echo(
+        f"generated {summary.rows:,} sessions in {summary.files} files over {summary.days} days"
+        f" ({summary.first_day}..{summary.last_day}) in {summary.output}:"
+        f" {summary.positive_rate:.2%} converted (ground truth {summary.conversion_rate:.2%}),"
+        f" {summary.seconds:.1f} s"
+    )
+
+
+@cli.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--run",
+    "run_id",
+    metavar="RUN_ID",
+    help="Run to report on. Default: the latest in OUTPUT/stats/runs by start time.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the PNG plots. Default: OUTPUT/reports/<RUN_ID>/.",
+)
+@handle_errors
+def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
+    """Calibration and throughput report of one run in a scored OUTPUT.
+
+    Prints the run summary, calibration of raw and calibrated scores overall and per dt (ROC AUC,
+    Brier, log loss, ECE over 15 equal-width and 15 equal-mass bins), time per stage and per
+    actor, and failed shards. Writes PNG plots: reliability diagram with bin counts, score
+    histogram, calibration per day, and throughput per stage and actor. Calibration needs a run
+    whose input carried the label column. Reads OUTPUT's Parquet with DuckDB only.
+
+    \b
+    Example:
+      scorer report scored/
+      scorer report scored/ --run 20261128T010203Z-1a2b3c --out /tmp/report
+    """
+    # Imported here: matplotlib and DuckDB cost a second of start-up the other commands don't need.
+    from rich.console import Console
+
+    from scorer.report import build_report, render
+
+    console = Console()
+    for renderable in render(build_report(output, run_id, out_dir)):
+        console.print(renderable)
+
+
+# -- model commands: train, calibrate, inspect ------------------------------------------------
+
+_METHODS = ("isotonic", "platt", "temperature", "none")
+_FIGURES = (
+    ("ROC AUC", "roc_auc"),
+    ("Brier", "brier"),
+    ("log loss", "log_loss"),
+    ("ECE width", "ece_width"),
+    ("ECE mass", "ece_mass"),
+    ("mean score", "mean_score"),
+)
+
+
+@cli.command("train")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model directory to write (model.onnx and model.json); created if needed.",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(_METHODS),
+    default="isotonic",
+    show_default=True,
+    help="Calibration stage fitted on the held-out calibration split.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the stratified train/calibration/test split.",
+)
+@click.option("--name", help="Model name in the card. Default: the --out folder's name.")
+@click.option(
+    "--model-version", default="1.0.0", show_default=True, help="Model version in the card."
+)
+@handle_errors
+def train_command(data, out_dir, calibration, seed, name, model_version) -> None:
+    """Train the intent model on labelled sessions in DATA and write a model directory.
+
+    DATA is a Parquet file or a folder of them (hive partitions allowed) in the session schema
+    with the label column `converted`; the bundled real sessions are
+    scorer/data/sessions.parquet. A seeded stratified split gives train (60%), calibration
+    (20%) and test (20%) rows: a class-weighted logistic regression is fitted on the first, the
+    calibrator on the second, and the holdout metrics of the card come from the third.
+
+    \b
+    Example:
+      scorer train scorer/data/sessions.parquet --out models/intent-v1 --calibration isotonic
+    """
+    from scorer.train import train
+
+    with _shown_warnings():
+        card = train(
+            data,
+            out_dir,
+            calibration=calibration,
+            seed=seed,
+            name=name or out_dir.resolve().name,
+            version=model_version,
+        )
+    click.echo(f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}")
+    click.echo(_holdout_table(card))
+
+
+@cli.command("calibrate")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Model directory to recalibrate. Default: the bundled model.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Model directory to write (may be --model itself, replaced atomically).",
+)
+@click.option(
+    "--method",
+    type=click.Choice(_METHODS),
+    help="Calibration method. Default: the model's current one.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the stratified calibration/test halves of DATA.",
+)
+@handle_errors
+def calibrate_command(data, model_dir, out_dir, method, seed) -> None:
+    """Refit only the calibration stage of a model on newer labelled sessions in DATA.
+
+    Base rates drift; the ranking model need not be retrained for that. Half of DATA
+    (stratified, seeded) fits the calibrator, the other half gives the new holdout metrics. The
+    logistic model is copied unchanged, so intent_raw stays bit-identical; the version gets a
+    +cal.N suffix and the card's history records the change.
+
+    \b
+    Example:
+      scorer calibrate history/dt=2026-11-27 --model models/intent-v1 --out models/intent-v1-nov
+    """
+    from scorer.train import recalibrate
+
+    with _shown_warnings():
+        card = recalibrate(data, model_dir, out_dir, method=method, seed=seed)
+    click.echo(f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}")
+    click.echo(_holdout_table(card))
+
+
+@cli.command("inspect")
+@click.argument(
+    "model_dir", metavar="MODEL", required=False,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the card and the check as JSON.")
+@handle_errors
+def inspect_command(model_dir: Path | None, as_json: bool) -> None:
+    """Show a model's card and check model.onnx against its sha256 (exit 2 on a mismatch).
+
+    MODEL is a model directory; default: the bundled model. Shows inputs with kind, valid range
+    and vocabulary, outputs, calibration, training data, holdout metrics raw vs calibrated, and
+    the history of the directory.
+    """
+    import json
+
+    from scorer.card import load_card, verify_checksum
+    from scorer.errors import ChecksumError
+    from scorer.model import default_model_dir
+
+    model_dir = model_dir or default_model_dir()
+    card = load_card(model_dir)
+    try:
+        verify_checksum(model_dir, card)
+        problem = None
+    except ChecksumError as exc:
+        problem = str(exc)
+    if as_json:
+        check = {"checksum": "ok" if problem is None else "mismatch", "error": problem}
+        click.echo(json.dumps({"model_dir": str(model_dir), **card.to_json(), **check}, indent=2))
+    else:
+        click.echo(_card_text(model_dir, card, problem))
+    if problem is not None:
+        if not as_json:
+            click.echo(f"ChecksumError: {problem}", err=True)
+        click.get_current_context().exit(ChecksumError.exit_code)
+
+
+@contextlib.contextmanager
+def _shown_warnings():
+    """Print library warnings (e.g. isotonic fitted on few rows) as one line each on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        click.echo(f"Warning: {warning.message}", err=True)
+
+
+def _holdout_table(card) -> str:
+    holdout = card.holdout
+    lines = [
+        f"holdout: {holdout.rows:,} rows, {holdout.positives:,} converted ({holdout.evaluated_on})",
+        f"  {'':<12}{'raw':>10}{'calibrated':>12}",
+    ]
+    for label, key in _FIGURES:
+        lines.append(f"  {label:<12}{holdout.raw[key]:>10.4f}{holdout.calibrated[key]:>12.4f}")
+    return "\n".join(lines)
+
+
+def _card_text(model_dir: Path, card, problem: str | None) -> str:
+    def valid_range(spec) -> str:
+        if spec.min is not None and spec.max is not None:
+            return f"[{spec.min:g}, {spec.max:g}]"
+        if spec.min is not None:
+            return f">= {spec.min:g}"
+        return f"<= {spec.max:g}" if spec.max is not None else ""
+
+    cal, training = card.calibration, card.training
+    lines = [
+        f"{card.name} {card.version}  (created {card.created})",
+        f"directory   {model_dir}",
+        f"sha256      {card.sha256}  " + ("checksum ok" if problem is None else "CHECKSUM MISMATCH"),
+        f"key column  {card.key_column}    label column  {card.label_column}",
+        "",
+        "inputs (in status precedence order)",
+        f"  {'name':<18}{'dtype':<8}{'kind':<13}{'valid':<10}vocabulary",
+    ]
+    for spec in card.inputs:
+        vocabulary = ""
+        if spec.vocabulary is not None:
+            vocabulary = f"{len(spec.vocabulary)}: " + " ".join(str(v) for v in spec.vocabulary)
+        lines.append(f"  {spec.name:<18}{spec.dtype:<8}{spec.kind:<13}{valid_range(spec):<10}{vocabulary}")
+    lines += ["", "outputs"]
+    lines += [f"  {out.name:<18}{out.dtype:<8}{out.description}" for out in card.outputs]
+    knots = f", {cal.knots} knots" if cal.method == "isotonic" else ""
+    splits = " / ".join(f"{name} {rows:,}" for name, rows in training.splits.items())
+    lines += [
+        "",
+        f"calibration {cal.method}{knots}, fitted on {cal.fitted_rows:,} rows "
+        f"({cal.fitted_positives:,} converted): {cal.fitted_on}",
+        f"training    {training.rows:,} rows ({training.positives:,} converted) of {training.data}",
+        f"            seed {training.seed}, splits {splits}, class weight {training.class_weight}",
+        f"            {training.estimator}",
+        "",
+        _holdout_table(card),
+        "",
+        "history",
+    ]
+    lines += [f"  {entry.version:<16}{entry.created:<27}{entry.change}" for entry in card.history]
+    return "\n".join(lines)
 
 
 def main() -> None:

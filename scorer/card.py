@@ -1,0 +1,298 @@
+"""The model card: `model.json` beside `model.onnx` (SPEC §4).
+
+The card is the scorer's only description of a model: which columns it reads (in status-precedence
+order), their valid ranges and vocabularies, the calibration, the training data, the holdout
+metrics, and the fitted parameters from which `calibrate` rebuilds the graph. It is plain JSON,
+so a model directory can be reviewed in a pull request and loaded without pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scorer.errors import ChecksumError, ModelError
+
+CARD_FILE = "model.json"
+GRAPH_FILE = "model.onnx"
+
+DTYPES = ("int", "float", "string", "bool")
+KINDS = ("numeric", "categorical", "boolean")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input column: its type, how the graph consumes it, and which values are valid."""
+
+    name: str
+    dtype: str  # "int" | "float" | "string" | "bool"
+    kind: str  # "numeric" | "categorical" | "boolean"
+    min: float | None = None  # inclusive; None = unbounded
+    max: float | None = None
+    vocabulary: tuple[str, ...] | tuple[int, ...] | None = None  # categoricals only
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One graph output."""
+
+    name: str
+    dtype: str
+    description: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The calibration stage: method, what it was fitted on, and its parameters (for rebuilds)."""
+
+    method: str
+    fitted_rows: int
+    fitted_positives: int
+    knots: int
+    fitted_on: str
+    params: dict[str, Any]  # CalibratorParams.to_json()
+
+
+@dataclass(frozen=True)
+class Training:
+    """What the linear model was fitted on and how."""
+
+    data: str
+    rows: int
+    positives: int
+    seed: int
+    splits: dict[str, int]  # split name -> rows
+    class_weight: str
+    estimator: str
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Metrics on rows neither the model nor the calibrator saw; `raw`/`calibrated` per metric."""
+
+    evaluated_on: str
+    rows: int
+    positives: int
+    raw: dict[str, float]
+    calibrated: dict[str, float]
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One change to the model directory, newest last."""
+
+    version: str
+    created: str
+    change: str
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything `model.json` says about a model."""
+
+    name: str
+    version: str
+    sha256: str
+    created: str
+    inputs: tuple[InputSpec, ...]  # order = status precedence
+    outputs: tuple[OutputSpec, ...]
+    key_column: str
+    label_column: str
+    calibration: Calibration
+    training: Training
+    holdout: Holdout
+    linear: dict[str, Any]  # LinearParams.to_json()
+    history: tuple[HistoryEntry, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.inputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "created": self.created,
+            "inputs": [_input_to_json(spec) for spec in self.inputs],
+            "outputs": [vars(out) for out in self.outputs],
+            "key_column": self.key_column,
+            "label_column": self.label_column,
+            "calibration": vars(self.calibration),
+            "training": vars(self.training),
+            "metrics": {"holdout": vars(self.holdout)},
+            "linear": self.linear,
+            "history": [vars(entry) for entry in self.history],
+        }
+
+
+def load_card(model_dir: str | Path) -> ModelCard:
+    """Read `model_dir/model.json`; a missing or malformed key is a `ModelError` naming it."""
+    path = Path(model_dir) / CARD_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: no model card (is {model_dir} a model directory?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable model card: {exc}") from exc
+    return _card_from_json(_Reader(doc, path, ""))
+
+
+def save_card(card: ModelCard, model_dir: str | Path) -> Path:
+    """Write `model_dir/model.json` atomically (a reader never sees half a card)."""
+    path = Path(model_dir) / CARD_FILE
+    text = json.dumps(card.to_json(), indent=2, ensure_ascii=False) + "\n"
+    write_atomic(path, text.encode("utf-8"))
+    return path
+
+
+def verify_checksum(model_dir: str | Path, card: ModelCard) -> bytes:
+    """Refuse a `model.onnx` whose sha256 differs from the card's; return the verified bytes.
+
+    Loading from the returned bytes (not the path again) means the graph that runs is the one
+    that was checked, even if the file is replaced in between.
+    """
+    path = Path(model_dir) / GRAPH_FILE
+    try:
+        graph = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model graph: {exc}") from exc
+    actual = hashlib.sha256(graph).hexdigest()
+    if actual != card.sha256:
+        raise ChecksumError(
+            f"{path}: sha256 {actual} does not match {card.sha256} in {Path(model_dir) / CARD_FILE}"
+        )
+    return graph
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write through a temporary sibling and rename, so the file is old or new, never partial."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _input_to_json(spec: InputSpec) -> dict[str, Any]:
+    doc = {
+        "name": spec.name, "dtype": spec.dtype, "kind": spec.kind, "min": spec.min, "max": spec.max
+    }
+    if spec.kind == "categorical":
+        doc["vocabulary"] = list(spec.vocabulary or ())
+    return doc
+
+
+class _Reader:
+    """A JSON object plus where it sits in the card, so every error names the file and key."""
+
+    def __init__(self, doc: Any, path: Path, prefix: str) -> None:
+        if not isinstance(doc, dict):
+            raise ModelError(f"{path}: {prefix.rstrip('.') or 'the card'} must be a JSON object")
+        self.doc, self.path, self.prefix = doc, path, prefix
+
+    def get(self, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+        if key not in self.doc:
+            if optional:
+                return None
+            raise ModelError(f"{self.path}: missing key {self.prefix}{key!r}")
+        value = self.doc[key]
+        if value is None and optional:
+            return value
+        if isinstance(value, kind) and not _is_bool_for_number(value, kind):
+            return value
+        raise ModelError(
+            f"{self.path}: key {self.prefix}{key!r} has a wrong type ({type(value).__name__})"
+        )
+
+    def child(self, key: str) -> _Reader:
+        return _Reader(self.get(key, dict), self.path, f"{self.prefix}{key}.")
+
+    def items(self, key: str) -> list[_Reader]:
+        return [
+            _Reader(item, self.path, f"{self.prefix}{key}[{i}].")
+            for i, item in enumerate(self.get(key, list))
+        ]
+
+
+def _is_bool_for_number(value: Any, kind: type | tuple[type, ...]) -> bool:
+    # JSON true/false must not pass as a count or a bound (bool is an int subclass in Python).
+    return isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+
+
+def _input_from_json(r: _Reader) -> InputSpec:
+    number = (int, float)
+    dtype, kind = r.get("dtype", str), r.get("kind", str)
+    if dtype not in DTYPES:
+        raise ModelError(f"{r.path}: key {r.prefix}'dtype' must be one of {DTYPES}, not {dtype!r}")
+    if kind not in KINDS:
+        raise ModelError(f"{r.path}: key {r.prefix}'kind' must be one of {KINDS}, not {kind!r}")
+    vocabulary = None
+    if kind == "categorical":
+        vocabulary = tuple(r.get("vocabulary", list))
+        wanted = str if dtype == "string" else int
+        if not all(isinstance(v, wanted) and not isinstance(v, bool) for v in vocabulary):
+            raise ModelError(f"{r.path}: key {r.prefix}'vocabulary' must hold {dtype} values")
+    return InputSpec(
+        name=r.get("name", str),
+        dtype=dtype,
+        kind=kind,
+        min=r.get("min", number, optional=True),
+        max=r.get("max", number, optional=True),
+        vocabulary=vocabulary,
+    )
+
+
+def _card_from_json(r: _Reader) -> ModelCard:
+    cal, train = r.child("calibration"), r.child("training")
+    holdout = r.child("metrics").child("holdout")
+    return ModelCard(
+        name=r.get("name", str),
+        version=r.get("version", str),
+        sha256=r.get("sha256", str),
+        created=r.get("created", str),
+        inputs=tuple(_input_from_json(item) for item in r.items("inputs")),
+        outputs=tuple(
+            OutputSpec(o.get("name", str), o.get("dtype", str), o.get("description", str))
+            for o in r.items("outputs")
+        ),
+        key_column=r.get("key_column", str),
+        label_column=r.get("label_column", str),
+        calibration=Calibration(
+            method=cal.get("method", str),
+            fitted_rows=cal.get("fitted_rows", int),
+            fitted_positives=cal.get("fitted_positives", int),
+            knots=cal.get("knots", int),
+            fitted_on=cal.get("fitted_on", str),
+            params=cal.get("params", dict),
+        ),
+        training=Training(
+            data=train.get("data", str),
+            rows=train.get("rows", int),
+            positives=train.get("positives", int),
+            seed=train.get("seed", int),
+            splits=train.get("splits", dict),
+            class_weight=train.get("class_weight", str),
+            estimator=train.get("estimator", str),
+        ),
+        holdout=Holdout(
+            evaluated_on=holdout.get("evaluated_on", str),
+            rows=holdout.get("rows", int),
+            positives=holdout.get("positives", int),
+            raw=holdout.get("raw", dict),
+            calibrated=holdout.get("calibrated", dict),
+        ),
+        linear=r.get("linear", dict),
+        history=tuple(
+            HistoryEntry(h.get("version", str), h.get("created", str), h.get("change", str))
+            for h in r.items("history")
+        ),
+    )

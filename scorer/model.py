@@ -1,0 +1,225 @@
+"""The intent model at run time: its card plus one onnxruntime session, and `.score(table)`.
+
+`IntentModel.score` is the exact code the Ray actors run on every batch: encode (validate, build
+the feed), infer, assemble the scores table of SPEC §5. The per-batch Python work is a handful
+of calls whatever the batch size; constant columns are dictionary arrays over one shared buffer
+of zero indices, so assembling the output copies nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pyarrow as pa
+
+from scorer.card import CARD_FILE, ModelCard, load_card, verify_checksum
+from scorer.encode import FEED_DTYPES, encode, feed_shapes
+from scorer.errors import ConfigError, ModelError, ShardReadError
+from scorer.onnx_graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
+
+BUNDLED_MODEL = "intent-v1"
+_OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
+_DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
+_NO_STRINGS = pa.array([], pa.string())
+_SCORE_FIELDS = (
+    pa.field(RAW_OUTPUT, pa.float32()),
+    pa.field(CALIBRATED_OUTPUT, pa.float32()),
+    pa.field("status", _DICTIONARY_STRING, nullable=False),
+    pa.field("model_version", _DICTIONARY_STRING, nullable=False),
+    pa.field("run_id", _DICTIONARY_STRING),
+)
+RESERVED_COLUMNS = frozenset(field.name for field in _SCORE_FIELDS)
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """One scored batch: the output table plus what the actor adds to its stats and calibration."""
+
+    table: pa.Table
+    raw: pa.Array  # float32, null for invalid rows
+    calibrated: pa.Array
+    status: pa.DictionaryArray
+    invalid_counts: dict[str, int]  # status code -> rows, only codes that occur
+    unseen: dict[str, int]  # categorical column -> ok rows with an unseen value
+    rows_unseen: int  # ok rows with at least one unseen value
+    encode_seconds: float
+    infer_seconds: float
+
+    @property
+    def rows_invalid(self) -> int:
+        return sum(self.invalid_counts.values())
+
+
+class IntentModel:
+    """A loaded, checksum-verified model. Score from one thread at a time: batches share the
+    model's feed buffers (an actor scores its batches one after another anyway)."""
+
+    def __init__(self, model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession):
+        self.model_dir = model_dir
+        self.card = card
+        self.session = session
+        self._version = pa.array([card.version], pa.string())
+        self._buffers: dict[str, np.ndarray] = {}  # flat, grown to the largest batch seen
+
+    @property
+    def required_columns(self) -> tuple[str, ...]:
+        """The input columns the model reads, in status-precedence order."""
+        return self.card.input_names
+
+    @property
+    def categorical_string_columns(self) -> list[str]:
+        """String categoricals: read them with `read_dictionary` and encoding looks up the
+        dictionary only (a few values) instead of hashing every row's string."""
+        return [s.name for s in self.card.inputs if s.kind == "categorical" and s.dtype == "string"]
+
+    def output_metadata(self, run_id: str | None = None) -> dict[bytes, bytes]:
+        """Parquet key-value metadata naming the model and the run (SPEC §5)."""
+        metadata = {
+            b"scorer.model.name": self.card.name.encode(),
+            b"scorer.model.version": self.card.version.encode(),
+            b"scorer.model.sha256": self.card.sha256.encode(),
+        }
+        if run_id is not None:
+            metadata[b"scorer.run_id"] = run_id.encode()
+        return metadata
+
+    def output_schema(
+        self, key: pa.Field | None = None, keep: Sequence[pa.Field] = (), run_id: str | None = None
+    ) -> pa.Schema:
+        """Schema of `score`'s output for a key and kept columns of the given types."""
+        fields = ([key] if key is not None else []) + list(keep) + list(_SCORE_FIELDS)
+        return pa.schema(fields, metadata=self.output_metadata(run_id))
+
+    def score(
+        self,
+        data: pa.Table | pa.RecordBatch,
+        *,
+        key_column: str | None = None,
+        keep: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> pa.Table:
+        """Score every row of `data`: SPEC §5 columns, input order, nulls for invalid rows."""
+        return self.score_batch(data, key_column=key_column, keep=keep, run_id=run_id).table
+
+    def score_batch(
+        self,
+        data: pa.Table | pa.RecordBatch,
+        *,
+        key_column: str | None = None,
+        keep: Sequence[str] = (),
+        run_id: str | None = None,
+    ) -> ScoredBatch:
+        """`score`, plus the score arrays, validation counts and stage timings."""
+        passed = [key_column] if key_column is not None else []
+        passed += [name for name in keep if name != key_column]
+        clash = RESERVED_COLUMNS.intersection(passed)
+        if clash:
+            raise ConfigError(f"cannot keep column {sorted(clash)[0]!r}: the scores use that name")
+        for name in passed:
+            if name not in data.schema.names:
+                raise ShardReadError(f"column {name!r} is missing (asked to be kept)")
+
+        started = time.perf_counter()
+        encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
+        encoded_at = time.perf_counter()
+        rows = data.num_rows
+        if rows:
+            raw, calibrated = self.session.run(_OUTPUT_NAMES, encoded.feed)
+        else:
+            raw = calibrated = np.empty(0, np.float32)
+        inferred_at = time.perf_counter()
+
+        mask = encoded.invalid_mask
+        raw_array = pa.array(raw, pa.float32(), mask=mask)
+        calibrated_array = pa.array(calibrated, pa.float32(), mask=mask)
+        # One zero-index buffer serves both constant columns: no per-row copy of the strings.
+        zeros = pa.array(np.zeros(rows, np.int32))
+        if run_id is None:
+            run_ids = pa.DictionaryArray.from_arrays(pa.nulls(rows, pa.int32()), _NO_STRINGS)
+        else:
+            run_ids = pa.DictionaryArray.from_arrays(zeros, pa.array([run_id], pa.string()))
+        columns = [data.column(name) for name in passed] + [
+            raw_array,
+            calibrated_array,
+            encoded.status,
+            pa.DictionaryArray.from_arrays(zeros, self._version),
+            run_ids,
+        ]
+        schema = self.output_schema(None, [data.schema.field(name) for name in passed], run_id)
+        return ScoredBatch(
+            table=pa.Table.from_arrays(columns, schema=schema),
+            raw=raw_array,
+            calibrated=calibrated_array,
+            status=encoded.status,
+            invalid_counts=encoded.invalid_counts,
+            unseen=encoded.unseen,
+            rows_unseen=encoded.rows_unseen,
+            encode_seconds=encoded_at - started,
+            infer_seconds=inferred_at - encoded_at,
+        )
+
+    def _feed_buffers(self, rows: int) -> dict[str, np.ndarray]:
+        """Contiguous [k, rows] views of the reused flat buffers (onnxruntime reads in place)."""
+        views = {}
+        for kind, shape in feed_shapes(self.card.inputs, rows).items():
+            size = shape[0] * shape[1]
+            if kind not in self._buffers or self._buffers[kind].size < size:
+                self._buffers[kind] = np.empty(size, FEED_DTYPES[kind])
+            views[kind] = self._buffers[kind][:size].reshape(shape)
+        return views
+
+
+def load_model(model_dir: str | Path | None = None, threads: int = 1) -> IntentModel:
+    """Load a model directory (default: the bundled model); its checksum is verified every time."""
+    model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
+    card = load_card(model_dir)
+    graph = verify_checksum(model_dir, card)
+    try:
+        session = onnxruntime.InferenceSession(
+            graph, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises its own, undocumented exception types
+        raise ModelError(f"{model_dir}: onnxruntime cannot load model.onnx: {exc}") from exc
+    _check_graph_matches_card(model_dir, card, session)
+    return IntentModel(model_dir, card, session)
+
+
+def default_model_dir() -> Path:
+    """The bundled model: `models/intent-v1` of a checkout, else the copy installed with the
+    package as `scorer.bundled_models` (pyproject maps the top-level `models/` there)."""
+    root = Path(__file__).resolve().parent.parent
+    checkout = root / "models" / BUNDLED_MODEL
+    if (root / "pyproject.toml").is_file() and (checkout / CARD_FILE).is_file():
+        return checkout
+    try:
+        installed = Path(str(resources.files("scorer.bundled_models") / BUNDLED_MODEL))
+    except ModuleNotFoundError:
+        installed = None
+    if installed is not None and (installed / CARD_FILE).is_file():
+        return installed
+    raise ModelError(
+        f"no bundled model: neither {checkout} nor an installed "
+        f"scorer.bundled_models/{BUNDLED_MODEL}"
+    )
+
+
+def _check_graph_matches_card(
+    model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession
+) -> None:
+    """A card and graph from different trainings would score garbage; refuse them at load."""
+    expected = {}
+    for spec in card.inputs:
+        expected[spec.kind] = expected.get(spec.kind, 0) + 1
+    found = {i.name: i.shape[0] for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if found != expected or not outputs.issuperset(_OUTPUT_NAMES):
+        raise ModelError(
+            f"{model_dir}: model.onnx takes {found} and gives {sorted(outputs)}, but the card "
+            f"describes inputs {expected} and outputs {list(_OUTPUT_NAMES)}"
+        )
