@@ -183,8 +183,8 @@ def _describe_run(summary) -> str:
     "--conversion-rate",
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
     default=DEFAULT_CONVERSION_RATE,
-    show_default=True,
-    help="Mean ground-truth conversion probability over the generated sessions.",
+    help="Mean ground-truth conversion probability over the generated sessions. Default: the "
+    "real store's own rate for each month (15.5% over the year, ~25% in November).",
 )
 @click.option(
     "--end-date",

@@ -213,7 +213,7 @@ def test_months_absent_from_the_real_data_borrow_a_neighbour(tmp_path):
     )
     table = read(tmp_path / "data")
     assert sorted(set(table["month"].to_pylist())) == ["Feb", "Jan"]
-    assert ground_truth_probability(table, shift=summary.shift).mean() == pytest.approx(0.155)
+    assert ground_truth_probability(table, shift=summary.shift).mean() == pytest.approx(summary.conversion_rate)
 
 
 def test_output_uri(tmp_path):
@@ -334,3 +334,10 @@ def test_cli_help():
     assert result.exit_code == 0
     for option in ("--sessions", "--files", "--days", "--seed", "--conversion-rate", "--end-date"):
         assert option in result.output
+
+
+def test_default_rate_keeps_the_real_stores_monthly_rates(tmp_path):
+    """No --conversion-rate: no shift, so November converts like the real November (~25%)."""
+    summary = generate(tmp_path / "data", sessions=20_000, files=1, days=1, seed=3)
+    assert summary.shift == 0.0
+    assert 0.2 < summary.conversion_rate < 0.3  # the real store's November rate
