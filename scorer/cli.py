@@ -356,8 +356,12 @@ def train_command(data, out_dir, calibration, seed, name, model_version) -> None
     show_default=True,
     help="Seed of the stratified calibration/test halves of DATA.",
 )
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Only dt partitions of DATA on or after this day.")
+@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Only dt partitions of DATA on or before this day.")
 @handle_errors
-def calibrate_command(data, model_dir, out_dir, method, seed) -> None:
+def calibrate_command(data, model_dir, out_dir, method, seed, since, until) -> None:
     """Refit only the calibration stage of a model on newer labelled sessions in DATA.
 
     Base rates drift; the ranking model need not be retrained for that. Half of DATA
@@ -368,11 +372,15 @@ def calibrate_command(data, model_dir, out_dir, method, seed) -> None:
     \b
     Example:
       scorer calibrate history/dt=2026-11-27 --model models/intent-v1 --out models/intent-v1-nov
+      scorer calibrate funnel/ --since 2026-11-20 --until 2026-11-22 --out models/funnel
     """
     from scorer.train import recalibrate
 
     with _shown_warnings():
-        card = recalibrate(data, model_dir, out_dir, method=method, seed=seed)
+        card = recalibrate(
+            data, model_dir, out_dir, method=method, seed=seed,
+            since=since.date() if since else None, until=until.date() if until else None,
+        )
     click.echo(f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}")
     click.echo(_holdout_table(card))
 

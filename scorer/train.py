@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
+import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,23 +135,41 @@ class FittedModel:
     splits: dict[str, np.ndarray]  # split name -> row indices into the fitted table
 
 
-def read_labelled(data: str | Path | pa.Table | None) -> tuple[pa.Table, str]:
+def read_labelled(
+    data: str | Path | pa.Table | None, *, since: dt.date | None = None, until: dt.date | None = None
+) -> tuple[pa.Table, str]:
     """Labelled sessions and a description of where they came from.
 
     `data` is a Parquet file, a directory of them (hive partitions allowed), an Arrow table, or
-    None for the bundled real sessions.
+    None for the bundled real sessions. `since`/`until` keep the `dt` partitions in that range
+    (inclusive), e.g. the last few days of a history for recalibration.
     """
     if isinstance(data, pa.Table):
         return data, "an in-memory table"
     path = bundled_sessions_path() if data is None else Path(data)
     described = str(path) if data is not None else BUNDLED_DESCRIPTION
     try:
-        table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        table = dataset.to_table(filter=_days_filter(dataset, path, since, until))
     except (OSError, pa.ArrowException) as exc:
         raise TrainingDataError(f"{path}: cannot read labelled sessions: {exc}") from exc
+    if since or until:
+        described += f" (dt {since or '...'} to {until or '...'})"
     if table.num_rows == 0:
-        raise TrainingDataError(f"{path}: no rows")
+        raise TrainingDataError(f"{described}: no rows")
     return table, described
+
+
+def _days_filter(dataset: ds.Dataset, path: Path, since: dt.date | None, until: dt.date | None):
+    if since is None and until is None:
+        return None
+    if "dt" not in dataset.schema.names:
+        raise TrainingDataError(f"{path}: --since/--until need a dt=YYYY-MM-DD partition folder")
+    # ISO dates order as strings, whatever type the partition was inferred as.
+    day = ds.field("dt").cast(pa.string())
+    bounds = [day >= since.isoformat()] if since else []
+    bounds += [day <= until.isoformat()] if until else []
+    return functools.reduce(operator.and_, bounds)
 
 
 def labels_of(
@@ -340,6 +360,8 @@ def recalibrate(
     *,
     method: str | None = None,
     seed: int = 0,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
 ) -> ModelCard:
     """Refit only the calibrator of `model_dir` on newer labelled sessions; write to `out_dir`.
 
@@ -348,7 +370,7 @@ def recalibrate(
     """
     old = load_model(model_dir).card
     method = method or old.calibration.method
-    table, source = read_labelled(data)
+    table, source = read_labelled(data, since=since, until=until)
     labels = labels_of(table, old.inputs, old.label_column, source)
     splits = split_rows(labels, seed, (("calibration", 0.5), ("test", 0.5)))
     linear = LinearParams.from_json(old.linear)
