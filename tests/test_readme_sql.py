@@ -21,7 +21,7 @@ import pytest
 from test_report import make_output_tree
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [p for p in (ROOT / "README.md", ROOT / "docs" / "querying.md") if p.exists()]
+DOCS = [ROOT / "README.md"]
 FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
