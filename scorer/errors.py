@@ -11,9 +11,11 @@
     ├── TrainingDataError            labelled data unfit for training or calibration
     ├── LockError                    another run holds OUTPUT's lock
     ├── ClusterError                 Ray could not be started or joined
-    ├── ShardError                   one shard failed (the run goes on)
-    │   └── ShardReadError           its input could not be read or has a wrong schema
-    └── StorageError                 a filesystem URI could not be opened
+    ├── StorageError                 a filesystem URI could not be opened
+    ├── ReportError                  OUTPUT holds no run, or not the one asked for
+    ├── Interrupted                  SIGINT/SIGTERM: in-flight shards abandoned (exit 130)
+    └── ShardError                   one shard failed (the run goes on)
+        └── ShardReadError           its input could not be read or has a wrong schema
 """
 
 
@@ -79,6 +81,18 @@ class StorageError(ScorerError):
     """A filesystem URI could not be opened or written."""
 
     exit_code = 2
+
+
+class ReportError(ScorerError):
+    """OUTPUT holds no run statistics, or not the run asked for."""
+
+    exit_code = 2
+
+
+class Interrupted(ScorerError):
+    """The run was interrupted; in-flight shards were abandoned cleanly, rerun to resume."""
+
+    exit_code = 130
 
 
 class ShardError(ScorerError):

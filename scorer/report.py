@@ -26,18 +26,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from scorer.errors import ScorerError
+from scorer.errors import ReportError
 
 STAGES = ("read", "encode", "infer", "write")
 HISTOGRAM_BINS = 50
 SCORES = ("raw", "calibrated")
 COLOURS = {"raw": "tab:orange", "calibrated": "tab:blue", "observed": "black"}
-
-
-class ReportError(ScorerError):
-    """OUTPUT holds no run stats, or not the run asked for."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
