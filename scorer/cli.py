@@ -62,6 +62,10 @@ def cli(verbose: bool) -> None:
               help="Target rows per shard; files split on row-group boundaries (default 1000000).")
 @click.option("--address", metavar="ADDR",
               help="Join this Ray cluster (also RAY_ADDRESS). Default: a private local Ray.")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True),
+              help="CPUs Ray reserves per actor (default 1); with --actors unset, actors = cluster CPUs / this.")
+@click.option("--memory-per-actor-mb", type=click.IntRange(min=1),
+              help="Memory Ray reserves per actor, in MB (default: none reserved).")
 @click.option("--partition", "partitions", multiple=True, metavar="KEY=VALUE",
               help="Only this hive partition (repeatable; values of one key are alternatives).")
 @click.option("--since", metavar="DATE", help="Only dt partitions on or after DATE (YYYY-MM-DD).")
@@ -79,7 +83,7 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
 def score_command(input, output, model, config_file, actors, batch_rows, shard_rows, address,
-                  partitions, since, until, overwrite, max_attempts, max_failed_shards, keep,
+                  cpus_per_actor, memory_per_actor_mb, partitions, since, until, overwrite, max_attempts, max_failed_shards, keep,
                   key_column, label_column, dry_run, as_json) -> None:
     """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
 
@@ -112,6 +116,8 @@ def score_command(input, output, model, config_file, actors, batch_rows, shard_r
         label_column=label_column,
         ray__actors=actors,
         ray__address=address,
+        ray__cpus_per_actor=cpus_per_actor,
+        ray__memory_per_actor_mb=memory_per_actor_mb,
     )
     interactive = sys.stderr.isatty() and not as_json
     progress = RichProgress() if interactive else LogProgress()
@@ -258,6 +264,61 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
     console = Console()
     for renderable in render(build_report(output, run_id, out_dir)):
         console.print(renderable)
+
+
+@cli.command("bench")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("bench"), show_default=True,
+              help="Folder for the data set, measurements.parquet and the PNG plots.")
+@click.option("--data", metavar="DIR", help="Benchmark on this session data set instead of generating one.")
+@click.option("--sessions", type=click.IntRange(min=1), default=4_000_000, show_default=True,
+              help="Rows to generate (reused from --out if already there).")
+@click.option("--files", type=click.IntRange(min=1),
+              help="Files to generate. Default: 4 per actor of the largest count, at least 8.")
+@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Repetitions of each contestant, alternated.")
+@click.option("--actors", metavar="N,N,...", help="Actor counts to measure. Default: 1, 2, ... CPUs.")
+@click.option("--batch-rows", type=click.IntRange(min=1), help="Rows per batch, for every contestant (default 131072).")
+@click.option("--address", metavar="ADDR", help="Run the scorer and Ray Data on this Ray cluster.")
+@handle_errors
+def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, address) -> None:
+    """Measure throughput against the I/O floor and Ray Data, and how it scales with actors.
+
+    In one run, alternating the contestants, REPS repetitions each of: the I/O floor (plain
+    processes reading the scorer's columns and writing its output columns with pyarrow, no
+    model), `scorer score` with each actor count (setup reported apart from the work window),
+    Ray Data read_parquet → map_batches(model.score) → write_parquet with fractional CPUs per
+    actor (needs pip install -e '.[bench]'; skipped otherwise), and the model alone in-process
+    (1M-row batch, and single-row latency p50/p99). Prints medians with ratios to the floor;
+    writes OUT/measurements.parquet, OUT/scaling.png and OUT/stages.png. The default takes a few
+    minutes on 2 cores.
+
+    \b
+    Example:
+      scorer bench --out /tmp/bench
+      scorer bench --sessions 8000000 --actors 1,2 --reps 5
+    """
+    from rich.console import Console
+
+    from scorer.bench import render, run_bench
+    from scorer.config import DEFAULT_BATCH_ROWS
+
+    try:
+        counts = [int(n) for n in actors.split(",")] if actors else None
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {actors!r}",
+                                 param_hint="--actors") from None
+    result = run_bench(out_dir, data=data, sessions=sessions, files=files, reps=reps,
+                       actors=counts, batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
+                       address=address, on_message=lambda text: click.echo(text, err=True))
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 120)  # the table is wider than a pipe's 80 columns
+    console.print(render(result))
+    for skipped in result.skipped:
+        console.print(f"skipped {skipped}")
+    for name, path in result.files.items():
+        console.print(f"{name}: {path}")
 
 
 # -- model commands: train, calibrate, inspect ------------------------------------------------

@@ -42,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from scorer.encode import fill_scalar, to_numpy
+
 ECE_BINS = 15
 # A multiple of ECE_BINS so every fine bin sits inside one equal-width bin, and a power-of-two
 # factor so float32 * FINE_BINS is exact in float64: the fine binning never disagrees with the
@@ -396,12 +398,12 @@ def _values_and_validity(values) -> tuple[np.ndarray, np.ndarray]:
     if pa.types.is_dictionary(values.type):
         values = values.dictionary_decode()
     valid = values.is_valid()
+    filler = fill_scalar(0, values.type)  # 0 or False; a Python value would import pandas
     if pa.types.is_floating(values.type):
-        valid = pc.and_(valid, pc.invert(pc.is_nan(values.fill_null(0))))
-    filler = False if pa.types.is_boolean(values.type) else 0
+        valid = pc.and_(valid, pc.invert(pc.is_nan(values.fill_null(filler))))
     return (
-        values.fill_null(filler).to_numpy(zero_copy_only=False),
-        valid.to_numpy(zero_copy_only=False),
+        to_numpy(values.fill_null(filler)),
+        to_numpy(valid),
     )
 
 

@@ -19,14 +19,14 @@ import onnxruntime
 import pyarrow as pa
 
 from scorer.card import CARD_FILE, ModelCard, load_card, verify_checksum
-from scorer.encode import FEED_DTYPES, encode, feed_shapes
+from scorer.encode import FEED_DTYPES, encode, feed_shapes, numpy_array, string_array
 from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.onnx_graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 
 BUNDLED_MODEL = "intent-v1"
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
 _DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
-_NO_STRINGS = pa.array([], pa.string())
+_NO_STRINGS = string_array([])
 _SCORE_FIELDS = (
     pa.field(RAW_OUTPUT, pa.float32()),
     pa.field(CALIBRATED_OUTPUT, pa.float32()),
@@ -64,8 +64,9 @@ class IntentModel:
         self.model_dir = model_dir
         self.card = card
         self.session = session
-        self._version = pa.array([card.version], pa.string())
+        self._version = string_array([card.version])
         self._buffers: dict[str, np.ndarray] = {}  # flat, grown to the largest batch seen
+        self._zeros = numpy_array(np.zeros(0, np.int32), pa.int32())  # sliced, never written
 
     @property
     def required_columns(self) -> tuple[str, ...]:
@@ -135,15 +136,16 @@ class IntentModel:
             raw = calibrated = np.empty(0, np.float32)
         inferred_at = time.perf_counter()
 
-        mask = encoded.invalid_mask
-        raw_array = pa.array(raw, pa.float32(), mask=mask)
-        calibrated_array = pa.array(calibrated, pa.float32(), mask=mask)
+        valid = None if encoded.invalid_mask is None else ~encoded.invalid_mask
+        # onnxruntime hands over fresh arrays each run: Arrow wraps them without a copy.
+        raw_array = numpy_array(raw, pa.float32(), valid)
+        calibrated_array = numpy_array(calibrated, pa.float32(), valid)
         # One zero-index buffer serves both constant columns: no per-row copy of the strings.
-        zeros = pa.array(np.zeros(rows, np.int32))
+        zeros = self._zero_indices(rows)
         if run_id is None:
             run_ids = pa.DictionaryArray.from_arrays(pa.nulls(rows, pa.int32()), _NO_STRINGS)
         else:
-            run_ids = pa.DictionaryArray.from_arrays(zeros, pa.array([run_id], pa.string()))
+            run_ids = pa.DictionaryArray.from_arrays(zeros, string_array([run_id]))
         columns = [data.column(name) for name in passed] + [
             raw_array,
             calibrated_array,
@@ -163,6 +165,11 @@ class IntentModel:
             encode_seconds=encoded_at - started,
             infer_seconds=inferred_at - encoded_at,
         )
+
+    def _zero_indices(self, rows: int) -> pa.Array:
+        if len(self._zeros) < rows:
+            self._zeros = numpy_array(np.zeros(rows, np.int32), pa.int32())
+        return self._zeros.slice(0, rows)
 
     def _feed_buffers(self, rows: int) -> dict[str, np.ndarray]:
         """Contiguous [k, rows] views of the reused flat buffers (onnxruntime reads in place)."""

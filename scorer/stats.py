@@ -28,6 +28,7 @@ SHARD_STATS_SCHEMA = pa.schema(
         ("rows_unseen_category", pa.int64()),
         ("input_bytes", pa.int64()),
         ("output_bytes", pa.int64()),
+        ("peak_rss_bytes", pa.int64()),
         ("read_seconds", pa.float64()),
         ("encode_seconds", pa.float64()),
         ("infer_seconds", pa.float64()),
@@ -44,7 +45,8 @@ SHARD_STATS_SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
-"""`status`: committed, skipped (committed by an earlier run), failed, interrupted."""
+"""`status`: committed, skipped (committed by an earlier run), failed, interrupted.
+`peak_rss_bytes`: the actor process's peak resident memory when it finished the shard."""
 
 RUN_STATS_SCHEMA = pa.schema(
     [
