@@ -12,6 +12,8 @@ here lazily, after the environment is set.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +26,6 @@ from scorer.errors import ClusterError
 # with this variable at 0 it treats the machine as a single-node cluster bound to 127.0.0.1.
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 _AUTH_ENV = "RAY_AUTH_MODE"
-_TOKEN_ENV = "RAY_AUTH_TOKEN"
 _TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
@@ -55,10 +56,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     address = resolve_address(address)
     opened_here = False
     if not _ray_initialized():
-        if address is None:
-            _init_local(num_cpus)
-        else:
-            _join(address)
+        with _caller_sigterm_handler_kept():
+            if address is None:
+                _init_local(num_cpus)
+            else:
+                _join(address)
         opened_here = True
     import ray
 
@@ -67,6 +69,28 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     finally:
         if opened_here:
             ray.shutdown()
+
+
+@contextmanager
+def _caller_sigterm_handler_kept() -> Iterator[None]:
+    """Put back a SIGTERM handler the caller installed, which `ray.init` replaces.
+
+    Ray's handlers end the process at once (`sys.exit(15)`, or `sys.exit(1)` after killing the
+    local Ray), so a scheduler's SIGTERM would skip the run's clean abandon: no exit 130, no
+    stats of the interrupted shards. The CLI maps SIGTERM to KeyboardInterrupt before it starts
+    Ray, and its cleanup shuts Ray down. Without a handler of the caller's, Ray's stays: it at
+    least stops the Ray processes it started.
+    """
+    import signal
+    import threading
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and previous not in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _ray_initialized() -> bool:
@@ -85,9 +109,12 @@ def _init_local(num_cpus: int | None) -> None:
     os.environ[_AUTH_ENV] = "token"
     import ray
 
-    # If ray was imported before the variable was set, its constant says otherwise; the driver
-    # reads it when it picks its own address, the Ray processes read the environment.
+    # If ray was imported before the variables were set, its constant and its cached config say
+    # otherwise; the driver reads them, the Ray processes read the environment. With the auth
+    # mode cached as disabled the driver cannot talk to its own token-checking GCS. Re-reading
+    # the config is what Ray itself does when it turns token auth on.
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+    ray._raylet.Config.initialize("")
     try:
         ray.init(
             address="local",
@@ -102,27 +129,76 @@ def _init_local(num_cpus: int | None) -> None:
 
 
 def _join(address: str) -> None:
-    # A cluster started with `ray start` in Ray 2.60 has token auth on; a driver without
-    # RAY_AUTH_MODE=token retries "InvalidAuthToken" for a minute and then fails obscurely.
-    has_token = bool(os.environ.get(_TOKEN_ENV)) or _TOKEN_FILE.exists()
-    if _AUTH_ENV not in os.environ and has_token:
-        os.environ[_AUTH_ENV] = "token"
+    # Token mode is never switched on here for a found token, as Ray itself does not for an
+    # explicit address: the token would go to whatever ADDRESS names. The user says so.
     import ray
 
+    _probe(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except Exception as exc:
         raise ClusterError(_join_failure_message(address, exc)) from exc
 
 
+def _probe(address: str) -> None:
+    """Fail within seconds where `ray.init` would retry for a minute: nothing listening at
+    ADDRESS, or a GCS that refuses this process's token (or its lack of one)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # "auto", ray:// client addresses: Ray's own checks
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"could not join the Ray cluster at {address}: nothing answers there "
+            f"({exc.strerror or exc}); is its head node running (`ray start --head`)?"
+        ) from None
+    try:
+        from ray._raylet import GcsClient
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # a private API moved: ray.init still reports, only slower
+        return
+    try:
+        with _stderr_silenced():  # the GCS client logs each refused attempt itself
+            GcsClient(address=address)
+    except AuthenticationError:
+        raise ClusterError(_auth_message(address)) from None
+    except Exception:
+        return  # anything else is ray.init's to report
+
+
+@contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _auth_message(address: str) -> str:
+    where = f"RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or {_TOKEN_FILE}"
+    if os.environ.get(_AUTH_ENV, "").lower() != "token":
+        return (
+            f"could not join the Ray cluster at {address}: it requires token authentication. "
+            f"Set RAY_AUTH_MODE=token and put the cluster's token in {where} "
+            "(print it on the head node with `ray get-auth-token`)."
+        )
+    return (
+        f"could not join the Ray cluster at {address}: it refused this process's token (from "
+        f"{where}). Use the cluster's token: print it on the head node with `ray get-auth-token`."
+    )
+
+
 def _join_failure_message(address: str, exc: Exception) -> str:
     text = str(exc)
     if "auth" in text.lower() or "token" in text.lower():
-        return (
-            f"could not join the Ray cluster at {address}: it requires token authentication. "
-            f"Set RAY_AUTH_MODE=token and provide the cluster's token in RAY_AUTH_TOKEN or "
-            f"{_TOKEN_FILE} (copy it from the head node: `ray get-auth-token`)."
-        )
+        return _auth_message(address)
     return f"could not join the Ray cluster at {address}: {text.splitlines()[0] if text else exc!r}"
 
 

@@ -11,6 +11,7 @@ replaced first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -22,7 +23,9 @@ from typing import Any
 from scorer import __version__
 from scorer.config import JobConfig
 from scorer.errors import (
+    ClusterError,
     ConfigError,
+    Interrupted,
     MissingColumnError,
     NoInputFilesError,
     OutputConflictError,
@@ -36,12 +39,6 @@ from scorer.stats import (
     utc_now,
     write_table,
 )
-
-
-class Interrupted(ScorerError):
-    """The run was interrupted (SIGINT/SIGTERM); in-flight shards were abandoned cleanly."""
-
-    exit_code = 130
 
 
 @dataclass
@@ -93,6 +90,9 @@ class _Context:
     input: Any  # storage.Location
     output: Any
     options_digest: str
+    # Read before Ray starts: under `ray job submit` joining the cluster can unpack the job's
+    # working directory (which holds the bundled model) again, and a read then finds no file.
+    model_files: dict[str, bytes] = field(default_factory=dict, repr=False)
 
 
 def new_run_id() -> str:
@@ -100,6 +100,23 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
+def _interruptible(function):
+    """Ctrl-C or SIGTERM outside the dispatch loop (the footer scan of a large input takes a
+    while) is an interruption too: exit 130, not a crash."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted: what was committed stays committed; rerun the same command to resume"
+            ) from None
+
+    return wrapper
+
+
+@_interruptible
 def score(
     input: str | None = None,
     output: str | None = None,
@@ -193,7 +210,8 @@ def _prepare(config: JobConfig) -> _Context:
     digest = hashlib.sha256(
         json.dumps({"key_column": key_column, "keep": list(config.keep)}).encode()
     ).hexdigest()[:16]
-    return _Context(config, new_run_id(), model, key_column, label_column, source, target, digest)
+    files = {name: (model.model_dir / name).read_bytes() for name in ("model.onnx", "model.json")}
+    return _Context(config, new_run_id(), model, key_column, label_column, source, target, digest, files)
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -307,10 +325,15 @@ class _Run:
             total_rows=plan.rows, total_shards=len(plan.shards), skipped_rows=plan.skipped_rows
         )
         try:
-            if plan.shards:
+            if plan.shards and not self._stop_dispatching():
                 self._score_all()
+            elif plan.shards:  # unreadable footers alone reached --max-failed-shards
+                self._not_started(len(plan.shards))
         except KeyboardInterrupt:
             self.summary.status = "interrupted"
+        except BaseException:
+            self.summary.status = "failed"  # the error goes on; the stats must not say completed
+            raise
         finally:
             progress.finish()
             self._finish()
@@ -357,14 +380,21 @@ class _Run:
                     index = pool.idle.pop()
                     ref = pool.submit(index, shard, attempt, self._has_label(shard))
                     in_flight[ref] = _Attempt(shard, attempt, index, utc_now())
-                if not in_flight:
+                if not in_flight and not (queue and pool.starting):
                     break  # dispatch stopped by --max-failed-shards
-                done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+                # Replacement actors are waited on too: one that cannot be placed (its node is
+                # gone, the rest are full) gets no shard, and fails the run only when no actor is left.
+                done, _ = ray.wait([*in_flight, *pool.starting], num_returns=1, timeout=1.0)
                 for ref in done:
+                    if ref not in in_flight:
+                        continue
                     attempt = in_flight.pop(ref)
                     retry = self._settle(ray, pool, ref, attempt)
                     if retry:
                         queue.append((attempt.shard, attempt.attempt + 1))
+                pool.poll_starting(busy=len(in_flight))
+            if queue:
+                self._not_started(len(queue))
         except KeyboardInterrupt:
             for attempt in in_flight.values():
                 self._record(attempt.shard, attempt=attempt.attempt, status="interrupted",
@@ -375,7 +405,7 @@ class _Run:
 
     def _settle(self, ray, pool: _ActorPool, ref, attempt: _Attempt) -> bool:
         """Commit a finished attempt or record its failure; True if the shard goes back in line."""
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         from scorer.errors import ShardReadError
 
@@ -394,9 +424,12 @@ class _Run:
             error, retryable = f"actor died: {_first_line(exc)}", True
         except RayTaskError as exc:
             pool.idle.append(attempt.actor_index)
-            cause = exc.as_instanceof_cause()
-            error = _first_line(cause)
+            cause = exc.cause if isinstance(exc.cause, BaseException) else exc.as_instanceof_cause()
+            error = _one_line(cause)
             retryable = not isinstance(cause, ShardReadError)  # bad data stays bad
+        except RayError as exc:  # its worker or node died otherwise (OutOfMemoryError, NodeDiedError)
+            pool.replace(attempt.actor_index)
+            error, retryable = f"{type(exc).__name__}: {_first_line(exc)}", True
         except ScorerError as exc:  # the commit refused the shard
             pool.idle.append(attempt.actor_index)
             error, retryable = f"{type(exc).__name__}: {exc}", True
@@ -422,6 +455,13 @@ class _Run:
     def _stop_dispatching(self) -> bool:
         limit = self.context.config.max_failed_shards
         return limit is not None and self.summary.shards_failed >= limit
+
+    def _not_started(self, shards: int) -> None:
+        self.progress.message(
+            f"stopped dispatching after {self.summary.shards_failed} failed shard(s) "
+            f"(--max-failed-shards {self.context.config.max_failed_shards}): {shards} shard(s) "
+            "not started; rerun the same command to score them"
+        )
 
     def _has_label(self, shard) -> bool:
         label = self.context.label_column
@@ -475,6 +515,7 @@ class _Run:
                 "rows_invalid": outcome.rows_invalid,
                 "rows_unseen_category": outcome.rows_unseen_category,
                 "output_bytes": outcome.output_bytes,
+                "peak_rss_bytes": outcome.peak_rss_bytes,
                 "read_seconds": seconds["read"],
                 "encode_seconds": seconds["encode"],
                 "infer_seconds": seconds["infer"],
@@ -547,11 +588,24 @@ def _ray_version() -> str | None:
     return importlib.metadata.version("ray")
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error raised in an actor, whole, on one line: its message names the file (for the
+    stats and the terminal), and the reason is often on the lines after (pyarrow's are)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if not isinstance(exc, ScorerError):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:1000]
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [line for line in text.splitlines() if line.strip()]
     # Ray prefixes task errors with a traceback header; the cause's message is the last line.
     return (lines[-1] if lines else repr(exc))[:500]
+
+
+# How long an actor may wait for a place on the cluster before the run gives up on it.
+PLACEMENT_TIMEOUT_S = 120.0
 
 
 class _ActorPool:
@@ -562,23 +616,21 @@ class _ActorPool:
 
         from scorer.actor import ActorSettings, ScoringActor
         from scorer.commit import OutputLayout
-        from scorer.storage import credential_env
 
         config = context.config
         per_actor = config.ray.cpus_per_actor
         size = config.ray.actors or max(1, int(cluster.cpus // per_actor))
         self.size = max(1, min(size, wanted))
-        model_dir = context.model.model_dir
         settings = ActorSettings(
-            model_files={name: (model_dir / name).read_bytes() for name in ("model.onnx", "model.json")},
+            model_files=context.model_files,
             threads=config.threads_per_actor,
             batch_rows=config.batch_rows,
             key_column=context.key_column,
             keep=config.keep,
             label_column=context.label_column,
             run_id=context.run_id,
-            input_location=context.input,
-            layout=OutputLayout(context.output),
+            input_location=context.input.with_credentials(),
+            layout=OutputLayout(context.output.with_credentials()),
         )
         options: dict[str, Any] = {
             "num_cpus": per_actor,
@@ -587,18 +639,25 @@ class _ActorPool:
         }
         if config.ray.memory_per_actor_mb:
             options["memory"] = config.ray.memory_per_actor_mb * 1024 * 1024
-        if not (context.input.is_local and context.output.is_local):
-            # Actors run in worker processes that do not inherit the driver's environment.
-            options["runtime_env"] = {"env_vars": credential_env()}
         self.settings_ref = ray.put(settings)
         self.actor_class = ray.remote(ScoringActor).options(**options)
         self.actors = [self.actor_class.remote(self.settings_ref) for _ in range(self.size)]
         self.idle = list(range(self.size))
+        self.starting: dict[Any, tuple[int, float]] = {}  # ready ref -> (index, deadline)
+        self.cpus_per_actor, self.memory_mb = per_actor, config.ray.memory_per_actor_mb
 
     def wait_ready(self) -> None:
+        """Wait for the actors to load the model; go on with those placed within the timeout."""
         import ray
 
-        ray.get([actor.ready.remote() for actor in self.actors])
+        refs = {self.actors[index].ready.remote(): index for index in range(self.size)}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
+        ray.get(ready)  # an actor that failed to start (e.g. its model) raises here
+        if not ready:
+            raise ClusterError(self._unplaced(f"none of {self.size} actor(s)"))
+        for ref in pending:  # they join when placed (an autoscaler adding nodes)
+            self.idle.remove(refs[ref])
+            self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
 
     def submit(self, index: int, shard, attempt: int, has_label: bool):
         return self.actors[index].score_shard.remote(shard, attempt, has_label)
@@ -608,7 +667,36 @@ class _ActorPool:
 
         ray.kill(self.actors[index], no_restart=True)
         self.actors[index] = self.actor_class.remote(self.settings_ref)
-        self.idle.append(index)
+        # Idle only once placed: a shard sent to an actor that cannot be placed would wait forever.
+        self.starting[self.actors[index].ready.remote()] = (index, time.monotonic() + PLACEMENT_TIMEOUT_S)
+
+    def poll_starting(self, busy: int) -> None:
+        """Admit placed replacements; fail clearly when no actor is left and none can be placed."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if not self.starting:
+            return
+        ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
+        for ref in ready:
+            index, _deadline = self.starting.pop(ref)
+            try:
+                ray.get(ref)
+            except RayActorError:  # died while starting (its node went too): try again
+                self.replace(index)
+                continue
+            self.idle.append(index)
+        now = time.monotonic()
+        if not self.idle and not busy and all(deadline < now for _, deadline in self.starting.values()):
+            raise ClusterError(self._unplaced(f"no actor is left and {len(self.starting)} replacement(s)"))
+
+    def _unplaced(self, what: str) -> str:
+        memory = f", {self.memory_mb} MB memory" if self.memory_mb else ""
+        return (
+            f"{what} could be placed on the cluster within {PLACEMENT_TIMEOUT_S:.0f} s (each "
+            f"needs {self.cpus_per_actor:g} CPU{memory}): check `ray status` for dead nodes and "
+            "free resources, or lower --cpus-per-actor / --memory-per-actor-mb"
+        )
 
     def shutdown(self) -> None:
         import ray
