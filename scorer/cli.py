@@ -83,7 +83,8 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
 def score_command(input, output, model, config_file, actors, batch_rows, shard_rows, address,
-                  cpus_per_actor, memory_per_actor_mb, partitions, since, until, overwrite, max_attempts, max_failed_shards, keep,
+                  cpus_per_actor, memory_per_actor_mb, partitions, since, until, overwrite,
+                  max_attempts, max_failed_shards, keep,
                   key_column, label_column, dry_run, as_json) -> None:
     """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
 
@@ -123,7 +124,9 @@ def score_command(input, output, model, config_file, actors, batch_rows, shard_r
     progress = RichProgress() if interactive else LogProgress()
     # SIGTERM (a scheduler stopping the job) gets the same clean abandon as Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    summary = score(input, output, config=config, progress=progress, dry_run=dry_run)
+    # Ray prints cluster events (a node died) to stdout; with --json stdout is the summary's alone.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        summary = score(input, output, config=config, progress=progress, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), default=str, indent=2))
     elif dry_run:

@@ -15,8 +15,9 @@ shipped to the actors.
 Actors run in other processes, possibly on other machines, without the driver's config or
 environment. ``Location.to_spec()`` is a URI with every resolved option spelled out (endpoint,
 region, scheme), so ``Location.from_spec()`` opens the same place anywhere; a ``Location`` pickles
-as that spec. Credentials reach the actors as environment variables: ``credential_env()`` is
-what the driver forwards through Ray's runtime environment.
+as that spec. Credentials reach the actors as environment variables: the driver ships its
+``credential_env()`` inside the actors' settings (``Location.with_credentials``), never through
+Ray's ``runtime_env`` (whose agent logs ``env_vars``), and never in a URI, a log or a stats row.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -104,6 +105,20 @@ class Location:
     filesystem: pafs.FileSystem = field(compare=False, repr=False)
     path: str
     uri: str
+    shipped_env: Mapping[str, str] | None = field(default=None, compare=False, repr=False)
+    """AWS variables this location carries when pickled (``with_credentials``); else None."""
+
+    def with_credentials(self, environ: Mapping[str, str] | None = None) -> Location:
+        """This location, pickling with the standard AWS variables of ``environ`` (this process).
+
+        For the actors' settings only: they travel in Ray's object store and the receiving
+        process puts them in its environment before it opens the filesystem. (Ray's
+        ``runtime_env`` ``env_vars`` would carry them too, but its runtime-env agent writes
+        them in plain text to its log.)
+        """
+        if self.is_local:
+            return self
+        return replace(self, shipped_env=credential_env(environ) or None)
 
     @property
     def is_local(self) -> bool:
@@ -126,13 +141,18 @@ class Location:
         return self.uri
 
     @classmethod
-    def from_spec(cls, spec: str) -> Location:
-        """Re-open a location from ``to_spec()``; credentials come from this process's env."""
+    def from_spec(cls, spec: str, env: Mapping[str, str] | None = None) -> Location:
+        """Re-open a location from ``to_spec()``; credentials come from this process's env,
+        after ``env`` (shipped AWS variables) has been put in it."""
+        if env:
+            os.environ.update(env)
         return _open(spec)
 
     def __reduce__(self):
         # pickle the spec, never the filesystem object: a filesystem built with explicit keys
         # would carry them, and the receiving process must open its own client anyway.
+        if self.shipped_env:
+            return (Location.from_spec, (self.to_spec(), dict(self.shipped_env)))
         return (Location.from_spec, (self.to_spec(),))
 
     def __str__(self) -> str:

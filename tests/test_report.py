@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from scorer import metrics
 from scorer.cli import cli
 from scorer.metrics import CalibrationState
+from scorer.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
 from scorer.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
 
 RUN = "20261128T010203Z-a1b2c3"
@@ -71,8 +72,8 @@ def _shard_stat(
 ):
     total = sum(seconds) + 0.05
     return {
-        "run_id": run_id, "shard_id": shard_id, "input_path": path, "row_group_start": 0,
-        "row_group_end": 1, "rows": rows, "rows_ok": rows, "rows_invalid": 0,
+        "run_id": run_id, "shard_id": str(shard_id), "input_path": path, "row_group_start": 0,
+        "row_group_stop": 1, "rows": rows, "rows_ok": rows, "rows_invalid": 0,
         "read_seconds": seconds[0], "encode_seconds": seconds[1], "infer_seconds": seconds[2],
         "write_seconds": seconds[3], "total_seconds": total, "actor_id": actor, "node_id": "node-a",
         "pid": 4242, "attempt": attempt, "started_at": start,
@@ -134,15 +135,15 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
     old_start = T0 - dt.timedelta(days=1)
     shard_stats.append(_shard_stat(RUN, shard_id, old_path, 300, None, 0, "skipped", T0))
     old_shard = _shard_stat(OLD_RUN, 0, old_path, 300, "actor-0", 1, "committed", old_start)
-    _write(pa.Table.from_pylist([old_shard]),
+    _write(stats_table([old_shard], SHARD_STATS_SCHEMA),
            root / "stats" / "shards" / f"run_id={OLD_RUN}" / "part-0.parquet")
-    _write(pa.Table.from_pylist([_run_stat(OLD_RUN, old_start, 300, 4.0, 1, 0, 0)]),
+    _write(stats_table([_run_stat(OLD_RUN, old_start, 300, 4.0, 1, 0, 0)], RUN_STATS_SCHEMA),
            root / "stats" / "runs" / f"run_id={OLD_RUN}" / "part-0.parquet")
 
-    shards = pa.Table.from_pylist(shard_stats)
+    shards = stats_table(shard_stats, SHARD_STATS_SCHEMA)  # exactly the scorer's schemas
     rows = len(DAYS) * SHARDS_PER_DAY * SHARD_ROWS
     _write(shards, root / "stats" / "shards" / f"run_id={RUN}" / "part-0.parquet")
-    _write(pa.Table.from_pylist([_run_stat(RUN, T0, rows, 9.5, shard_id, 1, 0)]),
+    _write(stats_table([_run_stat(RUN, T0, rows, 9.5, shard_id, 1, 0)], RUN_STATS_SCHEMA),
            root / "stats" / "runs" / f"run_id={RUN}" / "part-0.parquet")
     _write(metrics.calibration_table(RUN, states),
            root / "calibration" / f"run_id={RUN}" / "part-0.parquet")
@@ -216,7 +217,7 @@ def test_throughput_equals_a_recomputation_from_the_shard_stats(built, fake):
         assert actor["busy_seconds"] == pytest.approx(pc.sum(mine["total_seconds"]).as_py())
         assert actor["rows_per_second"] == pytest.approx(actor["rows"] / actor["busy_seconds"])
     assert sum(a["rows"] for a in built.actors) == built.run["rows"]
-    assert [(f["shard_id"], f["attempt"]) for f in built.failed] == [(3, 1)]
+    assert [(f["shard_id"], f["attempt"]) for f in built.failed] == [("3", 1)]
 
 
 def test_score_histogram_counts_only_the_runs_rows(built, fake):

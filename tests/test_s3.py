@@ -1,0 +1,161 @@
+"""`scorer score` from s3:// to s3:// against a real S3 server (moto_server on loopback).
+
+The shared local Ray (tests/conftest.py) was started before the credentials were put in this
+process's environment, so its workers lack them, as on a real cluster: they must reach the
+actors through the runtime environment the driver gives them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import boto3
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from scorer.driver import score
+from scorer.generate import generate
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
+
+SECRET = "s3-test-secret-7f3a9c"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "s3-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """moto_server on 127.0.0.1, stopped by its pid; its credentials in this process's env."""
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
+    if server is None:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    port = _free_port()
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in CREDENTIALS.items():
+            mp.setenv(name, value)
+        for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+            mp.delenv(name, raising=False)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"moto_server did not start on port {port}") from None
+                    time.sleep(0.1)
+            yield f"127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def lake(endpoint):
+    """A bucket holding 6,000 generated sessions (written by `generate` straight to s3://)."""
+    s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)
+    s3.create_dir("lake")
+    summary = generate(f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http",
+                       sessions=6_000, files=3, days=2, seed=13, row_group_rows=1_000)
+    assert summary.rows == 6_000
+    return s3
+
+
+def _objects(s3, prefix):
+    infos = s3.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def test_s3_to_s3_end_to_end_then_resume(endpoint, lake):
+    source = f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http"
+    # OUTPUT without query: the [storage] section fills in the endpoint.
+    storage = {"storage__endpoint_override": endpoint, "storage__scheme": "http"}
+    first = score(source, "s3://lake/scored", actors=2, shard_rows=2_000, **storage)
+    assert first.exit_code == 0 and first.rows == 6_000 and first.shards_failed == 0
+
+    scores = ds.dataset("lake/scored/scores", filesystem=lake, format="parquet",
+                        partitioning="hive").to_table()
+    keys = scores["session_id"]
+    assert scores.num_rows == 6_000 == pc.count_distinct(keys).as_py()
+    assert pc.all(pc.equal(scores["status"].cast("string"), "ok")).as_py()
+
+    # Stats and calibration are on S3 too, and no secret is in anything written.
+    run = f"run_id={first.run_id}"
+    shard_stats = pq.read_table(f"lake/scored/stats/shards/{run}", filesystem=lake)
+    assert pc.sum(shard_stats["rows"]).as_py() == 6_000
+    assert pq.read_table(f"lake/scored/stats/runs/{run}", filesystem=lake).num_rows == 1
+    calibration = pq.read_table(f"lake/scored/calibration/{run}", filesystem=lake)
+    overall = calibration.filter(pc.equal(calibration["scope"], "overall")).to_pylist()[0]
+    assert overall["rows"] == 6_000
+    for path in _objects(lake, "lake/scored"):
+        with lake.open_input_stream(path) as f:
+            assert SECRET.encode() not in f.read(), path
+    assert SECRET not in repr(first.to_dict())
+
+    second = score(source, "s3://lake/scored", actors=2, shard_rows=1_000, **storage)
+    assert second.exit_code == 0 and second.rows == 0
+    assert second.shards_skipped == first.shards_committed and second.rows_skipped == 6_000
+
+
+def test_on_s3_shards_are_written_once_whole_and_nothing_is_left_half_uploaded(endpoint, lake):
+    uri = f"s3://lake/whole?endpoint_override={endpoint}&scheme=http"
+    summary = score(f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http", uri,
+                    actors=2, shard_rows=1_000)
+    assert summary.exit_code == 0
+    # No temporary objects (no rename on S3: each shard's final key is written once) ...
+    assert not _objects(lake, "lake/whole/_scorer/tmp")
+    # ... and no multipart upload was left open: nothing partial exists, even unlisted.
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    assert not client.list_multipart_uploads(Bucket="lake").get("Uploads")
+    # Every score object is a complete Parquet file with the rows its commit record names.
+    import json
+
+    records = [json.loads(lake.open_input_stream(p).read())
+               for p in _objects(lake, "lake/whole/_scorer/commits")]
+    assert len(records) == summary.shards_committed > 1
+    for record in records:
+        metadata = pq.ParquetFile(lake.open_input_file(f"lake/whole/{record['output_relpath']}")).metadata
+        assert metadata.num_rows == record["rows"]
+
+
+def test_credentials_reach_actors_inside_their_settings_only(endpoint, lake):
+    """Pickled for the actors, a location carries the AWS variables and the receiving process
+    puts them in its environment; a plain location, its URI and its repr never carry them."""
+    import pickle
+
+    from scorer.storage import resolve
+
+    plain = resolve(f"s3://lake/x?endpoint_override={endpoint}&scheme=http")
+    shipped = plain.with_credentials()
+    assert SECRET.encode() not in pickle.dumps(plain)
+    assert SECRET not in repr(shipped) + shipped.uri and shipped == plain
+    script = (
+        "import os, pickle, sys; loc = pickle.loads(sys.stdin.buffer.read()); "
+        "print(os.environ['AWS_SECRET_ACCESS_KEY'] == %r, int(loc.filesystem.get_file_info('lake').type))"
+        % SECRET
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(shipped), env=env,
+                         capture_output=True, check=True, timeout=60).stdout.decode()
+    assert out.split() == ["True", str(int(pafs.FileType.Directory))]
