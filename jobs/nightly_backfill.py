@@ -11,6 +11,7 @@ started. Exit codes as `scorer score`: 0 done, 1 some shards failed, 2 config/pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -37,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_overrides(
             input=args.input, output=args.output, partition=config.partition | {"dt": day.isoformat()}
         )
-        summary = score(config=config, progress=LogProgress())
+        # Ray prints cluster events to stdout; stdout carries only the JSON summary.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = score(config=config, progress=LogProgress())
     except ScorerError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -24,7 +24,12 @@ from scorer.errors import ClusterError
 
 # On Linux Ray 2.60 ignores `_node_ip_address="127.0.0.1"` and binds the primary interface;
 # with this variable at 0 it treats the machine as a single-node cluster bound to 127.0.0.1.
-_LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+_PRIVATE_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # A private engine reports nothing about its use to anyone (Ray's usage-stats reporter runs
+    # in the dashboard process it starts even without a dashboard).
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 _AUTH_ENV = "RAY_AUTH_MODE"
 _TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
@@ -43,6 +48,15 @@ class ClusterInfo:
 def resolve_address(address: str | None) -> str | None:
     """The cluster to join: the flag, else `RAY_ADDRESS`, else None for a private local Ray."""
     return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_reachable(address: str | None) -> None:
+    """Preflight for a run that will join a cluster: fail now, before OUTPUT is touched, if the
+    address does not answer or refuses this process's token. No-op for a private local Ray or
+    when this process is already connected."""
+    address = resolve_address(address)
+    if address is not None and not _ray_initialized():
+        _probe(address)
 
 
 @contextmanager
@@ -102,7 +116,7 @@ def _ray_initialized() -> bool:
 
 
 def _init_local(num_cpus: int | None) -> None:
-    for key, value in _LOOPBACK_ENV.items():
+    for key, value in _PRIVATE_ENV.items():
         os.environ[key] = value
     # Token auth is Ray 2.60's default for a new local cluster; saying so explicitly keeps it on
     # even where a user's shell exports RAY_AUTH_MODE=disabled, and silences Ray's notice.

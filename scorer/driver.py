@@ -10,12 +10,14 @@ replaced first.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import time
 import uuid
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,6 +145,10 @@ def score(
     context = _prepare(config)
     items = _scan(context)
     _preflight_columns(context, items)
+    if not dry_run:
+        from scorer.cluster import check_reachable
+
+        check_reachable(config.ray.address)
 
     from scorer.commit import Manifest, OutputLock
 
@@ -166,8 +172,12 @@ def score(
             plan_text=plan.describe(),
         )
 
-    with OutputLock(context.output, context.run_id):
-        manifest = Manifest.load(context.output)
+    lock = OutputLock(context.output, context.run_id)
+    with _warnings_shown_by(progress):  # a stale lock taken over, an unreadable commit record
+        lock.acquire()
+    try:
+        with _warnings_shown_by(progress):
+            manifest = Manifest.load(context.output)
         manifest.claim(
             model_name=context.model.card.name,
             model_sha256=context.model.card.sha256,
@@ -189,6 +199,19 @@ def score(
             return run.execute()
         finally:
             manifest.discard_temp(context.run_id)
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _warnings_shown_by(progress: Progress):
+    """The library's own warnings become progress messages: one line a person reads, not a
+    Python warning with a file name and a source line."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        progress.message(f"warning: {warning.message}")
 
 
 def _prepare(config: JobConfig) -> _Context:
@@ -363,6 +386,7 @@ class _Run:
                 f"{pool.size} actor(s) on {cluster.nodes} node(s) ready in "
                 f"{self.summary.setup_seconds:.1f} s"
             )
+            self.progress.dispatching()
             try:
                 self._dispatch(ray, pool)
             finally:

@@ -21,6 +21,9 @@ class Progress:
     def message(self, text: str) -> None:
         """A line worth showing a person (setup steps, warnings)."""
 
+    def dispatching(self) -> None:
+        """The actors are ready and shards start to flow: rates and ETA count from here."""
+
     def shard_done(self, *, shard_id: str, rows: int) -> None:
         """A shard was committed."""
 
@@ -52,6 +55,9 @@ class LogProgress(Progress):
 
     def message(self, text: str) -> None:
         self._print(text)
+
+    def dispatching(self) -> None:
+        self.started = time.monotonic()
 
     def shard_done(self, *, shard_id: str, rows: int) -> None:
         self.rows_done += rows
@@ -110,6 +116,11 @@ class RichProgress(Progress):
 
     def message(self, text: str) -> None:
         self.console.print(text, highlight=False)
+
+    def dispatching(self) -> None:
+        self.started = time.monotonic()
+        if self.task is not None:
+            self.bar.reset(self.task, total=self.bar.tasks[0].total)  # ETA without the setup
 
     def shard_done(self, *, shard_id: str, rows: int) -> None:
         self.rows_done += rows
