@@ -29,7 +29,6 @@ from scorer.errors import (
     ConfigError,
     Interrupted,
     MissingColumnError,
-    NoInputFilesError,
     OutputConflictError,
     ScorerError,
 )
@@ -393,7 +392,6 @@ class _Run:
                 pool.shutdown()
 
     def _dispatch(self, ray, pool: _ActorPool) -> None:
-        config = self.context.config
         queue: deque = deque((shard, 1) for shard in self.plan.shards)
         in_flight: dict[Any, _Attempt] = {}
         self.work_started = time.perf_counter()

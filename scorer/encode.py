@@ -240,7 +240,7 @@ def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
     # Finite values beyond float32 (> 3.4e38) become inf, which the graph's log1p saturates.
     with np.errstate(over="ignore"):
         out[...] = values
-    if missing is None and (not len(values) or _all_valid(values, spec)):
+    if missing is None and (not len(values) or _all_valid(values, out, spec)):
         return None, None
     # Slow path, only for batches that hold an invalid value: name the reason per row.
     with np.errstate(invalid="ignore"):
@@ -256,12 +256,45 @@ def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
     return reasons, None
 
 
-def _all_valid(values: np.ndarray, spec: InputSpec) -> bool:
+def _all_valid(values: np.ndarray, converted: np.ndarray, spec: InputSpec) -> bool:
+    """Whether every value is finite and within the card's range, mostly from cheap reductions.
+
+    Integers: only the bounds the card sets are checked. Floats: the float32 feed is checked
+    through its bits, since NumPy reduces int32 several times faster than float64 (measured:
+    min+max 0.3 ms vs 1.6 ms per million). Rounding to float32 is monotone and keeps the sign,
+    so when every bit pattern is non-negative and below +inf's, all values are finite and
+    >= 0, and a bit pattern strictly inside a bound's proves the value inside the bound. What
+    that cannot decide (a negative value, one rounding onto a bound, inf, NaN, beyond float32)
+    is decided exactly on the original values.
+    """
+    if values.dtype.kind in "iu":
+        return (spec.min is None or values.min() >= spec.min) and (
+            spec.max is None or values.max() <= spec.max
+        )
+    bits = converted.view(np.int32)
+    low, high = int(bits.min()), int(bits.max())
+    if low >= 0 and high < _FLOAT32_INF_BITS:  # all finite and >= 0
+        above_min = spec.min is None or spec.min <= 0 or low > _float32_bits(spec.min)
+        below_max = spec.max is None or high < _float32_bits(spec.max)
+        # A value rounding onto one bound (0 or 1 are common values) costs one exact reduction.
+        if not above_min:
+            above_min = values.min() >= spec.min
+        if above_min and not below_max:
+            below_max = values.max() <= spec.max
+        return bool(above_min and below_max)
     # min/max propagate NaN, so one pair of reductions checks finiteness and range together.
     low, high = values.min(), values.max()
-    if values.dtype.kind == "f" and not (np.isfinite(low) and np.isfinite(high)):
+    if not (np.isfinite(low) and np.isfinite(high)):
         return False
     return (spec.min is None or low >= spec.min) and (spec.max is None or high <= spec.max)
+
+
+_FLOAT32_INF_BITS = int(np.array(np.inf, np.float32).view(np.int32))
+
+
+def _float32_bits(bound: float) -> int:
+    with np.errstate(over="ignore"):
+        return int(np.array(bound, np.float32).view(np.int32))
 
 
 def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
@@ -277,10 +310,11 @@ def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
 
 def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
     kind = chunk.type
+    may_be_unseen = True
     if spec.dtype == "string":
         if pa.types.is_dictionary(kind) and _is_string(kind.value_type):
             # Parquet dictionary pages decode to this: look up the few dictionary values only.
-            missing = _encode_dictionary(spec, chunk, out)
+            missing, may_be_unseen = _encode_dictionary(spec, chunk, out)
         elif _is_string(kind):
             missing = _null_mask(chunk)
             index = pc.index_in(_hashable(chunk), value_set=_vocabulary_array(spec))
@@ -296,7 +330,7 @@ def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
     reasons = None if missing is None else missing.astype(np.int32) * _MISSING
     # The unseen code is the largest one, so one reduction tells whether any row has it.
     unseen_code = len(spec.vocabulary)
-    if not len(out) or out.max() < unseen_code:
+    if not may_be_unseen or not len(out) or out.max() < unseen_code:
         return reasons, None
     unseen = out == unseen_code
     if missing is not None:
@@ -316,11 +350,13 @@ def _hashable(strings: pa.Array) -> pa.Array:
 
 def _encode_dictionary(
     spec: InputSpec, chunk: pa.DictionaryArray, out: np.ndarray
-) -> np.ndarray | None:
-    """Encode a dictionary array into `out`; return its missing-row mask (None: no nulls)."""
+) -> tuple[np.ndarray | None, bool]:
+    """Encode a dictionary array into `out`; return its missing-row mask (None: no nulls) and
+    whether any row can be unseen (False when every dictionary value is in the vocabulary)."""
     dictionary = chunk.dictionary
     table = pc.index_in(_hashable(dictionary), value_set=_vocabulary_array(spec))
     table = to_numpy(table.fill_null(fill_scalar(len(spec.vocabulary), table.type))).astype(np.int64)
+    may_be_unseen = bool(len(table)) and table.max() == len(spec.vocabulary)
     missing = _null_mask(chunk.indices)
     indices = chunk.indices
     indices = to_numpy(indices.fill_null(fill_scalar(0, indices.type)) if missing is not None else indices)
@@ -329,7 +365,7 @@ def _encode_dictionary(
     if dictionary.null_count:
         null_entry = _null_mask(dictionary)[indices]
         missing = null_entry if missing is None else missing | null_entry
-    return missing
+    return missing, may_be_unseen
 
 
 @functools.lru_cache(maxsize=256)
