@@ -138,3 +138,19 @@ def test_config_errors_name_the_key_and_file(tmp_path, body, key):
     result = CliRunner().invoke(cli, ["score", "in", "out", "--config", str(config)])
     assert result.exit_code == 2
     assert key in result.output and str(config) in result.output
+
+
+def test_int64_and_large_string_inputs_score_like_the_default_schema(tmp_path):
+    import pyarrow as pa
+
+    from conftest import make_history
+
+    narrow = make_history(tmp_path / "narrow", sessions=4_000, files=1, days=1)
+    wide = make_history(tmp_path / "wide", sessions=4_000, files=1, days=1,
+                        int_type=pa.int64(), string_type=pa.large_string())
+    assert ds.dataset(wide).schema.field("month").type == pa.large_string()
+    score(str(narrow), str(tmp_path / "out-narrow"), actors=1)
+    score(str(wide), str(tmp_path / "out-wide"), actors=1)
+    a = _scores(tmp_path / "out-narrow").sort_by("session_id")
+    b = _scores(tmp_path / "out-wide").sort_by("session_id")
+    assert a["intent_calibrated"].equals(b["intent_calibrated"]) and a.num_rows == 4_000
