@@ -160,16 +160,9 @@ def score(
                 options_digest=context.options_digest,
             )
         plan = _plan(context, items, manifest)
-        return RunSummary(
-            run_id=context.run_id,
-            status="dry-run",
-            input=context.input.uri,
-            output=context.output.uri,
-            rows_skipped=plan.skipped_rows,
-            shards_skipped=len(plan.skipped),
-            plan=plan.to_dict(),
-            plan_text=plan.describe(),
-        )
+        summary = _new_summary(context, plan, "dry-run")
+        summary.plan, summary.plan_text = plan.to_dict(), plan.describe()
+        return summary
 
     lock = OutputLock(context.output, context.run_id)
     with _warnings_shown_by(progress):  # a stale lock taken over, an unreadable commit record
@@ -211,6 +204,17 @@ def _warnings_shown_by(progress: Progress):
         yield
     for warning in caught:
         progress.message(f"warning: {warning.message}")
+
+
+def _new_summary(context: _Context, plan, status: str) -> RunSummary:
+    return RunSummary(
+        run_id=context.run_id,
+        status=status,
+        input=context.input.uri,
+        output=context.output.uri,
+        rows_skipped=plan.skipped_rows,
+        shards_skipped=len(plan.skipped),
+    )
 
 
 def _prepare(config: JobConfig) -> _Context:
@@ -315,14 +319,7 @@ class _Run:
     def __init__(self, context: _Context, plan, manifest, progress: Progress, started_wall, started):
         self.context, self.plan, self.manifest, self.progress = context, plan, manifest, progress
         self.started_wall, self.started = started_wall, started
-        self.summary = RunSummary(
-            run_id=context.run_id,
-            status="completed",
-            input=context.input.uri,
-            output=context.output.uri,
-            rows_skipped=plan.skipped_rows,
-            shards_skipped=len(plan.skipped),
-        )
+        self.summary = _new_summary(context, plan, "completed")
         self.shard_stats: list[dict] = []
         self.calibration: dict[str | None, Any] = {}
         self.attempts_failed = 0
