@@ -22,7 +22,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+# Every scorer module the driver needs is imported here, not lazily: a driver started by
+# `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
+# cluster, and a module first imported after that can be missing for a moment.
 from scorer import __version__
+from scorer.actor import ActorSettings, ScoringActor
+from scorer.cluster import check_reachable, ray_session
+from scorer.commit import Manifest, OutputLayout, OutputLock
 from scorer.config import JobConfig
 from scorer.errors import (
     ClusterError,
@@ -31,7 +37,11 @@ from scorer.errors import (
     MissingColumnError,
     OutputConflictError,
     ScorerError,
+    ShardReadError,
 )
+from scorer.metrics import calibration_table
+from scorer.model import load_model
+from scorer.plan import PartitionFilter, plan_shards, scan_inputs
 from scorer.progress import Progress
 from scorer.stats import (
     RUN_STATS_SCHEMA,
@@ -40,6 +50,7 @@ from scorer.stats import (
     utc_now,
     write_table,
 )
+from scorer.storage import StorageOptions, resolve
 
 
 @dataclass
@@ -145,11 +156,7 @@ def score(
     items = _scan(context)
     _preflight_columns(context, items)
     if not dry_run:
-        from scorer.cluster import check_reachable
-
         check_reachable(config.ray.address)
-
-    from scorer.commit import Manifest, OutputLock
 
     if dry_run:
         manifest = Manifest.load(context.output)
@@ -218,9 +225,6 @@ def _new_summary(context: _Context, plan, status: str) -> RunSummary:
 
 
 def _prepare(config: JobConfig) -> _Context:
-    from scorer.model import load_model
-    from scorer.storage import StorageOptions, resolve
-
     model = load_model(config.model, threads=config.threads_per_actor)
     card = model.card
     key_column = config.key_column or card.key_column
@@ -246,8 +250,6 @@ def _inside(path: str, parent: str) -> bool:
 
 
 def _scan(context: _Context) -> list:
-    from scorer.plan import PartitionFilter, scan_inputs
-
     config = context.config
     selection = PartitionFilter.parse(
         [f"{k}={v}" for k, v in config.partition.items()], config.since, config.until
@@ -294,8 +296,6 @@ def _usable(spec, arrow_type) -> bool:
 
 
 def _plan(context: _Context, items: list, manifest):
-    from scorer.plan import plan_shards
-
     files = [item for item in items if not hasattr(item, "reason")]
     committed = None
     if not context.config.overwrite:
@@ -364,8 +364,6 @@ class _Run:
         return self.summary
 
     def _score_all(self) -> None:
-        from scorer.cluster import ray_session
-
         config = self.context.config
         with ray_session(config.ray.address) as cluster:
             import ray
@@ -426,7 +424,6 @@ class _Run:
         """Commit a finished attempt or record its failure; True if the shard goes back in line."""
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
-        from scorer.errors import ShardReadError
 
         shard, config = attempt.shard, self.context.config
         try:
@@ -574,8 +571,6 @@ class _Run:
         write_table(out.filesystem, out.child(f"stats/runs/{stats_dir}").path,
                     stats_table([self._run_row(ended)], RUN_STATS_SCHEMA))
         if self.calibration:
-            from scorer.metrics import calibration_table
-
             write_table(out.filesystem, out.child(f"calibration/{stats_dir}").path,
                         calibration_table(context.run_id, self.calibration))
 
@@ -632,9 +627,6 @@ class _ActorPool:
 
     def __init__(self, context: _Context, cluster, wanted: int) -> None:
         import ray
-
-        from scorer.actor import ActorSettings, ScoringActor
-        from scorer.commit import OutputLayout
 
         config = context.config
         per_actor = config.ray.cpus_per_actor
