@@ -3,9 +3,9 @@
 Only footers, shard descriptions, per-shard statistics and small calibration states pass through
 the driver; row data flows from storage through the actors back to storage.
 
-Where is a shard retried? In `_Dispatcher.run`: an attempt that raises (the actor died, the
-input was unreadable) goes back in the queue until `max_attempts`; an actor that died is
-replaced first.
+Where is a shard retried? In `_Run._settle`: an attempt whose actor died (or hit any other Ray
+error) goes back in the queue until `max_attempts`, after `pool.ActorPool` replaced the actor;
+an input that cannot be read fails its shard at once (bad data stays bad).
 """
 
 from __future__ import annotations
@@ -26,12 +26,10 @@ from typing import Any
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
 from scorer import __version__
-from scorer.actor import ActorSettings, ScoringActor
 from scorer.cluster import check_reachable, ray_session
-from scorer.commit import Manifest, OutputLayout, OutputLock
+from scorer.commit import Manifest, OutputLock
 from scorer.config import JobConfig
 from scorer.errors import (
-    ClusterError,
     ConfigError,
     Interrupted,
     MissingColumnError,
@@ -42,6 +40,7 @@ from scorer.errors import (
 from scorer.metrics import calibration_table
 from scorer.model import load_model
 from scorer.plan import PartitionFilter, plan_shards, scan_inputs
+from scorer.pool import ActorPool
 from scorer.progress import Progress
 from scorer.stats import (
     RUN_STATS_SCHEMA,
@@ -368,7 +367,7 @@ class _Run:
         with ray_session(config.ray.address) as cluster:
             import ray
 
-            pool = _ActorPool(self.context, cluster, wanted=len(self.plan.shards))
+            pool = ActorPool(self.context, cluster, wanted=len(self.plan.shards))
             self.summary.actors, self.summary.nodes, self.summary.cpus = (
                 pool.size,
                 cluster.nodes,
@@ -386,7 +385,7 @@ class _Run:
             finally:
                 pool.shutdown()
 
-    def _dispatch(self, ray, pool: _ActorPool) -> None:
+    def _dispatch(self, ray, pool: ActorPool) -> None:
         queue: deque = deque((shard, 1) for shard in self.plan.shards)
         in_flight: dict[Any, _Attempt] = {}
         self.work_started = time.perf_counter()
@@ -420,7 +419,7 @@ class _Run:
         finally:
             self.work_ended = time.perf_counter()
 
-    def _settle(self, ray, pool: _ActorPool, ref, attempt: _Attempt) -> bool:
+    def _settle(self, ray, pool: ActorPool, ref, attempt: _Attempt) -> bool:
         """Commit a finished attempt or record its failure; True if the shard goes back in line."""
         from ray.exceptions import RayActorError, RayError, RayTaskError
 
@@ -616,101 +615,3 @@ def _first_line(exc: BaseException) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     # Ray prefixes task errors with a traceback header; the cause's message is the last line.
     return (lines[-1] if lines else repr(exc))[:500]
-
-
-# How long an actor may wait for a place on the cluster before the run gives up on it.
-PLACEMENT_TIMEOUT_S = 120.0
-
-
-class _ActorPool:
-    """The scoring actors: created together, replaced one by one when they die."""
-
-    def __init__(self, context: _Context, cluster, wanted: int) -> None:
-        import ray
-
-        config = context.config
-        per_actor = config.ray.cpus_per_actor
-        size = config.ray.actors or max(1, int(cluster.cpus // per_actor))
-        self.size = max(1, min(size, wanted))
-        settings = ActorSettings(
-            model_files=context.model_files,
-            threads=config.threads_per_actor,
-            batch_rows=config.batch_rows,
-            key_column=context.key_column,
-            keep=config.keep,
-            label_column=context.label_column,
-            run_id=context.run_id,
-            input_location=context.input.with_credentials(),
-            layout=OutputLayout(context.output.with_credentials()),
-        )
-        options: dict[str, Any] = {
-            "num_cpus": per_actor,
-            "max_restarts": 0,  # the pool replaces a dead actor itself and counts the attempt
-            "scheduling_strategy": "SPREAD",
-        }
-        if config.ray.memory_per_actor_mb:
-            options["memory"] = config.ray.memory_per_actor_mb * 1024 * 1024
-        self.settings_ref = ray.put(settings)
-        self.actor_class = ray.remote(ScoringActor).options(**options)
-        self.actors = [self.actor_class.remote(self.settings_ref) for _ in range(self.size)]
-        self.idle = list(range(self.size))
-        self.starting: dict[Any, tuple[int, float]] = {}  # ready ref -> (index, deadline)
-        self.cpus_per_actor, self.memory_mb = per_actor, config.ray.memory_per_actor_mb
-
-    def wait_ready(self) -> None:
-        """Wait for the actors to load the model; go on with those placed within the timeout."""
-        import ray
-
-        refs = {self.actors[index].ready.remote(): index for index in range(self.size)}
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
-        ray.get(ready)  # an actor that failed to start (e.g. its model) raises here
-        if not ready:
-            raise ClusterError(self._unplaced(f"none of {self.size} actor(s)"))
-        for ref in pending:  # they join when placed (an autoscaler adding nodes)
-            self.idle.remove(refs[ref])
-            self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
-
-    def submit(self, index: int, shard, attempt: int, has_label: bool):
-        return self.actors[index].score_shard.remote(shard, attempt, has_label)
-
-    def replace(self, index: int) -> None:
-        import ray
-
-        ray.kill(self.actors[index], no_restart=True)
-        self.actors[index] = self.actor_class.remote(self.settings_ref)
-        # Idle only once placed: a shard sent to an actor that cannot be placed would wait forever.
-        self.starting[self.actors[index].ready.remote()] = (index, time.monotonic() + PLACEMENT_TIMEOUT_S)
-
-    def poll_starting(self, busy: int) -> None:
-        """Admit placed replacements; fail clearly when no actor is left and none can be placed."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        if not self.starting:
-            return
-        ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
-        for ref in ready:
-            index, _deadline = self.starting.pop(ref)
-            try:
-                ray.get(ref)
-            except RayActorError:  # died while starting (its node went too): try again
-                self.replace(index)
-                continue
-            self.idle.append(index)
-        now = time.monotonic()
-        if not self.idle and not busy and all(deadline < now for _, deadline in self.starting.values()):
-            raise ClusterError(self._unplaced(f"no actor is left and {len(self.starting)} replacement(s)"))
-
-    def _unplaced(self, what: str) -> str:
-        memory = f", {self.memory_mb} MB memory" if self.memory_mb else ""
-        return (
-            f"{what} could be placed on the cluster within {PLACEMENT_TIMEOUT_S:.0f} s (each "
-            f"needs {self.cpus_per_actor:g} CPU{memory}): check `ray status` for dead nodes and "
-            "free resources, or lower --cpus-per-actor / --memory-per-actor-mb"
-        )
-
-    def shutdown(self) -> None:
-        import ray
-
-        for actor in self.actors:
-            ray.kill(actor, no_restart=True)

@@ -1,0 +1,113 @@
+"""The pool of scoring actors: created together, spread over the nodes, replaced one by one.
+
+The driver (`scorer.driver`) decides what runs where and retries shards; this module only owns
+the actors: their resources and settings, waiting until Ray has placed them, and replacing one
+that died. A replacement gets no shard until it is placed, so a lost node never leaves a shard
+waiting on an actor that cannot start.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from scorer.actor import ActorSettings, ScoringActor
+from scorer.commit import OutputLayout
+from scorer.errors import ClusterError
+
+# How long an actor may wait for a place on the cluster before the run gives up on it.
+PLACEMENT_TIMEOUT_S = 120.0
+
+
+class ActorPool:
+    """The scoring actors: created together, replaced one by one when they die."""
+
+    def __init__(self, context, cluster, wanted: int) -> None:
+        import ray
+
+        config = context.config
+        per_actor = config.ray.cpus_per_actor
+        size = config.ray.actors or max(1, int(cluster.cpus // per_actor))
+        self.size = max(1, min(size, wanted))
+        settings = ActorSettings(
+            model_files=context.model_files,
+            threads=config.threads_per_actor,
+            batch_rows=config.batch_rows,
+            key_column=context.key_column,
+            keep=config.keep,
+            label_column=context.label_column,
+            run_id=context.run_id,
+            input_location=context.input.with_credentials(),
+            layout=OutputLayout(context.output.with_credentials()),
+        )
+        options: dict[str, Any] = {
+            "num_cpus": per_actor,
+            "max_restarts": 0,  # the pool replaces a dead actor itself and counts the attempt
+            "scheduling_strategy": "SPREAD",
+        }
+        if config.ray.memory_per_actor_mb:
+            options["memory"] = config.ray.memory_per_actor_mb * 1024 * 1024
+        self.settings_ref = ray.put(settings)
+        self.actor_class = ray.remote(ScoringActor).options(**options)
+        self.actors = [self.actor_class.remote(self.settings_ref) for _ in range(self.size)]
+        self.idle = list(range(self.size))
+        self.starting: dict[Any, tuple[int, float]] = {}  # ready ref -> (index, deadline)
+        self.cpus_per_actor, self.memory_mb = per_actor, config.ray.memory_per_actor_mb
+
+    def wait_ready(self) -> None:
+        """Wait for the actors to load the model; go on with those placed within the timeout."""
+        import ray
+
+        refs = {self.actors[index].ready.remote(): index for index in range(self.size)}
+        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=PLACEMENT_TIMEOUT_S)
+        ray.get(ready)  # an actor that failed to start (e.g. its model) raises here
+        if not ready:
+            raise ClusterError(self._unplaced(f"none of {self.size} actor(s)"))
+        for ref in pending:  # they join when placed (an autoscaler adding nodes)
+            self.idle.remove(refs[ref])
+            self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
+
+    def submit(self, index: int, shard, attempt: int, has_label: bool):
+        return self.actors[index].score_shard.remote(shard, attempt, has_label)
+
+    def replace(self, index: int) -> None:
+        import ray
+
+        ray.kill(self.actors[index], no_restart=True)
+        self.actors[index] = self.actor_class.remote(self.settings_ref)
+        # Idle only once placed: a shard sent to an actor that cannot be placed would wait forever.
+        self.starting[self.actors[index].ready.remote()] = (index, time.monotonic() + PLACEMENT_TIMEOUT_S)
+
+    def poll_starting(self, busy: int) -> None:
+        """Admit placed replacements; fail clearly when no actor is left and none can be placed."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if not self.starting:
+            return
+        ready, _ = ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
+        for ref in ready:
+            index, _deadline = self.starting.pop(ref)
+            try:
+                ray.get(ref)
+            except RayActorError:  # died while starting (its node went too): try again
+                self.replace(index)
+                continue
+            self.idle.append(index)
+        now = time.monotonic()
+        if not self.idle and not busy and all(deadline < now for _, deadline in self.starting.values()):
+            raise ClusterError(self._unplaced(f"no actor is left and {len(self.starting)} replacement(s)"))
+
+    def _unplaced(self, what: str) -> str:
+        memory = f", {self.memory_mb} MB memory" if self.memory_mb else ""
+        return (
+            f"{what} could be placed on the cluster within {PLACEMENT_TIMEOUT_S:.0f} s (each "
+            f"needs {self.cpus_per_actor:g} CPU{memory}): check `ray status` for dead nodes and "
+            "free resources, or lower --cpus-per-actor / --memory-per-actor-mb"
+        )
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
