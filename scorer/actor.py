@@ -193,7 +193,7 @@ def _read_batches(parquet: pq.ParquetFile, shard: Shard, columns: list[str], bat
 
 
 def _empty_batch(parquet: pq.ParquetFile, columns: list[str]) -> pa.Table:
-    # Read zero rows through the same reader so types (dictionary strings) match a real batch.
+    # A shard whose row groups hold no rows still commits a file with the output's columns.
     return parquet.schema_arrow.empty_table().select(columns)
 
 
