@@ -98,7 +98,7 @@ def score_command(input, output, model, config_file, actors, batch_rows, shard_r
     import json
     import signal
 
-    from scorer.config import load_config, parse_date
+    from scorer.config import load_config, parse_date, parse_partitions
     from scorer.driver import score
     from scorer.progress import LogProgress, RichProgress
 
@@ -106,7 +106,7 @@ def score_command(input, output, model, config_file, actors, batch_rows, shard_r
         model=model,
         batch_rows=batch_rows,
         shard_rows=shard_rows,
-        partition=_partitions(partitions),
+        partition=parse_partitions(partitions),
         since=parse_date(since, "--since") if since else None,
         until=parse_date(until, "--until") if until else None,
         overwrite=overwrite,
@@ -134,12 +134,6 @@ def score_command(input, output, model, config_file, actors, batch_rows, shard_r
     else:
         click.echo(_describe_run(summary), err=not as_json)
     sys.exit(summary.exit_code)
-
-
-def _partitions(pairs: tuple[str, ...]) -> dict[str, str]:
-    from scorer.config import parse_partitions
-
-    return parse_partitions(pairs)
 
 
 def _describe_run(summary) -> str:
