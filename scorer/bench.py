@@ -412,7 +412,6 @@ def _measure_ray_data(plan: _Plan, actors: int, out: Path, address: str | None) 
 
 def _measure_model(plan: _Plan, repeats: int = 5) -> list[dict]:
     """In-process, one thread: score(table) and inference on 1M rows; single-row latency."""
-    from scorer.encode import encode
     from scorer.model import load_model
 
     model = load_model(plan.model_dir)
@@ -422,7 +421,7 @@ def _measure_model(plan: _Plan, repeats: int = 5) -> list[dict]:
     score_seconds = _median_seconds(
         lambda: model.score(table, key_column=plan.key_column, run_id=RUN_ID), repeats
     )
-    feed = {k: v.copy() for k, v in encode(model.card, table).feed.items()}
+    feed = model.encode(table).feed
     names = [o.name for o in model.session.get_outputs()]
     infer_seconds = _median_seconds(lambda: model.session.run(names, feed), repeats)
 

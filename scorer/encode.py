@@ -11,7 +11,8 @@ min/max). A categorical value outside the vocabulary is not an error: it is fed 
 scores.
 
 Graph feed (docs/ARCHITECTURE.md): `numeric` float32 [n_numeric, N], `boolean` float32
-[n_boolean, N], `categorical` int64 [n_categorical, N]; a kind without columns is left out.
+[n_boolean, N], `categorical` float32 [n_categorical, N] (whole-number indices; int64 for graphs
+of earlier releases, chosen by the feed arrays passed in); a kind without columns is left out.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from scorer.errors import ShardReadError
 REASONS = ("missing", "not_finite", "out_of_range")
 _MISSING, _NOT_FINITE, _OUT_OF_RANGE = 1, 2, 3  # per-column reason codes; 0 = fine
 
-FEED_DTYPES = {"numeric": np.float32, "boolean": np.float32, "categorical": np.int64}
+FEED_DTYPES = {"numeric": np.float32, "boolean": np.float32, "categorical": np.float32}
+# Feed types a graph may declare per kind: categorical indices were int64 in earlier releases.
+ACCEPTED_FEED_DTYPES = {
+    "numeric": (np.dtype(np.float32),),
+    "boolean": (np.dtype(np.float32),),
+    "categorical": (np.dtype(np.float32), np.dtype(np.int64)),
+}
 
 # Integer vocabularies spanning at most this many codes are encoded by a dense lookup table (one
 # gather); wider ones by binary search.
@@ -80,10 +87,13 @@ def encode_inputs(
     shapes = feed_shapes(inputs, rows)
     if out is None:
         feed = {kind: np.empty(shape, FEED_DTYPES[kind]) for kind, shape in shapes.items()}
-    elif {kind: (a.shape, a.dtype) for kind, a in out.items()} != {
-        kind: (shape, np.dtype(FEED_DTYPES[kind])) for kind, shape in shapes.items()
-    }:
-        raise ValueError(f"feed buffers do not match the inputs: expected shapes {shapes}")
+    elif {kind: a.shape for kind, a in out.items()} != shapes or any(
+        a.dtype not in ACCEPTED_FEED_DTYPES[kind] for kind, a in out.items()
+    ):
+        accepted = {kind: [str(t) for t in ACCEPTED_FEED_DTYPES[kind]] for kind in shapes}
+        raise ValueError(
+            f"feed buffers do not match the inputs: expected shapes {shapes}, types {accepted}"
+        )
     else:
         feed = out
     slots = dict.fromkeys(feed, 0)
@@ -355,7 +365,8 @@ def _encode_dictionary(
     whether any row can be unseen (False when every dictionary value is in the vocabulary)."""
     dictionary = chunk.dictionary
     table = pc.index_in(_hashable(dictionary), value_set=_vocabulary_array(spec))
-    table = to_numpy(table.fill_null(fill_scalar(len(spec.vocabulary), table.type))).astype(np.int64)
+    table = table.fill_null(fill_scalar(len(spec.vocabulary), table.type))
+    table = to_numpy(table).astype(out.dtype)  # in the feed's type: `np.take` then converts nothing
     may_be_unseen = bool(len(table)) and table.max() == len(spec.vocabulary)
     missing = _null_mask(chunk.indices)
     indices = chunk.indices
@@ -378,7 +389,7 @@ def _lookup_integers(spec: InputSpec, values: np.ndarray, out: np.ndarray) -> No
     if values.dtype == np.uint64:
         # Codes above the int64 range are unseen whatever the vocabulary; clipping keeps them so.
         values = np.minimum(values, np.iinfo(np.int64).max).astype(np.int64)
-    table, offset = _integer_table(spec)
+    table, offset = _integer_table(spec, out.dtype)
     if table is not None:
         # Shifted so the vocabulary sits at [1, span]; every other value clips onto an unseen end
         # (int64 wrap-around of extreme values also lands outside, hence on an end).
@@ -392,15 +403,16 @@ def _lookup_integers(spec: InputSpec, values: np.ndarray, out: np.ndarray) -> No
 
 
 @functools.lru_cache(maxsize=256)
-def _integer_table(spec: InputSpec) -> tuple[np.ndarray | None, int]:
-    """Dense table for a compact integer vocabulary: codes at [1, span], unseen at the ends."""
+def _integer_table(spec: InputSpec, dtype: np.dtype) -> tuple[np.ndarray | None, int]:
+    """Dense table for a compact integer vocabulary: codes at [1, span], unseen at the ends;
+    in the feed's type, so one `np.take` writes the feed without a conversion."""
     unseen_code = len(spec.vocabulary)
     if not spec.vocabulary:
-        return np.full(1, unseen_code, np.int64), 0
+        return np.full(1, unseen_code, dtype), 0
     low, high = min(spec.vocabulary), max(spec.vocabulary)
     if high - low > _MAX_LOOKUP_SPAN:
         return None, 0
-    table = np.full(high - low + 3, unseen_code, np.int64)
+    table = np.full(high - low + 3, unseen_code, dtype)
     table[np.asarray(spec.vocabulary, np.int64) - low + 1] = np.arange(unseen_code)
     return table, low - 1
 

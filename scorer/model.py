@@ -19,7 +19,14 @@ import onnxruntime
 import pyarrow as pa
 
 from scorer.card import CARD_FILE, ModelCard, load_card, verify_checksum
-from scorer.encode import FEED_DTYPES, encode, feed_shapes, numpy_array, string_array
+from scorer.encode import (
+    ACCEPTED_FEED_DTYPES,
+    EncodedBatch,
+    encode,
+    feed_shapes,
+    numpy_array,
+    string_array,
+)
 from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.onnx_graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 
@@ -35,6 +42,7 @@ _SCORE_FIELDS = (
     pa.field("run_id", _DICTIONARY_STRING),
 )
 RESERVED_COLUMNS = frozenset(field.name for field in _SCORE_FIELDS)
+_ONNX_TENSOR_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,8 @@ class IntentModel:
         self.card = card
         self.session = session
         self._version = string_array([card.version])
+        # As the graph declares them: categorical indices are int64 in graphs of earlier releases.
+        self.feed_dtypes = {i.name: _ONNX_TENSOR_TYPES[i.type] for i in session.get_inputs()}
         self._buffers: dict[str, np.ndarray] = {}  # flat, grown to the largest batch seen
         self._zeros = numpy_array(np.zeros(0, np.int32), pa.int32())  # sliced, never written
 
@@ -166,6 +176,13 @@ class IntentModel:
             infer_seconds=inferred_at - encoded_at,
         )
 
+    def encode(self, data: pa.Table | pa.RecordBatch) -> EncodedBatch:
+        """Validate and encode `data` into fresh feed arrays of the types this graph takes
+        (`session.run(None, encoded.feed)` runs the graph on them)."""
+        shapes = feed_shapes(self.card.inputs, data.num_rows)
+        out = {kind: np.empty(shape, self.feed_dtypes[kind]) for kind, shape in shapes.items()}
+        return encode(self.card, data, out)
+
     def _zero_indices(self, rows: int) -> pa.Array:
         if len(self._zeros) < rows:
             self._zeros = numpy_array(np.zeros(rows, np.int32), pa.int32())
@@ -177,7 +194,7 @@ class IntentModel:
         for kind, shape in feed_shapes(self.card.inputs, rows).items():
             size = shape[0] * shape[1]
             if kind not in self._buffers or self._buffers[kind].size < size:
-                self._buffers[kind] = np.empty(size, FEED_DTYPES[kind])
+                self._buffers[kind] = np.empty(size, self.feed_dtypes[kind])
             views[kind] = self._buffers[kind][:size].reshape(shape)
         return views
 
@@ -229,4 +246,14 @@ def _check_graph_matches_card(
         raise ModelError(
             f"{model_dir}: model.onnx takes {found} and gives {sorted(outputs)}, but the card "
             f"describes inputs {expected} and outputs {list(_OUTPUT_NAMES)}"
+        )
+    wrong_types = [
+        f"{i.name}: {i.type}"
+        for i in session.get_inputs()
+        if _ONNX_TENSOR_TYPES.get(i.type) not in ACCEPTED_FEED_DTYPES.get(i.name, ())
+    ]
+    if wrong_types:
+        raise ModelError(
+            f"{model_dir}: model.onnx takes inputs of types the scorer cannot feed: "
+            f"{', '.join(wrong_types)}"
         )

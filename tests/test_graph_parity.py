@@ -224,9 +224,10 @@ def _random_feed(rng, linear: LinearParams, rows: int) -> dict[str, np.ndarray]:
         feed["boolean"] = rng.integers(0, 2, (len(linear.boolean_coef), rows)).astype(np.float32)
     if linear.categorical_coef:
         # Indices up to len(vocabulary) inclusive: the last one is the unseen value.
+        # Whole-number float32, as the graph takes them (see scorer.onnx_graph).
         feed["categorical"] = np.stack(
             [rng.integers(0, len(coef), rows) for coef in linear.categorical_coef]
-        )
+        ).astype(np.float32)
     return feed
 
 
@@ -253,7 +254,7 @@ def test_unseen_categorical_value_has_weight_zero():
     rng = np.random.default_rng(4)
     linear = _random_linear(rng, 0, 0, (4, 6))
     session = _session(linear, CalibratorParams("none"))
-    raw, _ = session.run(None, {"categorical": np.array([[4], [6]])})
+    raw, _ = session.run(None, {"categorical": np.array([[4], [6]], np.float32)})
     np.testing.assert_allclose(raw, expit([linear.intercept]), rtol=0, atol=1e-7)
 
 

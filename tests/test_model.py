@@ -345,3 +345,45 @@ def test_inspect_exits_2_on_a_broken_card(model_copy):
     (model_copy / CARD_FILE).write_text("{")
     result = CliRunner().invoke(cli, ["inspect", str(model_copy)])
     assert result.exit_code == 2 and "ModelError:" in result.output
+
+
+def _with_categorical_input_as(model_dir, elem_type) -> None:
+    """Rewrite model_dir's graph to take its categorical input as `elem_type`, cast to float
+    first (the layout of graphs from earlier releases, which took int64 indices)."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph_path = model_dir / GRAPH_FILE
+    proto = onnx.load_from_string(graph_path.read_bytes())
+    (categorical,) = [i for i in proto.graph.input if i.name == "categorical"]
+    categorical.type.tensor_type.elem_type = elem_type
+    for node in proto.graph.node:
+        node.input[:] = ["categorical_as_float" if x == "categorical" else x for x in node.input]
+    cast = helper.make_node("Cast", ["categorical"], ["categorical_as_float"], to=TensorProto.FLOAT)
+    proto.graph.node.insert(0, cast)
+    payload = proto.SerializeToString()
+    graph_path.write_bytes(payload)
+    doc = json.loads((model_dir / CARD_FILE).read_text())
+    doc["sha256"] = hashlib.sha256(payload).hexdigest()
+    (model_dir / CARD_FILE).write_text(json.dumps(doc))
+
+
+def test_graph_of_an_earlier_release_with_int64_indices_scores_the_same(model_copy, sessions):
+    from onnx import TensorProto
+
+    _with_categorical_input_as(model_copy, TensorProto.INT64)
+    earlier = load_model(model_copy)
+    assert earlier.feed_dtypes["categorical"] == np.int64
+    expected = load_model().score(sessions, key_column="session_id")
+    assert earlier.score(sessions, key_column="session_id").equals(expected)
+    assert earlier.encode(sessions.slice(0, 5)).feed["categorical"].dtype == np.int64
+
+
+def test_graph_input_of_a_type_the_scorer_cannot_feed_is_refused(model_copy):
+    from onnx import TensorProto
+
+    _with_categorical_input_as(model_copy, TensorProto.DOUBLE)
+    with pytest.raises(ModelError, match=r"cannot feed: categorical: tensor\(double\)"):
+        load_model(model_copy)
