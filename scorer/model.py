@@ -9,6 +9,7 @@ of zero indices, so assembling the output copies nothing.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +27,7 @@ from scorer.encode import (
     feed_shapes,
     numpy_array,
     string_array,
+    to_numpy,
 )
 from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.onnx_graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
@@ -42,6 +44,8 @@ _SCORE_FIELDS = (
     pa.field("run_id", _DICTIONARY_STRING),
 )
 RESERVED_COLUMNS = frozenset(field.name for field in _SCORE_FIELDS)
+# Tables larger than this are encoded and scored block by block (see `IntentModel._in_blocks`).
+_BLOCK_ROWS = 1 << 18
 _ONNX_TENSOR_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
 
 
@@ -136,15 +140,11 @@ class IntentModel:
             if name not in data.schema.names:
                 raise ShardReadError(f"column {name!r} is missing (asked to be kept)")
 
-        started = time.perf_counter()
-        encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
-        encoded_at = time.perf_counter()
         rows = data.num_rows
-        if rows:
-            raw, calibrated = self.session.run(_OUTPUT_NAMES, encoded.feed)
+        if rows <= _BLOCK_ROWS + _BLOCK_ROWS // 2:
+            encoded, raw, calibrated, encode_seconds, infer_seconds = self._encode_and_infer(data)
         else:
-            raw = calibrated = np.empty(0, np.float32)
-        inferred_at = time.perf_counter()
+            encoded, raw, calibrated, encode_seconds, infer_seconds = self._in_blocks(data)
 
         valid = None if encoded.invalid_mask is None else ~encoded.invalid_mask
         # onnxruntime hands over fresh arrays each run: Arrow wraps them without a copy.
@@ -172,9 +172,58 @@ class IntentModel:
             invalid_counts=encoded.invalid_counts,
             unseen=encoded.unseen,
             rows_unseen=encoded.rows_unseen,
-            encode_seconds=encoded_at - started,
-            infer_seconds=inferred_at - encoded_at,
+            encode_seconds=encode_seconds,
+            infer_seconds=infer_seconds,
         )
+
+    def _encode_and_infer(self, data: pa.Table | pa.RecordBatch):
+        started = time.perf_counter()
+        encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
+        encoded_at = time.perf_counter()
+        if data.num_rows:
+            raw, calibrated = self.session.run(_OUTPUT_NAMES, encoded.feed)
+        else:
+            raw = calibrated = np.empty(0, np.float32)
+        return encoded, raw, calibrated, encoded_at - started, time.perf_counter() - encoded_at
+
+    def _in_blocks(self, data: pa.Table | pa.RecordBatch):
+        """`_encode_and_infer` block by block of `_BLOCK_ROWS` rows, results joined: the feed
+        and the graph's intermediates of a block stay in cache, those of a whole large table
+        do not (measured, 1M rows: 119 ms in one block, 112 ms in blocks of 2**18)."""
+        rows = data.num_rows
+        raw, calibrated = np.empty(rows, np.float32), np.empty(rows, np.float32)
+        status = np.empty(rows, np.int32)
+        invalid = None
+        invalid_counts: Counter[str] = Counter()
+        unseen: Counter[str] = Counter()
+        rows_unseen = 0
+        encode_seconds = infer_seconds = 0.0
+        for start in range(0, rows, _BLOCK_ROWS):
+            block = data.slice(start, _BLOCK_ROWS)
+            encoded, raw_block, calibrated_block, encode_s, infer_s = self._encode_and_infer(block)
+            stop = start + block.num_rows
+            raw[start:stop], calibrated[start:stop] = raw_block, calibrated_block
+            status[start:stop] = to_numpy(encoded.status.indices)
+            if encoded.invalid_mask is not None:
+                if invalid is None:
+                    invalid = np.zeros(rows, dtype=bool)
+                invalid[start:stop] = encoded.invalid_mask
+            invalid_counts.update(encoded.invalid_counts)
+            unseen.update(encoded.unseen)
+            rows_unseen += encoded.rows_unseen
+            encode_seconds += encode_s
+            infer_seconds += infer_s
+        joined = EncodedBatch(
+            feed={},  # each block's feed was overwritten by the next
+            status=pa.DictionaryArray.from_arrays(
+                numpy_array(status, pa.int32()), encoded.status.dictionary
+            ),
+            invalid_mask=invalid,
+            invalid_counts=dict(invalid_counts),
+            unseen=dict(unseen),
+            rows_unseen=rows_unseen,
+        )
+        return joined, raw, calibrated, encode_seconds, infer_seconds
 
     def encode(self, data: pa.Table | pa.RecordBatch) -> EncodedBatch:
         """Validate and encode `data` into fresh feed arrays of the types this graph takes

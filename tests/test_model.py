@@ -225,6 +225,23 @@ def test_batches_of_different_sizes_do_not_leak_into_each_other(model, sessions)
     assert pa.concat_tables(parts).equals(whole)
 
 
+def test_large_tables_scored_block_by_block_match_one_block(model, sessions, monkeypatch):
+    """Tables over 1.5 blocks are encoded and inferred block by block; everything a caller sees
+    (scores, nulls, statuses, invalid and unseen counts) is what one block gives."""
+    import scorer.model
+
+    data = pa.concat_tables([sessions.slice(0, 2500), adversarial_rows(sessions)] * 3)
+    broken = data.column("month").to_pylist()
+    broken[10], broken[4000], broken[4001] = None, "Foo", None
+    data = data.set_column(data.schema.get_field_index("month"), "month", pa.array(broken))
+    whole = model.score_batch(data, key_column="session_id", run_id="r")
+    monkeypatch.setattr(scorer.model, "_BLOCK_ROWS", 1000)  # 8 blocks, the last one short
+    blocks = model.score_batch(data, key_column="session_id", run_id="r")
+    assert blocks.table.equals(whole.table, check_metadata=True)
+    assert blocks.invalid_counts == whole.invalid_counts == {"missing:month": 2}
+    assert blocks.unseen == whole.unseen and blocks.rows_unseen == whole.rows_unseen > 0
+
+
 def test_score_batch_reports_counts_and_timings(model, sessions):
     data = sessions.slice(0, 4)
     data = data.set_column(data.schema.get_field_index("month"), "month", pa.array(["Foo", None, "Nov", "Bar"]))
