@@ -273,6 +273,38 @@ def test_an_actor_killed_mid_shard_costs_a_retry_not_the_run(tmp_path):
     assert not (out / "_scorer" / "tmp" / summary.run_id).exists()
 
 
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_refused_commit_is_retried_while_the_actors_go_on(tmp_path, monkeypatch):
+    """Commits run on the driver's commit thread while actors score their next shards; one that
+    storage refuses (here: a full disk on the first commit) is retried like any failed attempt."""
+    from scorer.commit import Manifest
+    from scorer.errors import StorageError
+
+    history = make_history(tmp_path / "in", sessions=6_000, files=2, days=1, row_group_rows=500)
+    out = tmp_path / "out"
+    real_commit = Manifest.commit_shard
+    refused = []
+
+    def disk_full_once(self, shard, **options):
+        if not refused:
+            refused.append(shard.output_relpath)
+            raise StorageError(f"{shard.output_relpath}: cannot commit: [Errno 28] No space left")
+        return real_commit(self, shard, **options)
+
+    monkeypatch.setattr(Manifest, "commit_shard", disk_full_once)
+    summary = score(str(history), str(out), actors=2, shard_rows=1_000)
+
+    assert summary.exit_code == 0 and summary.shards_failed == 0
+    assert summary.shards_committed == 6 and summary.rows == 6_000
+    _assert_exactly_once(history, out)
+    stats = _shard_stats(out, summary.run_id)
+    attempts = sorted((r["attempt"], r["status"]) for r in stats if r["output_path"] == refused[0])
+    assert attempts == [(1, "failed"), (2, "committed")]
+    failed = next(r for r in stats if r["status"] == "failed")
+    assert "StorageError" in failed["error"] and "No space left" in failed["error"]
+    assert _commits(out) == 6
+
+
 @pytest.mark.slow
 def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, drivers):
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
