@@ -36,7 +36,9 @@ the error this makes is bounded by `CalibrationState.approximation_bounds` (see 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -232,8 +234,8 @@ class ScoreHistogram:
     @classmethod
     def from_arrays(cls, labels, probs) -> ScoreHistogram:
         """Histogram of non-null labels and probabilities (see `CalibrationState` for nulls)."""
-        y, p, eps = _check(labels, probs)
-        return _histogram(y, p, eps)
+        y, _, _ = _check(labels, probs)  # validates both
+        return _histograms(y, _checked_scores(np.asarray(probs)))[0]
 
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
         return ScoreHistogram(
@@ -324,37 +326,113 @@ class ScoreHistogram:
 # Rows per product in the log-loss sum: a probability clipped to [eps, 1 - eps] is >= 2**-52,
 # so a product of 16 of them stays >= 2**-832, far from float64's subnormals.
 _LOG_BLOCK = 16
+# Longer inputs are histogrammed in pieces of this many rows and merged: it bounds the scratch
+# arrays (36 bytes a row: 9.4 MB per thread) and keeps the label-weighted counts exact.
+_PIECE_ROWS = 2**18
+# Rows weigh _ROW + y in the count bincount: a bin's total is _ROW * count + positives, an
+# integer < 2**38 (exact in float64) that splits into both as positives <= rows < _ROW.
+_ROW_BIT = _PIECE_ROWS.bit_length()
+_ROW = 1 << _ROW_BIT
 
 
-def _histogram(y: np.ndarray, p: np.ndarray, eps: float) -> ScoreHistogram:
-    """The histogram of bool labels `y` and probabilities `p` already checked to lie in [0, 1].
+class _Scratch:
+    """Work arrays for `_histogram`, reused from batch to batch by one thread.
 
-    A few vectorised passes per row and three bincounts; no per-row log: the log loss is summed
-    as the logs of products of `_LOG_BLOCK` rows (relative error ~1e-15; a float64 log costs
+    Fresh arrays of a batch's size come from mmap (or a trimmed heap) and cost a page fault per
+    4 kB on first touch: ~1,200 faults per 131,072-row batch, about a third of the time when
+    every temporary was new. They are per thread (`_scratch`), so calls on different threads
+    never share one; no result refers to them.
+    """
+
+    def __init__(self, rows: int):
+        self.rows = rows
+        self.weight = np.empty(rows)
+        self.probability = np.empty(rows)
+        self.index32 = np.empty(rows, np.int32)
+        self.index = np.empty(rows, np.intp)
+        # Padded to whole `_LOG_BLOCK`-row blocks for the log-loss product.
+        self.work = np.empty(_LOG_BLOCK * -(-rows // _LOG_BLOCK))
+
+
+_thread = threading.local()
+
+
+def _scratch(rows: int) -> _Scratch:
+    scratch = getattr(_thread, "scratch", None)
+    if scratch is None or scratch.rows < rows:
+        scratch = _thread.scratch = _Scratch(rows)
+    return scratch
+
+
+class _Labels:
+    """At most `_PIECE_ROWS` bool labels, and what the histogram of every score needs of them."""
+
+    def __init__(self, y: np.ndarray):
+        self.rows = y.size
+        self.scratch = _scratch(y.size)
+        self.positive, self.negative = y, ~y
+        self.weight = np.add(y, float(_ROW), out=self.scratch.weight[: y.size])  # see _ROW
+
+
+class _Scores(NamedTuple):
+    """Scores checked to lie in [0, 1] (no NaN), with what `_histogram` needs besides."""
+
+    values: np.ndarray
+    eps: float  # the log-loss clip (see the module docstring)
+    low: float  # min and max of `values`; 1.0 and 0.0 when empty
+    high: float
+
+
+def _histograms(y: np.ndarray, *scores: _Scores) -> list[ScoreHistogram]:
+    """The histogram of each of `scores` against the bool labels `y`, sharing the label work."""
+    histograms: list[ScoreHistogram] = []
+    for start in range(0, max(y.size, 1), _PIECE_ROWS):
+        rows = slice(start, start + _PIECE_ROWS)
+        labels = _Labels(y[rows])
+        piece = [_histogram(labels, s._replace(values=s.values[rows])) for s in scores]
+        histograms = list(map(ScoreHistogram.merge, histograms, piece)) if histograms else piece
+    return histograms
+
+
+def _histogram(labels: _Labels, scores: _Scores) -> ScoreHistogram:
+    """The histogram of one piece: two bincounts and a few passes, all into scratch arrays.
+
+    Measured per 1M rows (131,072-row batches, a 2-core VM): a weighted bincount ~3.5 ms, an
+    unweighted one ~5 ms, another pass ~0.5-1 ms. Hence one weighted bincount for both counts
+    (see `_ROW`) and one for the sum of predictions. No per-row log: the log loss is summed as
+    the logs of products of `_LOG_BLOCK` rows (relative error ~1e-15; a float64 log costs
     ~10 ns per row, more than everything else here together).
     """
-    p = p.astype(np.float64, copy=False)
-    width = -(-p.size // _LOG_BLOCK)
-    # One scratch buffer for every float64 temporary: fresh ones of this size cost page faults.
-    scratch = np.empty(_LOG_BLOCK * width)
-    work = scratch[: p.size]
+    rows, scratch = labels.rows, labels.scratch
+    p = scores.values
+    if p.dtype != np.float64:
+        p = scratch.probability[:rows]
+        np.copyto(p, scores.values)
     # p >= 0, so truncation is floor(p * FINE_BINS): exactly `_width_index` (see FINE_BINS).
-    # Through int32 because NumPy converts float64 to int32 with SIMD but to int64 per element.
-    index = np.multiply(p, FINE_BINS, out=work).astype(np.int32)
-    np.minimum(index, FINE_BINS - 1, out=index)
-    index = index.astype(np.intp)
-    count = np.bincount(index, minlength=FINE_BINS)
-    positives = np.bincount(index, weights=y, minlength=FINE_BINS).astype(np.int64)
+    # Through int32: NumPy converts float64 to int32 with SIMD but to int64 per element.
+    index32 = np.multiply(p, FINE_BINS, out=scratch.index32[:rows], casting="unsafe")
+    if scores.high >= 1.0:  # only p = 1.0 lands past the last bin
+        np.minimum(index32, FINE_BINS - 1, out=index32)
+    # bincount wants intp: given int32 it converts into a fresh array, page faults again.
+    index = scratch.index[:rows]
+    np.copyto(index, index32)
+    totals = np.bincount(index, weights=labels.weight, minlength=FINE_BINS).astype(np.int64)
+    count, positives = totals >> _ROW_BIT, totals & (_ROW - 1)
     sum_predicted = np.bincount(index, weights=p, minlength=FINE_BINS)
 
-    np.subtract(p, y, out=work)
-    sum_squared_error = float(np.square(work, out=work).sum())  # no BLAS dot: its threads
+    work = scratch.work[: _LOG_BLOCK * -(-rows // _LOG_BLOCK)]
+    error = np.subtract(p, labels.positive, out=work[:rows])
+    sum_squared_error = float(np.square(error, out=error).sum())  # no BLAS dot: its threads
     # cost milliseconds on a busy machine.
-    np.clip(p, eps, 1.0 - eps, out=work)
-    # The probability given to what happened: |0 - p| for a positive, |1 - p| for a negative.
-    np.abs(np.subtract(~y, work, out=work), out=work)
-    scratch[p.size :] = 1.0  # the padding multiplies by one
-    blocks = scratch.reshape(_LOG_BLOCK, width).prod(axis=0)
+    eps = scores.eps
+    clipped = p
+    if scores.low < eps or scores.high > 1.0 - eps:  # else clipping changes nothing
+        clipped = np.clip(p, eps, 1.0 - eps, out=work[:rows])
+    # The probability given to what happened up to its sign: c for a positive, c - 1 = -(1 - c)
+    # exactly for a negative; the product's magnitude ignores signs.
+    np.subtract(clipped, labels.negative, out=work[:rows])
+    work[rows:] = 1.0  # the padding multiplies by one
+    blocks = np.abs(work.reshape(_LOG_BLOCK, -1).prod(axis=0))
     return ScoreHistogram(
         fine=ReliabilityBins(count, positives, sum_predicted),
         sum_squared_error=sum_squared_error,
@@ -409,10 +487,12 @@ class CalibrationState:
         rows_used = rows if used is None else int(np.count_nonzero(used))
         if used is not None:  # only batches with invalid rows or missing labels copy
             y, p_raw, p_cal = y[used], p_raw[used], p_cal[used]
-        y = _boolean_labels(y)
+        raw, calibrated = _histograms(
+            _boolean_labels(y), _checked_scores(p_raw), _checked_scores(p_cal)
+        )
         return cls(
-            raw=_histogram(y, *_checked_scores(p_raw)),
-            calibrated=_histogram(y, *_checked_scores(p_cal)),
+            raw=raw,
+            calibrated=calibrated,
             null_score_rows=null_score_rows,
             null_label_rows=rows - null_score_rows - rows_used,
         )
@@ -475,18 +555,26 @@ def _both(a: np.ndarray | None, b: np.ndarray | None) -> np.ndarray | None:
 def _boolean_labels(y: np.ndarray) -> np.ndarray:
     if y.dtype == np.bool_:
         return y
-    if y.size and not np.isin(y, (0, 1)).all():
+    if y.dtype.kind in "iu":
+        # Read as unsigned (same width and byte order) a negative label is huge, so one max
+        # checks the range: np.isin took 16 ms per 1M rows.
+        valid = y.view(y.dtype.str.replace("i", "u")).max(initial=0) <= 1
+    else:
+        valid = np.isin(y, (0, 1)).all()
+    if not valid:
         raise ValueError("labels must be boolean or 0/1")
     return y.astype(np.bool_)
 
 
-def _checked_scores(p: np.ndarray) -> tuple[np.ndarray, float]:
-    """Non-null scores and their log-loss epsilon; as `_check`, refuses values outside [0, 1]."""
+def _checked_scores(p: np.ndarray) -> _Scores:
+    """Non-null scores with their log-loss epsilon and range; as `_check`, refuses values outside
+    [0, 1]."""
     eps = float(np.finfo(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64).eps)
+    low, high = float(p.min(initial=1.0)), float(p.max(initial=0.0))
     # NaN is already excluded as null, so the range check also refuses infinities.
-    if p.size and not (p.min() >= 0 and p.max() <= 1):
+    if not (low >= 0 and high <= 1):
         raise ValueError("probabilities must be finite and within [0, 1]")
-    return p, eps
+    return _Scores(p, eps, low, high)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -235,3 +236,100 @@ def test_state_pickles_small_and_round_trips():
     assert_same_state(pickle.loads(blob), small)
     empty = pickle.loads(pickle.dumps(CalibrationState()))
     assert empty.rows == 0 and np.isnan(empty.raw.summary()["roc_auc"])
+
+
+def reference_histogram(y: np.ndarray, p: np.ndarray) -> tuple:
+    """ScoreHistogram's figures the plain way: np.floor bins, separate bincounts, a log per row."""
+    y = y.astype(bool)
+    eps = np.finfo(p.dtype).eps
+    p = p.astype(np.float64)
+    size = metrics.FINE_BINS
+    index = np.minimum(np.floor(p * size), size - 1).astype(np.intp)
+    clipped = np.clip(p, eps, 1 - eps)
+    return (
+        np.bincount(index, minlength=size),
+        np.bincount(index[y], minlength=size),
+        np.bincount(index, weights=p, minlength=size),
+        float(np.sum((p - y) ** 2)),
+        float(-np.sum(np.log(np.where(y, clipped, 1 - clipped)))),
+    )
+
+
+def assert_matches_reference(histogram: ScoreHistogram, y: np.ndarray, p: np.ndarray) -> None:
+    count, positives, sum_predicted, sse, sll = reference_histogram(y, p)
+    np.testing.assert_array_equal(histogram.fine.count, count)
+    np.testing.assert_array_equal(histogram.fine.positives, positives)
+    assert histogram.fine.count.dtype == histogram.fine.positives.dtype == np.int64
+    np.testing.assert_allclose(histogram.fine.sum_predicted, sum_predicted, rtol=1e-12)
+    assert histogram.sum_squared_error == pytest.approx(sse, rel=1e-12)
+    assert histogram.sum_log_loss == pytest.approx(sll, rel=1e-12)
+
+
+def edgy_scores(n: int, dtype, rng: np.random.Generator) -> np.ndarray:
+    """Beta scores mixed with 0, 1, the clip limits and fine-bin edges with their neighbours."""
+    p = rng.beta(0.7, 3.0, n).astype(dtype)
+    one = dtype(1)
+    edges = np.array([k / metrics.FINE_BINS for k in (1, 2047, 2048, 15360, 28672, 30719)], dtype)
+    special = np.concatenate([
+        np.array([0, one, np.finfo(dtype).eps, one - np.finfo(dtype).eps], dtype),
+        edges, np.nextafter(edges, dtype(0)), np.nextafter(edges, one),
+        np.nextafter(np.array([one], dtype), dtype(0)),
+    ])
+    at = rng.random(n) < 0.2
+    p[at] = rng.choice(special, int(at.sum()))
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("piece_rows", [None, 1000])
+def test_state_matches_a_plain_reference(dtype, piece_rows, monkeypatch):
+    if piece_rows:  # long inputs are histogrammed in pieces and merged
+        monkeypatch.setattr(metrics, "_PIECE_ROWS", piece_rows)
+    rng = np.random.default_rng(7)
+    n = 20_000
+    y = rng.random(n) < 0.3
+    raw, cal = edgy_scores(n, dtype, rng), edgy_scores(n, dtype, rng)
+    cal[:50] = 1.0  # the top fine bin is closed at 1
+    # Nulls and NaN in the Arrow input: the reference sees only the complete rows.
+    raw_null = rng.random(n) < 0.02
+    cal[rng.random(n) < 0.02] = np.nan
+    label_null = rng.random(n) < 0.02
+    state = CalibrationState.from_arrays(
+        pa.array(y.astype(np.int64), mask=label_null),
+        pa.array(raw, mask=raw_null),
+        pa.array(cal),
+    )
+    scored = ~raw_null & ~np.isnan(cal)
+    used = scored & ~label_null
+    null_rows = (n - scored.sum(), (scored & label_null).sum())
+    assert (state.null_score_rows, state.null_label_rows) == null_rows
+    assert_matches_reference(state.raw, y[used], raw[used])
+    assert_matches_reference(state.calibrated, y[used], cal[used])
+    assert_matches_reference(ScoreHistogram.from_arrays(y, raw), y, raw)
+
+
+def test_integer_labels_outside_0_1_are_rejected():
+    scores = np.array([0.1, 0.2])
+    for labels in (np.array([0, 2]), np.array([-1, 1], np.int8), pa.array([0, 256], pa.int16())):
+        with pytest.raises(ValueError, match="labels"):
+            CalibrationState.from_arrays(labels, scores, scores)
+    assert CalibrationState.from_arrays(np.array([0, 1], np.uint8), scores, scores).positives == 1
+
+
+def test_states_built_concurrently_equal_those_built_alone():
+    # Each thread has its own scratch arrays: interleaved calls must not see each other's rows.
+    rng = np.random.default_rng(11)
+    jobs = []
+    for n in (1_000, 70_000, 131_072, 5_000, 40_000, 131_072):
+        y = rng.random(n) < 0.2
+        jobs.append((y, rng.random(n).astype(np.float32), rng.beta(1, 4, n).astype(np.float32)))
+    alone = [CalibrationState.from_arrays(*job) for job in jobs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda job: CalibrationState.from_arrays(*job), jobs * 4))
+    for state, expected in zip(together, alone * 4):
+        for name in ("raw", "calibrated"):
+            a, b = getattr(state, name), getattr(expected, name)
+            np.testing.assert_array_equal(a.fine.count, b.fine.count)
+            np.testing.assert_array_equal(a.fine.positives, b.fine.positives)
+            np.testing.assert_array_equal(a.fine.sum_predicted, b.fine.sum_predicted)
+            assert (a.sum_squared_error, a.sum_log_loss) == (b.sum_squared_error, b.sum_log_loss)
