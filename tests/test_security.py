@@ -80,6 +80,19 @@ def test_every_socket_of_the_local_ray_is_on_loopback():
     assert not outside, f"listening beyond loopback: {outside}"
 
 
+def test_no_dashboard_process_runs():
+    """`include_dashboard=False` still starts Ray's dashboard process (for its usage-stats
+    reporter); the private Ray skips it (`scorer.cluster._no_dashboard_process`)."""
+    commands = []
+    for process in _ray_processes():
+        try:
+            commands.append(" ".join(process.cmdline()))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    assert any("raylet" in command for command in commands)  # Ray was examined
+    assert not [c for c in commands if "dashboard/dashboard.py" in c], commands
+
+
 def test_no_dashboard_is_served():
     import ray
 
