@@ -310,7 +310,7 @@ def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, addr
                        address=address, on_message=lambda text: click.echo(text, err=True))
     console = Console()
     if not console.is_terminal:
-        console.width = max(console.width, 120)  # the table is wider than a pipe's 80 columns
+        console.width = max(console.width, 150)  # the table is wider than a pipe's 80 columns
     console.print(render(result))
     for skipped in result.skipped:
         console.print(f"skipped {skipped}")

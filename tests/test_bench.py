@@ -28,7 +28,7 @@ def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeyp
     table = pq.read_table(result.files["measurements"])
     assert table.schema == bench.MEASUREMENTS_SCHEMA
     rows = {(r["contestant"], r["actors"]): r for r in table.to_pylist()}
-    for key in [("floor", 1), ("floor", 2), ("scorer", 1), ("scorer", 2)]:
+    for key in [("floor", 1), ("floor", 2), ("scorer", 1), ("scorer", 2), ("scorer_joined", 2)]:
         assert rows[key]["rows"] == 24_000  # every row of the data set, read and written
         assert rows[key]["work_seconds"] > 0 and rows[key]["peak_rss_mb"] > 0
     assert rows[("scorer", 2)]["encode_seconds"] > 0
