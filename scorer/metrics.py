@@ -602,7 +602,7 @@ def calibration_schema(partition_key: str = "dt") -> pa.Schema:
     ]
     return pa.schema(
         [
-            ("run_id", pa.string()),
+            ("run_id", pa.dictionary(pa.int32(), pa.string())),  # as the partition key reads
             ("scope", pa.string()),
             (partition_key, pa.string()),
             ("rows", pa.int64()),

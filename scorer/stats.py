@@ -13,10 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 _TS = pa.timestamp("us", tz="UTC")
+# The folders are hive-partitioned by run_id, and pyarrow (so pandas) infers a partition key as
+# dictionary<int32, string>: a file column of the same name must have that type too, or reading
+# OUTPUT/stats/shards as one dataset fails ("Unable to merge: Field run_id has incompatible types").
+RUN_ID_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 SHARD_STATS_SCHEMA = pa.schema(
     [
-        ("run_id", pa.string()),
+        ("run_id", RUN_ID_TYPE),
         ("shard_id", pa.string()),
         ("input_path", pa.string()),
         ("row_group_start", pa.int32()),
@@ -50,7 +54,7 @@ SHARD_STATS_SCHEMA = pa.schema(
 
 RUN_STATS_SCHEMA = pa.schema(
     [
-        ("run_id", pa.string()),
+        ("run_id", RUN_ID_TYPE),
         ("status", pa.string()),
         ("started_at", _TS),
         ("ended_at", _TS),

@@ -95,6 +95,23 @@ def test_second_run_skips_committed_shards(history, tmp_path):
     assert _scores(tmp_path / "out").num_rows == 24_000
 
 
+def test_stats_and_calibration_of_several_runs_read_as_one_dataset(history, tmp_path):
+    """pyarrow (so pandas) infers the run_id=<RUN_ID> folders as a dictionary column; the
+    files' own run_id has that type, so every run reads at once with no options."""
+    import pandas as pd
+
+    out = tmp_path / "out"
+    first = score(str(history), str(out), actors=1)
+    second = score(str(history), str(out), actors=1, overwrite=True)
+    runs = {first.run_id, second.run_id}
+    for folder in ("stats/shards", "stats/runs", "calibration"):
+        table = pq.read_table(out / folder)
+        assert set(table.column("run_id").to_pylist()) == runs, folder
+        assert set(pd.read_parquet(out / folder)["run_id"]) == runs, folder
+        queried = duckdb.sql(f"SELECT DISTINCT run_id FROM read_parquet('{out / folder}/*/*.parquet')")
+        assert {row[0] for row in queried.fetchall()} == runs, folder
+
+
 def test_dry_run_writes_nothing(history, tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["score", str(history), str(out), "--dry-run", "--json"])
