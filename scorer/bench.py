@@ -69,6 +69,7 @@ MEASUREMENTS_SCHEMA = pa.schema(
         ("rows_per_second", pa.float64()),  # over the wall time
         ("work_rows_per_second", pa.float64()),  # over the work window: compare these
         *[(f"{stage}_seconds", pa.float64()) for stage in STAGES],  # summed over workers
+        ("cpu_seconds", pa.float64()),  # workers' CPU time, summed: / work_seconds = cores used
         ("peak_rss_mb", pa.float64()),  # the largest worker's peak resident memory
         ("latency_p50_us", pa.float64()),  # single-row contestants only
         ("latency_p99_us", pa.float64()),
@@ -101,6 +102,9 @@ class BenchResult:
         one = summary.get(("scorer", 1), {}).get("work_rows_per_second")
         for (contestant, actors), row in summary.items():
             rate = row["work_rows_per_second"]
+            # Cores busy in the work window: a scorer actor overlaps three stages on threads.
+            cpu, work = row["cpu_seconds"], row["work_seconds"]
+            row["cores"] = cpu / work if cpu and work and not contestant.startswith("model") else None
             floor = summary.get(("floor", actors), {}).get("work_rows_per_second")
             compared = contestant in ("scorer", JOINED, "ray_data")
             row["vs_floor"] = rate / floor if compared and rate and floor else None
@@ -286,7 +290,7 @@ def _measure_floor(plan: _Plan, processes: int, out: Path) -> dict:
         ended = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)
     row = _rates(sum(r["rows"] for r in results), ended - started, ready - started, ended - ready)
-    row |= {f"{stage}_seconds": sum(r[stage] for r in results) for stage in ("read", "write")}
+    row |= {f"{stage}_seconds": sum(r[stage] for r in results) for stage in ("read", "write", "cpu")}
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
     return row
 
@@ -301,6 +305,7 @@ def _floor_file(task: tuple[str, str, _Plan]) -> dict:
 
     path, out, plan = task
     seconds = {"read": 0.0, "write": 0.0}
+    cpu_started = time.process_time()
     reader = pq.ParquetFile(path, read_dictionary=list(plan.dictionary_columns))
     batches = reader.iter_batches(
         batch_size=plan.batch_rows, columns=list(plan.columns), use_threads=False
@@ -338,6 +343,7 @@ def _floor_file(task: tuple[str, str, _Plan]) -> dict:
     writer.close()
     os.replace(out + ".tmp", out)
     seconds["write"] += time.perf_counter() - clock
+    seconds["cpu"] = time.process_time() - cpu_started
     return seconds | {"rows": rows, "peak_rss_mb": _peak_rss_mb()}
 
 
@@ -365,6 +371,7 @@ def _measure_scorer(plan: _Plan, actors: int, out: Path, address: str | None) ->
     shutil.rmtree(out, ignore_errors=True)
     row = _rates(summary.rows, summary.wall_seconds, summary.setup_seconds, summary.work_seconds)
     row |= {f"{stage}_seconds": summary.stage_seconds.get(stage) for stage in STAGES}
+    row["cpu_seconds"] = summary.cpu_seconds
     row["peak_rss_mb"] = peak / 2**20
     return row
 
@@ -502,8 +509,8 @@ def render(result: BenchResult):
 
     table = Table(title=f"scorer bench: {result.cpus} CPUs, data {result.data}, medians")
     table.add_column("contestant", no_wrap=True)
-    for heading in ("actors", "runs", "rows", "wall s", "setup s", "work rows/s", "× floor",
-                    "scaling", "scorer ×", "RSS MB", "p50/p99 µs"):
+    for heading in ("actors", "runs", "rows", "wall s", "setup s", "work rows/s", "cores",
+                    "× floor", "scaling", "scorer ×", "RSS MB", "p50/p99 µs"):
         table.add_column(heading, justify="right")
     for row in result.medians():
         latency = row["latency_p50_us"] is not None
@@ -515,6 +522,7 @@ def render(result: BenchResult):
             "" if latency else f"{row['seconds']:.2f}",
             f"{row['setup_seconds']:.2f}" if row["setup_seconds"] else "",
             f"{row['work_rows_per_second'] / 1e6:.2f}M" if not latency else "",
+            _ratio(row["cores"]),
             _ratio(row["vs_floor"]) if row["contestant"] != "floor" else "",
             _ratio(row["scaling_efficiency"]),
             _ratio(row["scorer_speedup"]),

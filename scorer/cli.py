@@ -151,6 +151,9 @@ def _describe_run(summary) -> str:
         )
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in summary.stage_seconds.items())
         lines.append(f"  time per stage (all actors): {stages}")
+        if summary.work_seconds:
+            cores = summary.cpu_seconds / summary.work_seconds
+            lines.append(f"  CPU {summary.cpu_seconds:.2f} s in the actors: {cores:.1f} core(s) busy")
         if len(summary.rows_per_node) > 1:
             per_node = summary.work_seconds or 1.0
             lines += [f"  node {node}: {rows / per_node:,.0f} rows/s" for node, rows in summary.rows_per_node.items()]

@@ -71,6 +71,7 @@ class RunSummary:
     wall_seconds: float = 0.0
     setup_seconds: float = 0.0
     work_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the actors' CPU time over committed shards (all their threads)
     rows_per_second: float = 0.0
     work_rows_per_second: float = 0.0
     actors: int = 0
@@ -499,6 +500,7 @@ class _Run:
             self._record(shard, attempt=attempt.attempt, status="committed", outcome=outcome)
             self.summary.shards_committed += 1
             self.summary.rows += outcome.rows
+            self.summary.cpu_seconds += outcome.seconds.get("cpu", 0.0)
             self.progress.shard_done(shard_id=shard.shard_id, rows=outcome.rows)
 
     def _failed(self, attempt: _Attempt, error: str, retryable: bool) -> bool:
@@ -585,6 +587,7 @@ class _Run:
                 "infer_seconds": seconds["infer"],
                 "write_seconds": seconds["write"],
                 "total_seconds": seconds["total"],
+                "cpu_seconds": seconds.get("cpu"),
                 "actor_id": outcome.actor_id,
                 "node_id": outcome.node_id,
                 "node_ip": outcome.node_ip,

@@ -38,6 +38,7 @@ SHARD_STATS_SCHEMA = pa.schema(
         ("infer_seconds", pa.float64()),
         ("write_seconds", pa.float64()),
         ("total_seconds", pa.float64()),
+        ("cpu_seconds", pa.float64()),
         ("actor_id", pa.string()),
         ("node_id", pa.string()),
         ("node_ip", pa.string()),
@@ -50,7 +51,10 @@ SHARD_STATS_SCHEMA = pa.schema(
     ]
 )
 """`status`: committed, skipped (committed by an earlier run), failed, interrupted.
-`peak_rss_bytes`: the actor process's peak resident memory when it finished the shard."""
+`peak_rss_bytes`: the actor process's peak resident memory when it finished the shard.
+`*_seconds` of a stage: the wall time of that stage's thread (the stages overlap, so they add up
+to more than `total_seconds`). `cpu_seconds`: the actor process's CPU time, all threads, while
+it scored the shard; `cpu_seconds / total_seconds` is the cores the actor used."""
 
 RUN_STATS_SCHEMA = pa.schema(
     [
@@ -61,6 +65,7 @@ RUN_STATS_SCHEMA = pa.schema(
         ("wall_seconds", pa.float64()),
         ("setup_seconds", pa.float64()),
         ("work_seconds", pa.float64()),
+        ("cpu_seconds", pa.float64()),
         ("rows", pa.int64()),
         ("rows_per_second", pa.float64()),
         ("work_rows_per_second", pa.float64()),
@@ -86,7 +91,8 @@ RUN_STATS_SCHEMA = pa.schema(
     ]
 )
 """`rows_per_second` is over the wall time; `work_rows_per_second` over the work window (first
-shard dispatched to last shard finished), the figure that compares with the I/O floor."""
+shard dispatched to last shard finished), the figure that compares with the I/O floor.
+`cpu_seconds`: the actors' CPU time over the shards committed in this run."""
 
 STAGES = ("read", "encode", "infer", "write")
 

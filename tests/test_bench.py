@@ -32,6 +32,7 @@ def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeyp
         assert rows[key]["rows"] == 24_000  # every row of the data set, read and written
         assert rows[key]["work_seconds"] > 0 and rows[key]["peak_rss_mb"] > 0
     assert rows[("scorer", 2)]["encode_seconds"] > 0
+    assert rows[("scorer", 2)]["cpu_seconds"] > 0 and rows[("floor", 1)]["cpu_seconds"] > 0
     assert rows[("model:latency_onnx", 1)]["latency_p99_us"] >= rows[("model:latency_onnx", 1)]["latency_p50_us"]
     assert any("ray_data" in s for s in result.skipped)
     assert any("skipping ray_data" in m for m in messages)
@@ -40,6 +41,7 @@ def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeyp
     assert medians[("scorer", 1)]["scaling_efficiency"] == 1.0
     assert medians[("scorer", 2)]["vs_floor"] > 0
     assert medians[("floor", 2)]["vs_floor"] is None
+    assert medians[("scorer", 1)]["cores"] > 0 and medians[("model:score", 1)]["cores"] is None
     for name in ("scaling", "stages"):
         assert result.files[name].stat().st_size > 1000
     assert bench.render(result).row_count == len(medians)

@@ -65,7 +65,9 @@ def test_stats_add_up_to_the_input(history, tmp_path):
     assert pc.sum(committed["rows_ok"]).as_py() + pc.sum(committed["rows_invalid"]).as_py() == 24_000
     for stage in ("read", "encode", "infer", "write", "total"):
         assert pc.min(committed[f"{stage}_seconds"]).as_py() >= 0
+    assert pc.min(committed["cpu_seconds"]).as_py() > 0
     run = pq.read_table(out / "stats" / "runs" / f"run_id={summary.run_id}").to_pylist()[0]
+    assert run["cpu_seconds"] == pytest.approx(pc.sum(committed["cpu_seconds"]).as_py())
     assert run["rows"] == 24_000 and run["shards_committed"] == 8 and run["actors"] == 2
     assert run["setup_seconds"] > 0 and run["ray_version"].startswith("2.60")
     calibration = pq.read_table(out / "calibration" / f"run_id={summary.run_id}")
