@@ -160,6 +160,16 @@ def _actor_writing_a_shard(out: Path):
     return None
 
 
+# `python -m scorer`, with Ctrl-C raising KeyboardInterrupt as in a terminal. A process started
+# in the background by a non-interactive shell inherits SIGINT ignored, and Python then leaves it
+# ignored: a test run from such a shell (a CI script put in the background) would otherwise see
+# the SIGINT test's driver finish instead of stopping.
+_WITH_CTRL_C = (
+    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'scorer'; runpy.run_module('scorer', run_name='__main__', alter_sys=True)"
+)
+
+
 class _Drivers:
     """`scorer score` subprocesses of one test and every process they started."""
 
@@ -174,7 +184,7 @@ class _Drivers:
         stdout, stderr = self.logs / f"driver-{n}.out", self.logs / f"driver-{n}.err"
         with open(stdout, "w") as out, open(stderr, "w") as err:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "scorer", "score", *args],
+                [sys.executable, "-c", _WITH_CTRL_C, "score", *args],
                 stdout=out,
                 stderr=err,
                 env=env,
