@@ -160,6 +160,24 @@ def test_extreme_integer_codes_are_unseen_not_wrapped():
     encoded = encode_inputs([wide], pa.table({"code": pa.array(extremes + [7, 10**9, -(10**12)], pa.int64())}))
     assert encoded.feed["categorical"][0].tolist() == [3] * 6 + [0, 1, 2]
     signed = InputSpec("code", "int", "categorical", vocabulary=(-1, 0, 1))
+    # Narrow codes are looked up in int32 arithmetic: extremes must not wrap into the vocabulary,
+    # whichever side of zero it sits on (offsets up to 2**30 take that path).
+    int32_extremes = [-(2**31), 2**31 - 1, -(2**30) - 5, 2**30 + 5, -1, 0, 21]
+    for low in (1, -(2**30) + 2, 2**30 - 2, -(2**31) + 10, 2**31 - 10):
+        near = InputSpec("code", "int", "categorical", vocabulary=(low, low + 1, low + 2))
+        codes = [c for c in int32_extremes if c not in near.vocabulary] + [low, low + 1, low + 2]
+        expected = [3] * (len(codes) - 3) + [0, 1, 2]
+        for kind in (pa.int32(), pa.int64()):
+            encoded = encode_inputs([near], pa.table({"code": pa.array(codes, kind)}))
+            assert encoded.feed["categorical"][0].tolist() == expected, (low, kind)
+    small = InputSpec("code", "int", "categorical", vocabulary=(1, 2, 3))
+    for kind in (pa.int8(), pa.int16(), pa.uint8(), pa.uint16(), pa.uint32()):
+        encoded = encode_inputs([small], pa.table({"code": pa.array([0, 1, 2, 3, 4, 100], kind)}))
+        assert encoded.feed["categorical"][0].tolist() == [3, 0, 1, 2, 3, 3], kind
+    shifted = InputSpec("code", "int", "categorical", vocabulary=(50, 51))  # offset 49
+    for kind in (pa.int8(), pa.uint16(), pa.uint32()):
+        encoded = encode_inputs([shifted], pa.table({"code": pa.array([0, 49, 50, 51, 52, 127], kind)}))
+        assert encoded.feed["categorical"][0].tolist() == [2, 2, 0, 1, 2, 2], kind
     for spec in (vocab, signed, wide):
         unsigned = encode_inputs([spec], pa.table({"code": pa.array([2**64 - 1, 2**63], pa.uint64())}))
         assert unsigned.feed["categorical"][0].tolist() == [3, 3]
