@@ -154,19 +154,26 @@ class ScoringActor:
     def _open(self, shard: Shard, has_label: bool) -> tuple[pq.ParquetFile, list[str]]:
         settings = self.settings
         try:
-            parquet = pq.ParquetFile(
-                settings.input_location.filesystem.open_input_file(shard.input_path),
-                read_dictionary=self.model.categorical_string_columns,
-            )
+            source = settings.input_location.filesystem.open_input_file(shard.input_path)
+            metadata = pq.read_metadata(source)
         except Exception as exc:
             raise ShardReadError(f"{shard.input_path}: cannot open: {exc}") from exc
+        names = metadata.schema.to_arrow_schema().names
         wanted = [*self.model.required_columns, settings.key_column, *settings.keep]
         if has_label and settings.label_column:
             wanted.append(settings.label_column)
         columns = list(dict.fromkeys(wanted))
-        missing = [c for c in columns if c not in parquet.schema_arrow.names]
+        # Checked before the reader is made: given a dictionary column the file lacks, pyarrow
+        # fails with a bare KeyError (b'month') that names neither the problem nor the file.
+        missing = [c for c in columns if c not in names]
         if missing:
             raise ShardReadError(f"{shard.input_path}: missing column(s) {', '.join(missing)}")
+        try:
+            parquet = pq.ParquetFile(
+                source, metadata=metadata, read_dictionary=self.model.categorical_string_columns
+            )
+        except Exception as exc:
+            raise ShardReadError(f"{shard.input_path}: cannot open: {exc}") from exc
         return parquet, columns
 
     def _score(self, shard: Shard, batch: pa.RecordBatch, seconds: dict):

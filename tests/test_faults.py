@@ -462,6 +462,19 @@ def test_max_failed_shards_stops_dispatching(tmp_path):
     assert _commits(out) == 0
 
 
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("column", ["month", "page_value"])  # a dictionary-read string, a number
+def test_a_file_without_a_model_column_fails_alone_and_names_it(tmp_path, column):
+    history = make_history(tmp_path / "in", sessions=400, files=2, days=1, row_group_rows=100)
+    broken = sorted(history.rglob("*.parquet"))[0]
+    pq.write_table(pq.read_table(broken).drop_columns([column]), broken)
+    summary = score(str(history), str(tmp_path / "out"), actors=1)
+    assert summary.exit_code == 1 and summary.rows == 200
+    assert {f["input"] for f in summary.failures} == {str(broken)}
+    for failure in summary.failures:
+        assert failure["error"] == f"{broken}: missing column(s) {column}"
+
+
 # -- preflight: the whole job is wrong, nothing is written -------------------------------------
 
 
