@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from scorer.encode import fill_scalar, to_numpy
+from scorer.stats import RUN_ID_TYPE
 
 ECE_BINS = 15
 # A multiple of ECE_BINS so every fine bin sits inside one equal-width bin, and a power-of-two
@@ -234,8 +235,8 @@ class ScoreHistogram:
     @classmethod
     def from_arrays(cls, labels, probs) -> ScoreHistogram:
         """Histogram of non-null labels and probabilities (see `CalibrationState` for nulls)."""
-        y, _, _ = _check(labels, probs)  # validates both
-        return _histograms(y, _checked_scores(np.asarray(probs)))[0]
+        y, p, eps = _check(labels, probs)  # p as float64, eps of the scores' own type
+        return _histograms(y, _checked_scores(p, eps))[0]
 
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
         return ScoreHistogram(
@@ -566,10 +567,11 @@ def _boolean_labels(y: np.ndarray) -> np.ndarray:
     return y.astype(np.bool_)
 
 
-def _checked_scores(p: np.ndarray) -> _Scores:
-    """Non-null scores with their log-loss epsilon and range; as `_check`, refuses values outside
-    [0, 1]."""
-    eps = float(np.finfo(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64).eps)
+def _checked_scores(p: np.ndarray, eps: float | None = None) -> _Scores:
+    """Non-null scores with their log-loss epsilon (default: that of their type) and range; as
+    `_check`, refuses values outside [0, 1]."""
+    if eps is None:
+        eps = float(np.finfo(p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64).eps)
     low, high = float(p.min(initial=1.0)), float(p.max(initial=0.0))
     # NaN is already excluded as null, so the range check also refuses infinities.
     if not (low >= 0 and high <= 1):
@@ -602,7 +604,7 @@ def calibration_schema(partition_key: str = "dt") -> pa.Schema:
     ]
     return pa.schema(
         [
-            ("run_id", pa.dictionary(pa.int32(), pa.string())),  # as the partition key reads
+            ("run_id", RUN_ID_TYPE),  # the type pyarrow gives the run_id= folders
             ("scope", pa.string()),
             (partition_key, pa.string()),
             ("rows", pa.int64()),
