@@ -16,8 +16,8 @@ import time
 import numpy as np
 import onnxruntime
 
-from scorer.calibration import fit_calibrator
-from scorer.onnx_graph import CalibratorParams, LinearParams, build_graph, session_options
+from scorer.model.calibration import fit_calibrator
+from scorer.model.graph import CalibratorParams, LinearParams, build_graph, session_options
 
 VOCABULARY_SIZES = (12, 8, 13, 9, 20, 3)  # month, OS, browser, region, traffic, visitor type
 N_NUMERIC = 10

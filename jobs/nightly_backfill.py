@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scorer import ScorerError, load_config, score  # noqa: E402
-from scorer.progress import LogProgress  # noqa: E402
+from scorer.pipeline.progress import LogProgress  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scorer import ScorerError  # noqa: E402
-from scorer.bench import DEFAULT_REPS, DEFAULT_SESSIONS, run_bench  # noqa: E402
+from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS, run_bench  # noqa: E402
 from scorer.config import DEFAULT_BATCH_ROWS  # noqa: E402
 
 

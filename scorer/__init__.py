@@ -8,22 +8,21 @@ The library API (the CLI, the jobs and notebooks all call these)::
     summary = scorer.score("sessions/", "scored/", actors=2)   # the whole Ray job
 """
 
-__version__ = "0.1.0"
-
-from scorer.config import JobConfig, load_config  # noqa: E402
-from scorer.errors import ScorerError  # noqa: E402
+from scorer._version import __version__
+from scorer.config import JobConfig, load_config
+from scorer.errors import ScorerError
 
 
 def load_model(model_dir=None, threads: int = 1):
-    """Load a model directory (default: the bundled model); see `scorer.model.load_model`."""
-    from scorer.model import load_model as _load
+    """Load a model directory (default: the bundled model); see `scorer.model.runtime.load_model`."""
+    from scorer.model.runtime import load_model as _load
 
     return _load(model_dir, threads=threads)
 
 
 def score(input=None, output=None, **options):
-    """Run a scoring job; see `scorer.driver.score`."""
-    from scorer.driver import score as _score
+    """Run a scoring job; see `scorer.pipeline.driver.score`."""
+    from scorer.pipeline.driver import score as _score
 
     return _score(input, output, **options)
 

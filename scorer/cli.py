@@ -14,9 +14,9 @@ from pathlib import Path
 
 import click
 
-from scorer import __version__
+from scorer._version import __version__
 from scorer.errors import ScorerError
-from scorer.generate import DEFAULT_CONVERSION_RATE, DEFAULT_END_DATE, generate
+from scorer.evaluation.generate import DEFAULT_CONVERSION_RATE, DEFAULT_END_DATE, generate
 
 
 def handle_errors(command):
@@ -99,8 +99,8 @@ def score_command(input, output, model, config_file, actors, batch_rows, shard_r
     import signal
 
     from scorer.config import load_config, parse_date, parse_partitions
-    from scorer.driver import score
-    from scorer.progress import LogProgress, RichProgress
+    from scorer.pipeline.driver import score
+    from scorer.pipeline.progress import LogProgress, RichProgress
 
     config = load_config(config_file).with_overrides(
         model=model,
@@ -207,7 +207,7 @@ def generate_command(output, sessions, files, days, seed, conversion_rate, end_d
     s3://bucket/history?endpoint_override=host:9000&scheme=http. Sessions are drawn from the
     bundled real sessions of the same calendar month, jittered, in the session schema; the label
     `converted` is drawn from a known ground-truth probability (see
-    scorer.generate.ground_truth_probability), so that the calibration of any model can be
+    scorer.evaluation.generate.ground_truth_probability), so that the calibration of any model can be
     measured on them.
     """
     summary = generate(
@@ -259,7 +259,7 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
     # Imported here: matplotlib and DuckDB cost a second of start-up the other commands don't need.
     from rich.console import Console
 
-    from scorer.report import build_report, render
+    from scorer.evaluation.report import build_report, render
 
     console = Console()
     for renderable in render(build_report(output, run_id, out_dir)):
@@ -300,7 +300,7 @@ def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, addr
     """
     from rich.console import Console
 
-    from scorer.bench import render, run_bench
+    from scorer.evaluation.bench import render, run_bench
     from scorer.config import DEFAULT_BATCH_ROWS
 
     try:
@@ -375,7 +375,7 @@ def train_command(data, out_dir, calibration, seed, name, model_version) -> None
     Example:
       scorer train scorer/data/sessions.parquet --out models/intent-v1 --calibration isotonic
     """
-    from scorer.train import train
+    from scorer.model.train import train
 
     with _shown_warnings():
         card = train(
@@ -435,7 +435,7 @@ def calibrate_command(data, model_dir, out_dir, method, seed, since, until) -> N
       scorer calibrate history/dt=2026-11-27 --model models/intent-v1 --out models/intent-v1-nov
       scorer calibrate funnel/ --since 2026-11-20 --until 2026-11-22 --out models/funnel
     """
-    from scorer.train import recalibrate
+    from scorer.model.train import recalibrate
 
     with _shown_warnings():
         card = recalibrate(
@@ -462,9 +462,9 @@ def inspect_command(model_dir: Path | None, as_json: bool) -> None:
     """
     import json
 
-    from scorer.card import load_card, verify_checksum
+    from scorer.model.card import load_card, verify_checksum
     from scorer.errors import ChecksumError
-    from scorer.model import default_model_dir
+    from scorer.model.runtime import default_model_dir
 
     model_dir = model_dir or default_model_dir()
     card = load_card(model_dir)

@@ -43,8 +43,8 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from scorer.encode import fill_scalar, to_numpy
-from scorer.stats import RUN_ID_TYPE
+from scorer.model.encode import fill_scalar, to_numpy
+from scorer.pipeline.stats import RUN_ID_TYPE
 
 ECE_BINS = 15
 # A multiple of ECE_BINS so every fine bin sits inside one equal-width bin, and a power-of-two

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from scorer.generate import generate
+from scorer.evaluation.generate import generate
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A private local Ray with 2 CPUs, started once through the scorer's own cluster module."""
-    from scorer.cluster import ray_session
+    from scorer.pipeline.cluster import ray_session
 
     with ray_session(num_cpus=2) as info:
         yield info

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from scorer import bench
+from scorer.evaluation import bench
 from scorer.cli import cli
 
 

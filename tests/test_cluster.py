@@ -30,7 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from scorer.generate import generate
+from scorer.evaluation.generate import generate
 
 pytestmark = pytest.mark.slow
 

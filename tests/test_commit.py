@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from scorer.commit import (
+from scorer.pipeline.commit import (
     LOCK,
     CommitRecord,
     Manifest,
@@ -31,7 +31,7 @@ from scorer.commit import (
     record_key,
 )
 from scorer.errors import LockError, OutputConflictError, ShardError
-from scorer.plan import plan_shards, scan_inputs
+from scorer.pipeline.plan import plan_shards, scan_inputs
 from scorer.storage import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -311,7 +311,7 @@ def hold_lock_in_subprocess(out_dir, run_id):
     script = textwrap.dedent(
         f"""
         import sys
-        from scorer.commit import OutputLock
+        from scorer.pipeline.commit import OutputLock
         from scorer.storage import resolve
         with OutputLock(resolve({str(out_dir)!r}), {run_id!r}):
             print("locked", flush=True)

@@ -1,4 +1,4 @@
-"""Validation and encoding of Arrow batches into the graph feed (scorer.encode)."""
+"""Validation and encoding of Arrow batches into the graph feed (scorer.model.encode)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scorer.card import InputSpec
-from scorer.encode import encode_inputs, status_codes
+from scorer.model.card import InputSpec
+from scorer.model.encode import encode_inputs, status_codes
 from scorer.errors import ShardReadError
-from scorer.sessions import MONTHS, VISITOR_TYPES
-from scorer.train import session_inputs
+from scorer.model.sessions import MONTHS, VISITOR_TYPES
+from scorer.model.train import session_inputs
 
 VOCABULARIES = {
     "operating_system": (1, 2, 3, 4, 8),

@@ -37,8 +37,8 @@ from hypothesis import strategies as st
 
 from conftest import make_history
 from scorer.cli import cli
-from scorer.driver import score
-from scorer.model import default_model_dir, load_model
+from scorer.pipeline.driver import score
+from scorer.model.runtime import default_model_dir, load_model
 
 SLOW_HISTORY = dict(sessions=6_000, files=2, days=1, row_group_rows=10)  # 12 shards of 500 rows
 SLOW_OPTIONS = ["--actors", "2", "--batch-rows", "5", "--shard-rows", "500"]
@@ -287,7 +287,7 @@ def test_an_actor_killed_mid_shard_costs_a_retry_not_the_run(tmp_path):
 def test_a_refused_commit_is_retried_while_the_actors_go_on(tmp_path, monkeypatch):
     """Commits run on the driver's commit thread while actors score their next shards; one that
     storage refuses (here: a full disk on the first commit) is retried like any failed attempt."""
-    from scorer.commit import Manifest
+    from scorer.pipeline.commit import Manifest
     from scorer.errors import StorageError
 
     history = make_history(tmp_path / "in", sessions=6_000, files=2, days=1, row_group_rows=500)
@@ -393,7 +393,7 @@ def test_an_interrupt_before_the_run_starts_is_exit_130_too(tmp_path, monkeypatc
     def interrupted_scan(context):
         raise KeyboardInterrupt  # as if Ctrl-C came during a long footer scan
 
-    monkeypatch.setattr("scorer.driver._scan", interrupted_scan)
+    monkeypatch.setattr("scorer.pipeline.driver._scan", interrupted_scan)
     result = CliRunner().invoke(cli, ["score", str(history), str(tmp_path / "out")])
     assert result.exit_code == 130, result.output
     assert result.output.startswith("Interrupted: ") and "rerun the same command" in result.output
@@ -603,7 +603,7 @@ def _bad_value(spec, kind):
 
 
 def _expected_status(card, row: dict) -> str:
-    """SPEC §5, written out independently of scorer.encode: the first failing column in the
+    """SPEC §5, written out independently of scorer.model.encode: the first failing column in the
     card's order; within a column missing, then not_finite, then out_of_range."""
     for spec in card.inputs:
         value = row[spec.name]

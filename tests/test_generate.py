@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from scorer.cli import cli
 from scorer.errors import ConfigError, OutputConflictError
-from scorer.generate import METADATA_KEY, generate, ground_truth_probability
-from scorer.sessions import MONTHS, SESSION_SCHEMA, load_bundled_sessions
+from scorer.evaluation.generate import METADATA_KEY, generate, ground_truth_probability
+from scorer.model.sessions import MONTHS, SESSION_SCHEMA, load_bundled_sessions
 
 # 3 days ending on a Sunday: Fri 2026-11-27 .. Sun 2026-11-29.
 END = dt.date(2026, 11, 29)

@@ -21,8 +21,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 
-from scorer.calibration import FewCalibrationRowsWarning, fit_calibrator, reference_predict
-from scorer.onnx_graph import CalibratorParams, LinearParams, build_graph, session_options
+from scorer.model.calibration import FewCalibrationRowsWarning, fit_calibrator, reference_predict
+from scorer.model.graph import CalibratorParams, LinearParams, build_graph, session_options
 
 METHODS = ("none", "platt", "temperature", "isotonic")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -224,7 +224,7 @@ def _random_feed(rng, linear: LinearParams, rows: int) -> dict[str, np.ndarray]:
         feed["boolean"] = rng.integers(0, 2, (len(linear.boolean_coef), rows)).astype(np.float32)
     if linear.categorical_coef:
         # Indices up to len(vocabulary) inclusive: the last one is the unseen value.
-        # Whole-number float32, as the graph takes them (see scorer.onnx_graph).
+        # Whole-number float32, as the graph takes them (see scorer.model.graph).
         feed["categorical"] = np.stack(
             [rng.integers(0, len(coef), rows) for coef in linear.categorical_coef]
         ).astype(np.float32)

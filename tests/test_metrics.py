@@ -18,7 +18,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 from scorer import metrics
 from scorer.metrics import CalibrationState, ScoreHistogram
-from scorer.sessions import bundled_sessions_path
+from scorer.model.sessions import bundled_sessions_path
 
 FIGURES = (
     "rows", "positives", "mean_score", "roc_auc", "brier", "log_loss", "ece_width", "ece_mass"

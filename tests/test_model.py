@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-from scorer.calibration import reference_predict
-from scorer.card import CARD_FILE, GRAPH_FILE, load_card, save_card
+from scorer.model.calibration import reference_predict
+from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card, save_card
 from scorer.cli import cli
 from scorer.errors import ChecksumError, ConfigError, ModelError, ShardReadError
-from scorer.model import RESERVED_COLUMNS, default_model_dir, load_model
-from scorer.sessions import LABEL_COLUMN, load_bundled_sessions
-from scorer.train import fit, labels_of, session_inputs, train
+from scorer.model.runtime import RESERVED_COLUMNS, default_model_dir, load_model
+from scorer.model.sessions import LABEL_COLUMN, load_bundled_sessions
+from scorer.model.train import fit, labels_of, session_inputs, train
 
 # Our method name -> CalibratedClassifierCV's.
 SKLEARN_METHODS = {"platt": "sigmoid", "temperature": "temperature", "isotonic": "isotonic"}
@@ -113,7 +113,7 @@ def _graph_logit(model_dir, data: pa.Table) -> np.ndarray:
     import onnx
     import onnxruntime
 
-    from scorer.encode import encode
+    from scorer.model.encode import encode
 
     graph = onnx.load(str(model_dir / GRAPH_FILE))
     producers = {out: node for node in graph.graph.node for out in node.output}
@@ -228,14 +228,14 @@ def test_batches_of_different_sizes_do_not_leak_into_each_other(model, sessions)
 def test_large_tables_scored_block_by_block_match_one_block(model, sessions, monkeypatch):
     """Tables over 1.5 blocks are encoded and inferred block by block; everything a caller sees
     (scores, nulls, statuses, invalid and unseen counts) is what one block gives."""
-    import scorer.model
+    import scorer.model.runtime
 
     data = pa.concat_tables([sessions.slice(0, 2500), adversarial_rows(sessions)] * 3)
     broken = data.column("month").to_pylist()
     broken[10], broken[4000], broken[4001] = None, "Foo", None
     data = data.set_column(data.schema.get_field_index("month"), "month", pa.array(broken))
     whole = model.score_batch(data, key_column="session_id", run_id="r")
-    monkeypatch.setattr(scorer.model, "_BLOCK_ROWS", 1000)  # 8 blocks, the last one short
+    monkeypatch.setattr(scorer.model.runtime, "_BLOCK_ROWS", 1000)  # 8 blocks, the last one short
     blocks = model.score_batch(data, key_column="session_id", run_id="r")
     assert blocks.table.equals(whole.table, check_metadata=True)
     assert blocks.invalid_counts == whole.invalid_counts == {"missing:month": 2}

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scorer.errors import ConfigError, NoInputFilesError, PreflightError
-from scorer.plan import (
+from scorer.pipeline.plan import (
     FailedInput,
     InputFile,
     PartitionFilter,

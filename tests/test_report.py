@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from scorer import metrics
 from scorer.cli import cli
 from scorer.metrics import CalibrationState
-from scorer.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
-from scorer.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
+from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
+from scorer.evaluation.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
 
 RUN = "20261128T010203Z-a1b2c3"
 OLD_RUN = "20261127T010203Z-d4e5f6"

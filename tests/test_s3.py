@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from servers import moto_s3
 
-from scorer.driver import score
-from scorer.generate import generate
+from scorer.pipeline.driver import score
+from scorer.evaluation.generate import generate
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import cli
-from scorer.driver import score
-from scorer.model import load_model
+from scorer.pipeline.driver import score
+from scorer.model.runtime import load_model
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -1,7 +1,7 @@
 """The private local Ray is closed (SPEC §6): every socket on loopback, no dashboard, Ray's token
 on the job endpoints its dashboard agent still serves, and the model checked before any actor.
 
-The Ray examined is the test session's (``ray_cluster``), started by ``scorer.cluster`` exactly as
+The Ray examined is the test session's (``ray_cluster``), started by ``scorer.pipeline.cluster`` exactly as
 ``scorer score`` starts one; its processes are this process and its descendants.
 """
 
@@ -22,9 +22,9 @@ import psutil
 import pytest
 
 from conftest import make_history
-from scorer.driver import score
+from scorer.pipeline.driver import score
 from scorer.errors import ChecksumError
-from scorer.model import default_model_dir
+from scorer.model.runtime import default_model_dir
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -82,7 +82,7 @@ def test_every_socket_of_the_local_ray_is_on_loopback():
 
 def test_no_dashboard_process_runs():
     """`include_dashboard=False` still starts Ray's dashboard process (for its usage-stats
-    reporter); the private Ray skips it (`scorer.cluster._no_dashboard_process`)."""
+    reporter); the private Ray skips it (`scorer.pipeline.cluster._no_dashboard_process`)."""
     commands = []
     for process in _ray_processes():
         try:
@@ -203,7 +203,7 @@ def test_token_auth_stays_on_when_ray_was_imported_first_and_the_shell_disables_
     program = (
         "import ray\n"
         "from ray._raylet import AuthenticationMode, get_authentication_mode\n"
-        "from scorer.cluster import ray_session\n"
+        "from scorer.pipeline.cluster import ray_session\n"
         "with ray_session(num_cpus=1) as cluster:  # it asks the GCS for the nodes: authenticated\n"
         "    assert get_authentication_mode() == AuthenticationMode.TOKEN\n"
         "print('token', cluster.local)\n"

@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from servers import moto_s3
 
-from scorer.commit import LOCK, Manifest, OutputLock, options_digest
+from scorer.pipeline.commit import LOCK, Manifest, OutputLock, options_digest
 from scorer.errors import ConfigError, LockError, OutputConflictError, StorageError
-from scorer.plan import FailedInput, PartitionFilter, plan_shards, scan_inputs
+from scorer.pipeline.plan import FailedInput, PartitionFilter, plan_shards, scan_inputs
 from scorer.storage import Location, StorageOptions, credential_env, redact, resolve
 
 REPO = Path(__file__).resolve().parents[1]

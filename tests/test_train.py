@@ -1,4 +1,4 @@
-"""Training and recalibration (scorer.train) and the `train` / `calibrate` commands."""
+"""Training and recalibration (scorer.model.train) and the `train` / `calibrate` commands."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from scorer.calibration import FewCalibrationRowsWarning
-from scorer.card import CARD_FILE, GRAPH_FILE, load_card
+from scorer.model.calibration import FewCalibrationRowsWarning
+from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card
 from scorer.cli import cli
 from scorer.errors import ChecksumError, TrainingDataError
 from scorer.metrics import summary
-from scorer.model import load_model
-from scorer.sessions import load_bundled_sessions
-from scorer.train import SPLITS, recalibrate, split_rows, train
+from scorer.model.runtime import load_model
+from scorer.model.sessions import load_bundled_sessions
+from scorer.model.train import SPLITS, recalibrate, split_rows, train
 
 
 @pytest.fixture(scope="module")

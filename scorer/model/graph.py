@@ -11,7 +11,7 @@ final reshape to [N].
 
 Categorical indices are whole numbers in float32 (exact below 2**24): the lookup starts with a
 float Gemm, and an int64 feed cost a Cast of every value (6.5 of 84 ms per 1M rows) plus twice
-the feed's memory. Graphs of earlier scorer releases take int64 indices; `scorer.model` feeds
+the feed's memory. Graphs of earlier scorer releases take int64 indices; `scorer.model.runtime` feeds
 either, as the graph declares.
 
 An input kind with no columns is left out. Outputs, float32 [N], probabilities:
@@ -21,7 +21,7 @@ An input kind with no columns is left out. Outputs, float32 [N], probabilities:
 
 The raw subgraph is built by the same code whatever the calibrator, so recalibrating a model
 leaves `intent_raw` bit-identical. The calibrators follow scikit-learn's
-`CalibratedClassifierCV` for a binary classifier (see `scorer.calibration`); isotonic is the
+`CalibratedClassifierCV` for a binary classifier (see `scorer.model.calibration`); isotonic is the
 exact piecewise-linear interpolation of `IsotonicRegression.predict`, computed in float64 on
 the float32 logit; its segment is found through a 2**16-cell grid and a short branchless
 search, a few table lookups per row whatever the number of knots.

@@ -27,9 +27,9 @@ from typing import Any
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
-from scorer import __version__
-from scorer.cluster import check_reachable, ray_session
-from scorer.commit import Manifest, OutputLock
+from scorer._version import __version__
+from scorer.pipeline.cluster import check_reachable, ray_session
+from scorer.pipeline.commit import Manifest, OutputLock
 from scorer.config import JobConfig
 from scorer.errors import (
     ConfigError,
@@ -40,11 +40,11 @@ from scorer.errors import (
     ShardReadError,
 )
 from scorer.metrics import calibration_table
-from scorer.model import load_model
-from scorer.plan import PartitionFilter, plan_shards, scan_inputs
-from scorer.pool import ActorPool
-from scorer.progress import Progress
-from scorer.stats import (
+from scorer.model.runtime import load_model
+from scorer.pipeline.plan import PartitionFilter, plan_shards, scan_inputs
+from scorer.pipeline.pool import ActorPool
+from scorer.pipeline.progress import Progress
+from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
     SHARD_STATS_SCHEMA,
     stats_table,

@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorer.cluster import ray_session
+from scorer.pipeline.cluster import ray_session
 from scorer.config import DEFAULT_BATCH_ROWS
 from scorer.errors import ConfigError
 
@@ -219,7 +219,7 @@ class _Plan:
 
     @classmethod
     def of(cls, data: str, batch_rows: int) -> _Plan:
-        from scorer.model import load_model
+        from scorer.model.runtime import load_model
 
         model = load_model()
         card = model.card
@@ -237,7 +237,7 @@ class _Plan:
 
 
 def _bench_data(out_dir: Path, sessions: int, files: int, seed: int, on_message) -> str:
-    from scorer.generate import generate
+    from scorer.evaluation.generate import generate
 
     path = out_dir / f"data-{sessions}-{files}-seed{seed}"
     if any(path.rglob("*.parquet")):
@@ -301,7 +301,7 @@ def _floor_warm(_: int) -> None:
 
 def _floor_file(task: tuple[str, str, _Plan]) -> dict:
     """Read the scorer's columns of one file and write its output columns: no model."""
-    from scorer.actor import writer_options
+    from scorer.pipeline.actor import writer_options
 
     path, out, plan = task
     seconds = {"read": 0.0, "write": 0.0}
@@ -348,7 +348,7 @@ def _floor_file(task: tuple[str, str, _Plan]) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    from scorer.actor import peak_rss_bytes
+    from scorer.pipeline.actor import peak_rss_bytes
 
     return peak_rss_bytes() / 2**20
 
@@ -357,7 +357,7 @@ def _peak_rss_mb() -> float:
 
 
 def _measure_scorer(plan: _Plan, actors: int, out: Path, address: str | None) -> dict:
-    from scorer.driver import score
+    from scorer.pipeline.driver import score
 
     shutil.rmtree(out, ignore_errors=True)
     summary = score(
@@ -387,7 +387,7 @@ class _RayDataScore:
     """The batch function a user would write: the scorer's model, one per Ray Data actor."""
 
     def __init__(self, model_dir: str, key_column: str) -> None:
-        from scorer.model import load_model
+        from scorer.model.runtime import load_model
 
         self.model = load_model(model_dir)
         self.key_column = key_column
@@ -399,7 +399,7 @@ class _RayDataScore:
 def _measure_ray_data(plan: _Plan, actors: int, out: Path, address: str | None) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    # Ray is imported only once ray_session has set its environment (scorer.cluster).
+    # Ray is imported only once ray_session has set its environment (scorer.pipeline.cluster).
     with ray_session(address) as cluster:
         try:
             import ray.data
@@ -436,7 +436,7 @@ def _measure_ray_data(plan: _Plan, actors: int, out: Path, address: str | None) 
 
 def _measure_model(plan: _Plan, repeats: int = 7) -> list[dict]:
     """In-process, one thread: score(table) and inference on 1M rows; single-row latency."""
-    from scorer.model import load_model
+    from scorer.model.runtime import load_model
 
     model = load_model(plan.model_dir)
     table = _first_rows(plan, MODEL_ROWS)

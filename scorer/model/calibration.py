@@ -25,7 +25,7 @@ from sklearn.calibration import _SigmoidCalibration, _TemperatureScaling
 from sklearn.isotonic import IsotonicRegression
 
 from scorer.errors import TrainingDataError
-from scorer.onnx_graph import CALIBRATION_METHODS, CalibratorParams
+from scorer.model.graph import CALIBRATION_METHODS, CalibratorParams
 
 # Below this many calibration rows an isotonic fit follows the noise of too few points.
 MIN_ISOTONIC_ROWS = 1000

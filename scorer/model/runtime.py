@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime
 import pyarrow as pa
 
-from scorer.card import CARD_FILE, ModelCard, load_card, verify_checksum
-from scorer.encode import (
+from scorer.model.card import CARD_FILE, ModelCard, load_card, verify_checksum
+from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
     EncodedBatch,
     encode,
@@ -30,7 +30,7 @@ from scorer.encode import (
     to_numpy,
 )
 from scorer.errors import ConfigError, ModelError, ShardReadError
-from scorer.onnx_graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
+from scorer.model.graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 
 BUNDLED_MODEL = "intent-v1"
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
@@ -266,7 +266,7 @@ def load_model(model_dir: str | Path | None = None, threads: int = 1) -> IntentM
 def default_model_dir() -> Path:
     """The bundled model: `models/intent-v1` of a checkout, else the copy installed with the
     package as `scorer.bundled_models` (pyproject maps the top-level `models/` there)."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # scorer/model/runtime.py -> the checkout
     checkout = root / "models" / BUNDLED_MODEL
     if (root / "pyproject.toml").is_file() and (checkout / CARD_FILE).is_file():
         return checkout

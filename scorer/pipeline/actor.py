@@ -22,11 +22,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorer.commit import OutputLayout
+from scorer.pipeline.commit import OutputLayout
 from scorer.errors import ShardReadError
 from scorer.metrics import CalibrationState
-from scorer.plan import Shard
-from scorer.stats import utc_now
+from scorer.pipeline.plan import Shard
+from scorer.pipeline.stats import utc_now
 from scorer.storage import Location
 
 
@@ -71,7 +71,7 @@ class ScoringActor:
     """Holds the model session; `score_shard` streams one shard into the output layout."""
 
     def __init__(self, settings: ActorSettings) -> None:
-        from scorer.model import load_model
+        from scorer.model.runtime import load_model
 
         self.settings = settings
         model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))

@@ -40,8 +40,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from scorer.calibration import fit_calibrator
-from scorer.card import (
+from scorer.model.calibration import fit_calibrator
+from scorer.model.card import (
     GRAPH_FILE,
     Calibration,
     HistoryEntry,
@@ -53,11 +53,11 @@ from scorer.card import (
     save_card,
     write_atomic,
 )
-from scorer.encode import encode, encode_inputs
+from scorer.model.encode import encode, encode_inputs
 from scorer.errors import ShardReadError, TrainingDataError
 from scorer.metrics import summary
-from scorer.model import IntentModel, load_model
-from scorer.onnx_graph import (
+from scorer.model.runtime import IntentModel, load_model
+from scorer.model.graph import (
     CALIBRATED_OUTPUT,
     RAW_OUTPUT,
     CalibratorParams,
@@ -65,7 +65,7 @@ from scorer.onnx_graph import (
     build_graph,
     session_options,
 )
-from scorer.sessions import (
+from scorer.model.sessions import (
     KEY_COLUMN,
     LABEL_COLUMN,
     MONTHS,

@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from scorer.errors import LockError, OutputConflictError, ShardError, StorageError
-from scorer.plan import InputFile, Shard
+from scorer.pipeline.plan import InputFile, Shard
 from scorer.storage import Location
 
 SCORES = "scores"

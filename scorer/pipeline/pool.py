@@ -1,6 +1,6 @@
 """The pool of scoring actors: created together, spread over the nodes, replaced one by one.
 
-The driver (`scorer.driver`) decides what runs where and retries shards; this module only owns
+The driver (`scorer.pipeline.driver`) decides what runs where and retries shards; this module only owns
 the actors: their resources and settings, waiting until Ray has placed them, and replacing one
 that died. A replacement gets no shard until it is placed, so a lost node never leaves a shard
 waiting on an actor that cannot start.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from scorer.actor import ActorSettings, ScoringActor
-from scorer.commit import OutputLayout
+from scorer.pipeline.actor import ActorSettings, ScoringActor
+from scorer.pipeline.commit import OutputLayout
 from scorer.errors import ClusterError
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.

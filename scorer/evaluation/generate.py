@@ -50,7 +50,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.errors import ConfigError, OutputConflictError, StorageError
-from scorer.sessions import MONTHS, SESSION_SCHEMA, VISITOR_TYPES, load_bundled_sessions
+from scorer.model.sessions import MONTHS, SESSION_SCHEMA, VISITOR_TYPES, load_bundled_sessions
 from scorer.storage import Location, StorageOptions, resolve
 
 DEFAULT_CONVERSION_RATE = None
@@ -151,7 +151,7 @@ def ground_truth_probability(
 
     `columns` needs page_value, exit_rate, product_pages, visitor_type, month and weekend (any
     Arrow integer or string width, or array-likes). `shift` is the data set's intercept shift
-    (`GenerateSummary.shift`, also in each file's key-value metadata under ``scorer.generate``).
+    (`GenerateSummary.shift`, also in each file's key-value metadata under ``scorer.evaluation.generate``).
     """
 
     def column(name: str) -> pa.Array | pa.ChunkedArray:

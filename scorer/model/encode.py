@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scorer.card import InputSpec, ModelCard
+from scorer.model.card import InputSpec, ModelCard
 from scorer.errors import ShardReadError
 
 REASONS = ("missing", "not_finite", "out_of_range")

@@ -1,0 +1,1 @@
+"""What users learn from runs: reports over OUTPUT, the throughput bench, generated histories."""
