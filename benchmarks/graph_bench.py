@@ -73,8 +73,10 @@ def main() -> None:
         "isotonic 150 knots": _isotonic_with_knots(150, rng),
         "isotonic 500 knots": _isotonic_with_knots(500, rng),
     }
-    print(f"{args.rows:,} rows, median of {args.repeats} runs, onnxruntime "
-          f"{onnxruntime.__version__}, 1 thread")
+    print(
+        f"{args.rows:,} rows, median of {args.repeats} runs, onnxruntime "
+        f"{onnxruntime.__version__}, 1 thread"
+    )
     for label, calibrator in variants.items():
         model = build_graph(linear, calibrator, name="bench", version="0")
         session = onnxruntime.InferenceSession(

@@ -21,22 +21,26 @@ from pathlib import Path
 # the package is importable from the working directory but not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scorer import ScorerError, load_config, score  # noqa: E402
-from scorer.pipeline.progress import LogProgress  # noqa: E402
+from scorer import ScorerError, load_config, score
+from scorer.pipeline.progress import LogProgress
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="TOML job config (configs/nightly.toml)")
-    parser.add_argument("--date", type=dt.date.fromisoformat, help="dt partition (default: yesterday, UTC)")
+    parser.add_argument(
+        "--date", type=dt.date.fromisoformat, help="dt partition (default: yesterday, UTC)"
+    )
     parser.add_argument("--input", help="override the config's input")
     parser.add_argument("--output", help="override the config's output")
     args = parser.parse_args(argv)
-    day = args.date or (dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1))
+    day = args.date or (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1))
     try:
         config = load_config(args.config)
         config = config.with_overrides(
-            input=args.input, output=args.output, partition=config.partition | {"dt": day.isoformat()}
+            input=args.input,
+            output=args.output,
+            partition=config.partition | {"dt": day.isoformat()},
         )
         # Ray prints cluster events to stdout; stdout carries only the JSON summary.
         with contextlib.redirect_stdout(sys.stderr):

@@ -21,9 +21,9 @@ from pathlib import Path
 # the package is importable from the working directory but not installed.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scorer import ScorerError  # noqa: E402
-from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS, run_bench  # noqa: E402
-from scorer.config import DEFAULT_BATCH_ROWS  # noqa: E402
+from scorer import ScorerError
+from scorer.config import DEFAULT_BATCH_ROWS
+from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS, run_bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=DEFAULT_REPS)
     parser.add_argument("--actors", help="actor counts, e.g. 1,2,4,8 (default: 1..CPUs)")
     parser.add_argument("--batch-rows", type=int, default=DEFAULT_BATCH_ROWS)
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                        help="Ray cluster (default: RAY_ADDRESS, else a private local Ray)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster (default: RAY_ADDRESS, else a private local Ray)",
+    )
     args = parser.parse_args(argv)
     try:
         result = run_bench(
-            args.out, data=args.data, sessions=args.sessions, files=args.files, reps=args.reps,
+            args.out,
+            data=args.data,
+            sessions=args.sessions,
+            files=args.files,
+            reps=args.reps,
             actors=[int(n) for n in args.actors.split(",")] if args.actors else None,
-            batch_rows=args.batch_rows, address=args.address,
+            batch_rows=args.batch_rows,
+            address=args.address,
             on_message=lambda text: print(text, file=sys.stderr, flush=True),
         )
     except ScorerError as exc:

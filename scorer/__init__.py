@@ -27,4 +27,4 @@ def score(input=None, output=None, **options):
     return _score(input, output, **options)
 
 
-__all__ = ["JobConfig", "ScorerError", "load_config", "load_model", "score", "__version__"]
+__all__ = ["JobConfig", "ScorerError", "__version__", "load_config", "load_model", "score"]

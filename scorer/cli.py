@@ -53,39 +53,107 @@ def cli(verbose: bool) -> None:
 @cli.command("score")
 @click.argument("input", required=False)
 @click.argument("output", required=False)
-@click.option("--model", "model", metavar="DIR", help="Model directory. Default: the bundled intent-v1.")
-@click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="TOML job config (see configs/); flags override its keys.")
-@click.option("--actors", type=click.IntRange(min=1), help="Scoring actors. Default: CPUs of the cluster.")
-@click.option("--batch-rows", type=click.IntRange(min=1), help="Rows per scored batch (default 131072).")
-@click.option("--shard-rows", type=click.IntRange(min=1),
-              help="Target rows per shard; files split on row-group boundaries (default 1000000).")
-@click.option("--address", metavar="ADDR",
-              help="Join this Ray cluster (also RAY_ADDRESS). Default: a private local Ray.")
-@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True),
-              help="CPUs Ray reserves per actor (default 1); with --actors unset, actors = cluster CPUs / this.")
-@click.option("--memory-per-actor-mb", type=click.IntRange(min=1),
-              help="Memory Ray reserves per actor, in MB (default: none reserved).")
-@click.option("--partition", "partitions", multiple=True, metavar="KEY=VALUE",
-              help="Only this hive partition (repeatable; values of one key are alternatives).")
+@click.option(
+    "--model", "model", metavar="DIR", help="Model directory. Default: the bundled intent-v1."
+)
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="TOML job config (see configs/); flags override its keys.",
+)
+@click.option(
+    "--actors", type=click.IntRange(min=1), help="Scoring actors. Default: CPUs of the cluster."
+)
+@click.option(
+    "--batch-rows", type=click.IntRange(min=1), help="Rows per scored batch (default 131072)."
+)
+@click.option(
+    "--shard-rows",
+    type=click.IntRange(min=1),
+    help="Target rows per shard; files split on row-group boundaries (default 1000000).",
+)
+@click.option(
+    "--address",
+    metavar="ADDR",
+    help="Join this Ray cluster (also RAY_ADDRESS). Default: a private local Ray.",
+)
+@click.option(
+    "--cpus-per-actor",
+    type=click.FloatRange(min=0, min_open=True),
+    help="CPUs Ray reserves per actor (default 1); with --actors unset, actors = cluster CPUs / this.",
+)
+@click.option(
+    "--memory-per-actor-mb",
+    type=click.IntRange(min=1),
+    help="Memory Ray reserves per actor, in MB (default: none reserved).",
+)
+@click.option(
+    "--partition",
+    "partitions",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only this hive partition (repeatable; values of one key are alternatives).",
+)
 @click.option("--since", metavar="DATE", help="Only dt partitions on or after DATE (YYYY-MM-DD).")
 @click.option("--until", metavar="DATE", help="Only dt partitions on or before DATE (YYYY-MM-DD).")
-@click.option("--overwrite", is_flag=True, default=None,
-              help="Rescore everything, replacing shards atomically. Default: resume.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    default=None,
+    help="Rescore everything, replacing shards atomically. Default: resume.",
+)
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per shard (default 3).")
-@click.option("--max-failed-shards", type=click.IntRange(min=1),
-              help="Stop dispatching after this many shards have failed.")
-@click.option("--keep", multiple=True, metavar="COLUMN", help="Copy this input column to the scores (repeatable).")
-@click.option("--key-column", metavar="COLUMN", help="Row key column. Default: the model card's (session_id).")
-@click.option("--label-column", metavar="COLUMN",
-              help="Label column for calibration metrics. Default: the model card's (converted).")
-@click.option("--dry-run", is_flag=True, help="Print the plan (shards, rows, bytes, what a resume skips); write nothing.")
+@click.option(
+    "--max-failed-shards",
+    type=click.IntRange(min=1),
+    help="Stop dispatching after this many shards have failed.",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="COLUMN",
+    help="Copy this input column to the scores (repeatable).",
+)
+@click.option(
+    "--key-column", metavar="COLUMN", help="Row key column. Default: the model card's (session_id)."
+)
+@click.option(
+    "--label-column",
+    metavar="COLUMN",
+    help="Label column for calibration metrics. Default: the model card's (converted).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan (shards, rows, bytes, what a resume skips); write nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
-def score_command(input, output, model, config_file, actors, batch_rows, shard_rows, address,
-                  cpus_per_actor, memory_per_actor_mb, partitions, since, until, overwrite,
-                  max_attempts, max_failed_shards, keep,
-                  key_column, label_column, dry_run, as_json) -> None:
+def score_command(
+    input,
+    output,
+    model,
+    config_file,
+    actors,
+    batch_rows,
+    shard_rows,
+    address,
+    cpus_per_actor,
+    memory_per_actor_mb,
+    partitions,
+    since,
+    until,
+    overwrite,
+    max_attempts,
+    max_failed_shards,
+    keep,
+    key_column,
+    label_column,
+    dry_run,
+    as_json,
+) -> None:
     """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
 
     Plans shards from the Parquet footers, starts a private local Ray (or joins --address),
@@ -153,10 +221,15 @@ def _describe_run(summary) -> str:
         lines.append(f"  time per stage (all actors): {stages}")
         if summary.work_seconds:
             cores = summary.cpu_seconds / summary.work_seconds
-            lines.append(f"  CPU {summary.cpu_seconds:.2f} s in the actors: {cores:.1f} core(s) busy")
+            lines.append(
+                f"  CPU {summary.cpu_seconds:.2f} s in the actors: {cores:.1f} core(s) busy"
+            )
         if len(summary.rows_per_node) > 1:
             per_node = summary.work_seconds or 1.0
-            lines += [f"  node {node}: {rows / per_node:,.0f} rows/s" for node, rows in summary.rows_per_node.items()]
+            lines += [
+                f"  node {node}: {rows / per_node:,.0f} rows/s"
+                for node, rows in summary.rows_per_node.items()
+            ]
     for failure in summary.failures:
         lines.append(f"  FAILED {failure['shard_id']}: {failure['error']}")
     return "\n".join(lines)
@@ -267,18 +340,44 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
 
 
 @cli.command("bench")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("bench"), show_default=True,
-              help="Folder for the data set, measurements.parquet and the PNG plots.")
-@click.option("--data", metavar="DIR", help="Benchmark on this session data set instead of generating one.")
-@click.option("--sessions", type=click.IntRange(min=1), default=4_000_000, show_default=True,
-              help="Rows to generate (reused from --out if already there).")
-@click.option("--files", type=click.IntRange(min=1),
-              help="Files to generate. Default: 4 per actor of the largest count, at least 8.")
-@click.option("--reps", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Repetitions of each contestant, alternated.")
-@click.option("--actors", metavar="N,N,...", help="Actor counts to measure. Default: 1, 2, ... CPUs.")
-@click.option("--batch-rows", type=click.IntRange(min=1), help="Rows per batch, for every contestant (default 131072).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench"),
+    show_default=True,
+    help="Folder for the data set, measurements.parquet and the PNG plots.",
+)
+@click.option(
+    "--data", metavar="DIR", help="Benchmark on this session data set instead of generating one."
+)
+@click.option(
+    "--sessions",
+    type=click.IntRange(min=1),
+    default=4_000_000,
+    show_default=True,
+    help="Rows to generate (reused from --out if already there).",
+)
+@click.option(
+    "--files",
+    type=click.IntRange(min=1),
+    help="Files to generate. Default: 4 per actor of the largest count, at least 8.",
+)
+@click.option(
+    "--reps",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Repetitions of each contestant, alternated.",
+)
+@click.option(
+    "--actors", metavar="N,N,...", help="Actor counts to measure. Default: 1, 2, ... CPUs."
+)
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    help="Rows per batch, for every contestant (default 131072).",
+)
 @click.option("--address", metavar="ADDR", help="Run the scorer and Ray Data on this Ray cluster.")
 @handle_errors
 def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, address) -> None:
@@ -300,17 +399,26 @@ def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, addr
     """
     from rich.console import Console
 
-    from scorer.evaluation.bench import render, run_bench
     from scorer.config import DEFAULT_BATCH_ROWS
+    from scorer.evaluation.bench import render, run_bench
 
     try:
         counts = [int(n) for n in actors.split(",")] if actors else None
     except ValueError:
-        raise click.BadParameter(f"expected numbers separated by commas, got {actors!r}",
-                                 param_hint="--actors") from None
-    result = run_bench(out_dir, data=data, sessions=sessions, files=files, reps=reps,
-                       actors=counts, batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
-                       address=address, on_message=lambda text: click.echo(text, err=True))
+        raise click.BadParameter(
+            f"expected numbers separated by commas, got {actors!r}", param_hint="--actors"
+        ) from None
+    result = run_bench(
+        out_dir,
+        data=data,
+        sessions=sessions,
+        files=files,
+        reps=reps,
+        actors=counts,
+        batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
+        address=address,
+        on_message=lambda text: click.echo(text, err=True),
+    )
     console = Console()
     if not console.is_terminal:
         console.width = max(console.width, 150)  # the table is wider than a pipe's 80 columns
@@ -386,7 +494,9 @@ def train_command(data, out_dir, calibration, seed, name, model_version) -> None
             name=name or out_dir.resolve().name,
             version=model_version,
         )
-    click.echo(f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}")
+    click.echo(
+        f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}"
+    )
     click.echo(_holdout_table(card))
 
 
@@ -417,10 +527,16 @@ def train_command(data, out_dir, calibration, seed, name, model_version) -> None
     show_default=True,
     help="Seed of the stratified calibration/test halves of DATA.",
 )
-@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]),
-              help="Only dt partitions of DATA on or after this day.")
-@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]),
-              help="Only dt partitions of DATA on or before this day.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Only dt partitions of DATA on or after this day.",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Only dt partitions of DATA on or before this day.",
+)
 @handle_errors
 def calibrate_command(data, model_dir, out_dir, method, seed, since, until) -> None:
     """Refit only the calibration stage of a model on newer labelled sessions in DATA.
@@ -439,16 +555,25 @@ def calibrate_command(data, model_dir, out_dir, method, seed, since, until) -> N
 
     with _shown_warnings():
         card = recalibrate(
-            data, model_dir, out_dir, method=method, seed=seed,
-            since=since.date() if since else None, until=until.date() if until else None,
+            data,
+            model_dir,
+            out_dir,
+            method=method,
+            seed=seed,
+            since=since.date() if since else None,
+            until=until.date() if until else None,
         )
-    click.echo(f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}")
+    click.echo(
+        f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}"
+    )
     click.echo(_holdout_table(card))
 
 
 @cli.command("inspect")
 @click.argument(
-    "model_dir", metavar="MODEL", required=False,
+    "model_dir",
+    metavar="MODEL",
+    required=False,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the card and the check as JSON.")
@@ -462,8 +587,8 @@ def inspect_command(model_dir: Path | None, as_json: bool) -> None:
     """
     import json
 
-    from scorer.model.card import load_card, verify_checksum
     from scorer.errors import ChecksumError
+    from scorer.model.card import load_card, verify_checksum
     from scorer.model.runtime import default_model_dir
 
     model_dir = model_dir or default_model_dir()
@@ -517,7 +642,8 @@ def _card_text(model_dir: Path, card, problem: str | None) -> str:
     lines = [
         f"{card.name} {card.version}  (created {card.created})",
         f"directory   {model_dir}",
-        f"sha256      {card.sha256}  " + ("checksum ok" if problem is None else "CHECKSUM MISMATCH"),
+        f"sha256      {card.sha256}  "
+        + ("checksum ok" if problem is None else "CHECKSUM MISMATCH"),
         f"key column  {card.key_column}    label column  {card.label_column}",
         "",
         "inputs (in status precedence order)",
@@ -527,7 +653,9 @@ def _card_text(model_dir: Path, card, problem: str | None) -> str:
         vocabulary = ""
         if spec.vocabulary is not None:
             vocabulary = f"{len(spec.vocabulary)}: " + " ".join(str(v) for v in spec.vocabulary)
-        lines.append(f"  {spec.name:<18}{spec.dtype:<8}{spec.kind:<13}{valid_range(spec):<10}{vocabulary}")
+        lines.append(
+            f"  {spec.name:<18}{spec.dtype:<8}{spec.kind:<13}{valid_range(spec):<10}{vocabulary}"
+        )
     lines += ["", "outputs"]
     lines += [f"  {out.name:<18}{out.dtype:<8}{out.description}" for out in card.outputs]
     knots = f", {cal.knots} knots" if cal.method == "isotonic" else ""

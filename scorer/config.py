@@ -176,7 +176,9 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
             raise ConfigError(f"'{name}' must be a list of strings, got {value!r}")
         return tuple(value)
     if get_origin(hint) is dict:
-        if not isinstance(value, dict) or not all(isinstance(v, (str, int)) for v in value.values()):
+        if not isinstance(value, dict) or not all(
+            isinstance(v, (str, int)) for v in value.values()
+        ):
             raise ConfigError(f"'{name}' must be a table of strings, got {value!r}")
         return {k: str(v) for k, v in value.items()}
     raise ConfigError(f"'{name}': unsupported type {hint!r}")  # a bug in JobConfig, not user input

@@ -1,21 +1,21 @@
 """Every error the library raises on purpose.
 
-    ScorerError                      root: the CLI prints "TypeName: message"
-    ├── ConfigError                  a TOML key or option value is wrong (exit 2)
-    ├── PreflightError               the job as a whole cannot be right (exit 2)
-    │   ├── NoInputFilesError        INPUT matched no Parquet file
-    │   ├── MissingColumnError       a model column is in no input file
-    │   └── OutputConflictError      OUTPUT inside INPUT, or holds another model's scores
-    ├── ModelError                   a model directory is unusable
-    │   └── ChecksumError            model.onnx does not match its card's sha256
-    ├── TrainingDataError            labelled data unfit for training or calibration
-    ├── LockError                    another run holds OUTPUT's lock
-    ├── ClusterError                 Ray could not be started or joined
-    ├── StorageError                 a filesystem URI could not be opened
-    ├── ReportError                  OUTPUT holds no run, or not the one asked for
-    ├── Interrupted                  SIGINT/SIGTERM: in-flight shards abandoned (exit 130)
-    └── ShardError                   one shard failed (the run goes on)
-        └── ShardReadError           its input could not be read or has a wrong schema
+ScorerError                      root: the CLI prints "TypeName: message"
+├── ConfigError                  a TOML key or option value is wrong (exit 2)
+├── PreflightError               the job as a whole cannot be right (exit 2)
+│   ├── NoInputFilesError        INPUT matched no Parquet file
+│   ├── MissingColumnError       a model column is in no input file
+│   └── OutputConflictError      OUTPUT inside INPUT, or holds another model's scores
+├── ModelError                   a model directory is unusable
+│   └── ChecksumError            model.onnx does not match its card's sha256
+├── TrainingDataError            labelled data unfit for training or calibration
+├── LockError                    another run holds OUTPUT's lock
+├── ClusterError                 Ray could not be started or joined
+├── StorageError                 a filesystem URI could not be opened
+├── ReportError                  OUTPUT holds no run, or not the one asked for
+├── Interrupted                  SIGINT/SIGTERM: in-flight shards abandoned (exit 130)
+└── ShardError                   one shard failed (the run goes on)
+    └── ShardReadError           its input could not be read or has a wrong schema
 """
 
 

@@ -262,8 +262,10 @@ class ScoreHistogram:
         if strategy == "width":
             # Fine bins nest in the coarse ones, so summing runs of them is exact.
             return ReliabilityBins(
-                *(a.reshape(ECE_BINS, -1).sum(axis=1) for a in (
-                    self.fine.count, self.fine.positives, self.fine.sum_predicted))
+                *(
+                    a.reshape(ECE_BINS, -1).sum(axis=1)
+                    for a in (self.fine.count, self.fine.positives, self.fine.sum_predicted)
+                )
             )
         if strategy == "mass":
             return _mass_bins(self.fine, ECE_BINS)
@@ -319,8 +321,14 @@ class ScoreHistogram:
         fine = self.fine
         return (
             _histogram_from_sparse,
-            (used, fine.count[used], fine.positives[used], fine.sum_predicted[used],
-             self.sum_squared_error, self.sum_log_loss),
+            (
+                used,
+                fine.count[used],
+                fine.positives[used],
+                fine.sum_predicted[used],
+                self.sum_squared_error,
+                self.sum_log_loss,
+            ),
         )
 
 
@@ -597,11 +605,15 @@ def calibration_schema(partition_key: str = "dt") -> pa.Schema:
     bin). ``bin_*`` lists are the 15 equal-width reliability bins, element k for
     [k/15, (k+1)/15), the last closed at 1.
     """
-    per_score = [("mean", pa.float64())] + [(name, pa.float64()) for name in _FIGURES] + [
-        ("bin_count", pa.list_(pa.int64())),
-        ("bin_mean_predicted", pa.list_(pa.float64())),
-        ("bin_observed_rate", pa.list_(pa.float64())),
-    ]
+    per_score = (
+        [("mean", pa.float64())]
+        + [(name, pa.float64()) for name in _FIGURES]
+        + [
+            ("bin_count", pa.list_(pa.int64())),
+            ("bin_mean_predicted", pa.list_(pa.float64())),
+            ("bin_observed_rate", pa.list_(pa.float64())),
+        ]
+    )
     return pa.schema(
         [
             ("run_id", RUN_ID_TYPE),  # the type pyarrow gives the run_id= folders

@@ -24,12 +24,16 @@ def free_port() -> int:
 def moto_s3(credentials: dict[str, str]) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 (its `host:port`), with `credentials` in this process's
     environment and no other AWS endpoint or profile to get in the way."""
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which(
+        "moto_server"
+    )
     if server is None:
         pytest.skip("moto_server is not installed (pip install 'moto[server]')")
     port = free_port()
     proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     with pytest.MonkeyPatch.context() as mp:
         for name, value in {"AWS_DEFAULT_REGION": "us-east-1", **credentials}.items():

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from scorer.evaluation import bench
 from scorer.cli import cli
+from scorer.evaluation import bench
 
 
 def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeypatch):
@@ -21,7 +21,11 @@ def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeyp
     monkeypatch.setattr(bench, "LATENCY_CALLS", 50)
     messages = []
     result = bench.run_bench(
-        tmp_path / "bench", data=str(history), reps=1, actors=[1, 2], batch_rows=4096,
+        tmp_path / "bench",
+        data=str(history),
+        reps=1,
+        actors=[1, 2],
+        batch_rows=4096,
         on_message=messages.append,
     )
 
@@ -33,7 +37,10 @@ def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeyp
         assert rows[key]["work_seconds"] > 0 and rows[key]["peak_rss_mb"] > 0
     assert rows[("scorer", 2)]["encode_seconds"] > 0
     assert rows[("scorer", 2)]["cpu_seconds"] > 0 and rows[("floor", 1)]["cpu_seconds"] > 0
-    assert rows[("model:latency_onnx", 1)]["latency_p99_us"] >= rows[("model:latency_onnx", 1)]["latency_p50_us"]
+    assert (
+        rows[("model:latency_onnx", 1)]["latency_p99_us"]
+        >= rows[("model:latency_onnx", 1)]["latency_p50_us"]
+    )
     assert any("ray_data" in s for s in result.skipped)
     assert any("skipping ray_data" in m for m in messages)
 

@@ -14,7 +14,9 @@ COMMANDS = sorted(cli.commands)
 
 
 def test_the_spec_commands_exist():
-    assert {"score", "generate", "train", "calibrate", "report", "bench", "inspect"} <= set(COMMANDS)
+    assert {"score", "generate", "train", "calibrate", "report", "bench", "inspect"} <= set(
+        COMMANDS
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -26,7 +28,9 @@ def test_every_command_has_help(command):
 
 
 def test_python_dash_m_runs_the_cli():
-    result = subprocess.run([sys.executable, "-m", "scorer", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "scorer", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "score" in result.stdout
 
 

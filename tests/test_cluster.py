@@ -13,6 +13,7 @@ for s3:// must come from the driver through the runtime environment.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -69,38 +70,76 @@ class Cluster:
         }
         root_user = os.geteuid() == 0
         unshare = ["unshare", "-n"] if root_user else ["unshare", "-rn"]
-        self.holder = subprocess.Popen([*unshare, sys.executable, "-c", _HOLDER],
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.holder = subprocess.Popen(
+            [*unshare, sys.executable, "-c", _HOLDER],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if self.holder.stdout.readline().strip() != "up":
             self.holder.wait(timeout=10)
-            pytest.skip(f"no private network namespace here ({self.holder.stderr.read().strip()}); "
-                        "these tests never run Ray on a non-loopback interface")
+            pytest.skip(
+                f"no private network namespace here ({self.holder.stderr.read().strip()}); "
+                "these tests never run Ray on a non-loopback interface"
+            )
         self.netns = os.readlink(f"/proc/{self.holder.pid}/ns/net")
         self.enter = ["nsenter", "-t", str(self.holder.pid), "-n"]
         if not root_user:
             self.enter[3:3] = ["-U", "--preserve-credentials"]
 
     def run(self, *args, env=None, timeout=120, check=False) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.enter, *map(str, args)], env=env or self.env, cwd=REPO,
-                              capture_output=True, text=True, timeout=timeout, check=check)
+        return subprocess.run(
+            [*self.enter, *map(str, args)],
+            env=env or self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
 
     def popen(self, *args, env=None, **kwargs) -> subprocess.Popen:
-        return subprocess.Popen([*self.enter, *map(str, args)], env=env or self.env, cwd=REPO,
-                                text=True, **kwargs)
+        return subprocess.Popen(
+            [*self.enter, *map(str, args)], env=env or self.env, cwd=REPO, text=True, **kwargs
+        )
 
     def start(self) -> None:
         common = ["--num-cpus", "1", "--temp-dir", self.temp_dir, "--disable-usage-stats"]
-        self.run(BIN / "ray", "start", "--head", "--node-ip-address", HEAD, "--port", PORT,
-                 "--dashboard-host", HEAD, "--dashboard-port", DASHBOARD, *common, check=True)
-        self.run(BIN / "ray", "start", "--address", ADDRESS, "--node-ip-address", WORKER, *common,
-                 check=True)
+        self.run(
+            BIN / "ray",
+            "start",
+            "--head",
+            "--node-ip-address",
+            HEAD,
+            "--port",
+            PORT,
+            "--dashboard-host",
+            HEAD,
+            "--dashboard-port",
+            DASHBOARD,
+            *common,
+            check=True,
+        )
+        self.run(
+            BIN / "ray",
+            "start",
+            "--address",
+            ADDRESS,
+            "--node-ip-address",
+            WORKER,
+            *common,
+            check=True,
+        )
 
     def processes(self) -> list[psutil.Process]:
         """Every process in the namespace but the holder: all of them started by this fixture."""
         found = []
         for proc in psutil.process_iter():
             try:
-                if proc.pid != self.holder.pid and os.readlink(f"/proc/{proc.pid}/ns/net") == self.netns:
+                if (
+                    proc.pid != self.holder.pid
+                    and os.readlink(f"/proc/{proc.pid}/ns/net") == self.netns
+                ):
                     found.append(proc)
             except OSError:
                 continue
@@ -117,10 +156,8 @@ class Cluster:
 
     def stop(self) -> None:
         for proc in self.processes():
-            try:
+            with contextlib.suppress(psutil.Error):
                 proc.kill()
-            except psutil.Error:
-                pass
         self.holder.send_signal(signal.SIGKILL)
         self.holder.wait(timeout=10)
 
@@ -150,12 +187,26 @@ def sessions(tmp_path_factory):
 
 
 def _score(cluster, sessions, out, *extra, env=None, timeout=180):
-    return cluster.run(BIN / "scorer", "score", sessions, out, "--address", ADDRESS, "--json",
-                       "--shard-rows", "200", *extra, env=env, timeout=timeout)
+    return cluster.run(
+        BIN / "scorer",
+        "score",
+        sessions,
+        out,
+        "--address",
+        ADDRESS,
+        "--json",
+        "--shard-rows",
+        "200",
+        *extra,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def _exactly_once(sessions, out):
-    keys = ds.dataset(out / "scores", format="parquet").to_table(columns=["session_id"])["session_id"]
+    keys = ds.dataset(out / "scores", format="parquet").to_table(columns=["session_id"])[
+        "session_id"
+    ]
     expected = ds.dataset(sessions, format="parquet").count_rows()
     assert len(keys) == expected == pc.count_distinct(keys).as_py()
 
@@ -171,7 +222,9 @@ def test_a_run_spreads_over_both_nodes_exactly_once_on_loopback_only(cluster, se
     summary = json.loads(result.stdout)
     assert summary["nodes"] == 2 and summary["actors"] == 2 and summary["shards_committed"] == 40
     assert set(summary["rows_per_node"]) == {HEAD, WORKER}
-    committed = [row for row in _shard_stats(out, summary["run_id"]) if row["status"] == "committed"]
+    committed = [
+        row for row in _shard_stats(out, summary["run_id"]) if row["status"] == "committed"
+    ]
     assert len({row["node_id"] for row in committed}) == 2
     assert {row["node_ip"] for row in committed} == {HEAD, WORKER}
     _exactly_once(sessions, out)
@@ -203,47 +256,108 @@ def test_a_driver_without_the_token_fails_fast_saying_what_to_set(cluster, sessi
 
 def test_ray_job_submit_of_the_nightly_job(cluster, sessions, tmp_path):
     config = tmp_path / "nightly.toml"
-    config.write_text(f'input = "{sessions}"\noutput = "{tmp_path / "out"}"\nshard_rows = 1000\n'
-                      "[ray]\ncpus_per_actor = 1.0\nmemory_per_actor_mb = 256\n")
-    result = cluster.run(BIN / "ray", "job", "submit", "--address", f"http://{HEAD}:{DASHBOARD}",
-                         "--working-dir", ".", "--", "python", "jobs/nightly_backfill.py",
-                         "--config", config, "--date", DAY, timeout=240)
+    config.write_text(
+        f'input = "{sessions}"\noutput = "{tmp_path / "out"}"\nshard_rows = 1000\n'
+        "[ray]\ncpus_per_actor = 1.0\nmemory_per_actor_mb = 256\n"
+    )
+    result = cluster.run(
+        BIN / "ray",
+        "job",
+        "submit",
+        "--address",
+        f"http://{HEAD}:{DASHBOARD}",
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "jobs/nightly_backfill.py",
+        "--config",
+        config,
+        "--date",
+        DAY,
+        timeout=240,
+    )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "succeeded" in result.stdout + result.stderr
-    scored = ds.dataset(tmp_path / "out" / "scores", format="parquet", partitioning="hive").to_table()
+    scored = ds.dataset(
+        tmp_path / "out" / "scores", format="parquet", partitioning="hive"
+    ).to_table()
     assert set(scored["dt"].to_pylist()) == {DAY} and scored.num_rows == 4_000
 
 
 def test_s3_to_s3_on_a_cluster_that_has_no_credentials(cluster, tmp_path):
     port, secret = 9000, "secret-" + secrets.token_hex(8)
-    moto = cluster.popen(BIN / "moto_server", "-H", "127.0.0.1", "-p", port,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    creds = cluster.env | {"AWS_ACCESS_KEY_ID": "cluster-test", "AWS_SECRET_ACCESS_KEY": secret,
-                           "AWS_DEFAULT_REGION": "us-east-1"}
+    moto = cluster.popen(
+        BIN / "moto_server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        port,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    creds = cluster.env | {
+        "AWS_ACCESS_KEY_ID": "cluster-test",
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     query = f"endpoint_override=127.0.0.1:{port}&scheme=http"
     try:
-        cluster.run(sys.executable, "-c", f"""
+        cluster.run(
+            sys.executable,
+            "-c",
+            f"""
 import time, pyarrow.fs as fs
 for _ in range(100):
     try:
         fs.S3FileSystem(endpoint_override="127.0.0.1:{port}", scheme="http",
                         allow_bucket_creation=True).create_dir("lake"); break
     except OSError: time.sleep(0.2)
-""", env=creds, check=True)
-        cluster.run(BIN / "scorer", "generate", f"s3://lake/sessions?{query}", "--sessions", 3000,
-                    "--files", 2, "--days", 1, "--seed", 3, env=creds, check=True)
-        result = cluster.run(BIN / "scorer", "score", f"s3://lake/sessions?{query}",
-                             f"s3://lake/scored?{query}", "--address", ADDRESS, "--json",
-                             env=creds, timeout=180)
+""",
+            env=creds,
+            check=True,
+        )
+        cluster.run(
+            BIN / "scorer",
+            "generate",
+            f"s3://lake/sessions?{query}",
+            "--sessions",
+            3000,
+            "--files",
+            2,
+            "--days",
+            1,
+            "--seed",
+            3,
+            env=creds,
+            check=True,
+        )
+        result = cluster.run(
+            BIN / "scorer",
+            "score",
+            f"s3://lake/sessions?{query}",
+            f"s3://lake/scored?{query}",
+            "--address",
+            ADDRESS,
+            "--json",
+            env=creds,
+            timeout=180,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         summary = json.loads(result.stdout)
         assert summary["rows"] == 3000 and summary["shards_failed"] == 0
         assert secret not in result.stdout + result.stderr
-        check = cluster.run(sys.executable, "-c", f"""
+        check = cluster.run(
+            sys.executable,
+            "-c",
+            f"""
 import pyarrow.dataset as ds, pyarrow.fs as pafs
 s3 = pafs.S3FileSystem(endpoint_override="127.0.0.1:{port}", scheme="http")
 print(ds.dataset("lake/scored/scores", filesystem=s3, format="parquet").count_rows())
-""", env=creds, check=True)
+""",
+            env=creds,
+            check=True,
+        )
         assert check.stdout.strip() == "3000"
         # The secret reached the actors only through their runtime environment: no Ray log holds it.
         for path in cluster.temp_dir.rglob("*"):
@@ -258,9 +372,21 @@ def test_losing_the_worker_node_mid_run_retries_its_shard_on_the_head(cluster, s
     """Last in the module: the worker node does not come back."""
     out = tmp_path / "out"
     raylet = cluster.worker_raylet()
-    driver = cluster.popen(BIN / "scorer", "score", sessions, out, "--address", ADDRESS, "--json",
-                           "--shard-rows", "200", "--batch-rows", "5",
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    driver = cluster.popen(
+        BIN / "scorer",
+        "score",
+        sessions,
+        out,
+        "--address",
+        ADDRESS,
+        "--json",
+        "--shard-rows",
+        "200",
+        "--batch-rows",
+        "5",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     lines = []
     for line in driver.stderr:  # kill once the actors are busy
         lines.append(line)
@@ -277,7 +403,9 @@ def test_losing_the_worker_node_mid_run_retries_its_shard_on_the_head(cluster, s
     assert died and all("actor died" in row["error"] for row in died)
     head_node = {row["node_id"] for row in stats if row["node_ip"] == HEAD}
     for row in died:
-        retried = [r for r in stats if r["shard_id"] == row["shard_id"] and r["status"] == "committed"]
+        retried = [
+            r for r in stats if r["shard_id"] == row["shard_id"] and r["status"] == "committed"
+        ]
         assert len(retried) == 1 and retried[0]["attempt"] == row["attempt"] + 1
         assert retried[0]["node_id"] in head_node
     _exactly_once(sessions, out)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from scorer.errors import LockError, OutputConflictError, ShardError
 from scorer.pipeline.commit import (
     LOCK,
     CommitRecord,
@@ -30,7 +31,6 @@ from scorer.pipeline.commit import (
     options_digest,
     record_key,
 )
-from scorer.errors import LockError, OutputConflictError, ShardError
 from scorer.pipeline.plan import plan_shards, scan_inputs
 from scorer.storage import resolve
 
@@ -42,7 +42,11 @@ OPTS = options_digest({"key_column": "session_id", "keep": []})
 
 def write_sessions(path, rows, row_group_size):
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"session_id": pa.array(range(rows), pa.int64())}), path, row_group_size=row_group_size)
+    pq.write_table(
+        pa.table({"session_id": pa.array(range(rows), pa.int64())}),
+        path,
+        row_group_size=row_group_size,
+    )
     return path
 
 
@@ -50,23 +54,35 @@ def write_output(layout, shard, run_id, rows=None):
     """What an actor does: copy the shard's session ids (one row per input row) into the sink."""
     source = pq.ParquetFile(shard.input_path)
     with layout.open_shard_sink(shard, run_id) as sink:
-        with pq.ParquetWriter(sink, pa.schema([("session_id", pa.int64()), ("intent_raw", pa.float32())])) as writer:
+        with pq.ParquetWriter(
+            sink, pa.schema([("session_id", pa.int64()), ("intent_raw", pa.float32())])
+        ) as writer:
             for rg in shard.row_groups:
                 ids = source.read_row_group(rg, columns=["session_id"]).column(0)
-                writer.write_table(pa.table({"session_id": ids, "intent_raw": pa.nulls(len(ids), pa.float32())}))
+                writer.write_table(
+                    pa.table({"session_id": ids, "intent_raw": pa.nulls(len(ids), pa.float32())})
+                )
     return shard.rows if rows is None else rows
 
 
 def score(manifest, plan, run_id, shards=None, sha=SHA_A):
     for shard in plan.shards if shards is None else shards:
         rows = write_output(manifest.layout, shard, run_id)
-        manifest.commit_shard(shard, run_id=run_id, rows=rows, model_sha256=sha, options_digest=OPTS)
+        manifest.commit_shard(
+            shard, run_id=run_id, rows=rows, model_sha256=sha, options_digest=OPTS
+        )
 
 
 def start_run(out, inputs, shard_rows, run_id, sha=SHA_A, overwrite=False):
     """The driver's sequence before scoring (see Manifest's docstring)."""
     manifest = Manifest.load(out)
-    manifest.claim(model_name="intent", model_sha256=sha, options_digest=OPTS, run_id=run_id, overwrite=overwrite)
+    manifest.claim(
+        model_name="intent",
+        model_sha256=sha,
+        options_digest=OPTS,
+        run_id=run_id,
+        overwrite=overwrite,
+    )
     manifest.cleanup(run_id)
     files = [i for i in inputs if hasattr(i, "fingerprint")]
     manifest.supersede(files)
@@ -98,11 +114,15 @@ def test_commit_makes_a_whole_shard_visible(job):
     write_output(manifest.layout, shard, "run1")
     assert not (out_dir / "scores").exists()  # written, not committed: nothing visible yet
 
-    record = manifest.commit_shard(shard, run_id="run1", rows=shard.rows, model_sha256=SHA_A, options_digest=OPTS)
+    record = manifest.commit_shard(
+        shard, run_id="run1", rows=shard.rows, model_sha256=SHA_A, options_digest=OPTS
+    )
     final = out_dir / shard.output_relpath
     assert pq.read_table(final).num_rows == shard.rows
     assert not Path(manifest.layout.temp_path_for(shard, "run1")).exists()
-    on_disk = json.loads((out_dir / "_scorer" / "commits" / f"{record_key(shard.shard_id)}.json").read_text())
+    on_disk = json.loads(
+        (out_dir / "_scorer" / "commits" / f"{record_key(shard.shard_id)}.json").read_text()
+    )
     assert CommitRecord.from_dict(on_disk) == record
     assert record.input_relpath == "dt=2026-11-27/a.parquet" and record.rows == 30
 
@@ -120,7 +140,9 @@ def test_a_wrong_row_count_is_never_committed(job):
     shard = plan.shards[0]
     write_output(manifest.layout, shard, "run1")
     with pytest.raises(ShardError, match="wrote 29 rows, expected 30"):
-        manifest.commit_shard(shard, run_id="run1", rows=29, model_sha256=SHA_A, options_digest=OPTS)
+        manifest.commit_shard(
+            shard, run_id="run1", rows=29, model_sha256=SHA_A, options_digest=OPTS
+        )
     assert not (out_dir / "scores").exists() and not manifest.records
 
 
@@ -134,7 +156,9 @@ def test_a_failing_writer_leaves_nothing(job):
             raise RuntimeError("bad batch")
     assert not Path(manifest.layout.temp_path_for(shard, "run1")).exists()
     with pytest.raises(ShardError, match="temporary output is missing"):
-        manifest.commit_shard(shard, run_id="run1", rows=shard.rows, model_sha256=SHA_A, options_digest=OPTS)
+        manifest.commit_shard(
+            shard, run_id="run1", rows=shard.rows, model_sha256=SHA_A, options_digest=OPTS
+        )
     assert not manifest.records
 
 
@@ -182,7 +206,10 @@ def test_rerun_skips_committed_and_another_shard_rows_never_duplicates(job):
     os.replace(manifest.layout.temp_path_for(crashed, "run1"), out_dir / crashed.output_relpath)
 
     manifest, plan = start_run(out, inputs, 20, "run2")
-    assert [s.shard_id for s in plan.skipped] == ["dt=2026-11-27/a.parquet:0-3", "dt=2026-11-27/a.parquet:3-6"]
+    assert [s.shard_id for s in plan.skipped] == [
+        "dt=2026-11-27/a.parquet:0-3",
+        "dt=2026-11-27/a.parquet:3-6",
+    ]
     assert not (out_dir / crashed.output_relpath).exists()  # the orphan is gone
     assert {s.rows for s in plan.shards} <= {20, 10}
     score(manifest, plan, "run2")
@@ -251,13 +278,17 @@ def test_commit_refuses_what_would_duplicate_rows(job):
     overlapping = plan_shards(scan_inputs(resolve(inp)), 20).shards[0]
     write_output(manifest.layout, overlapping, "run1")
     with pytest.raises(ShardError, match="overlaps committed shard"):
-        manifest.commit_shard(overlapping, run_id="run1", rows=20, model_sha256=SHA_A, options_digest=OPTS)
+        manifest.commit_shard(
+            overlapping, run_id="run1", rows=20, model_sha256=SHA_A, options_digest=OPTS
+        )
     # A changed input whose old shards were not superseded.
     write_sessions(inp / "dt=2026-11-27" / "a.parquet", 100, 25)
     changed = plan_shards(scan_inputs(resolve(inp)), 100).shards[0]
     write_output(manifest.layout, changed, "run1")
     with pytest.raises(ShardError, match="older version of the input"):
-        manifest.commit_shard(changed, run_id="run1", rows=100, model_sha256=SHA_A, options_digest=OPTS)
+        manifest.commit_shard(
+            changed, run_id="run1", rows=100, model_sha256=SHA_A, options_digest=OPTS
+        )
 
 
 def test_another_models_output_is_refused_unless_overwrite(job):
@@ -267,7 +298,9 @@ def test_another_models_output_is_refused_unless_overwrite(job):
     manifest, plan = start_run(out, inputs, 30, "run1")
     score(manifest, plan, "run1")
 
-    with pytest.raises(OutputConflictError, match=f"holds scores of model intent \\(sha256 {SHA_A[:12]}\\)") as err:
+    with pytest.raises(
+        OutputConflictError, match=f"holds scores of model intent \\(sha256 {SHA_A[:12]}\\)"
+    ) as err:
         start_run(out, inputs, 30, "run2", sha=SHA_B)
     assert "--overwrite" in str(err.value) and str(out_dir) in str(err.value)
     assert err.value.exit_code == 2
@@ -299,7 +332,9 @@ def test_layout_paths_and_pickling(job):
     shard = plan_shards(scan_inputs(resolve(inp)), 30).shards[0]
     assert not layout.writes_direct
     assert layout.final_path_for(shard) == str(out_dir / shard.output_relpath)
-    assert layout.temp_path_for(shard, "r1") == str(out_dir / "_scorer" / "tmp" / "r1" / shard.output_relpath)
+    assert layout.temp_path_for(shard, "r1") == str(
+        out_dir / "_scorer" / "tmp" / "r1" / shard.output_relpath
+    )
     assert pickle.loads(pickle.dumps(layout)) == layout
 
 
@@ -320,7 +355,11 @@ def hold_lock_in_subprocess(out_dir, run_id):
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     assert proc.stdout.readline().strip() == "locked"
     return proc
@@ -364,7 +403,13 @@ def test_a_reused_pid_does_not_keep_a_dead_runs_lock(tmp_path):
     # Our own (live) pid, but a process start time that is not ours: the pid was reused.
     lock.write_text(
         json.dumps(
-            {"host": socket.gethostname(), "pid": os.getpid(), "run_id": "old", "started_at": "x", "pid_started": 1.0}
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "run_id": "old",
+                "started_at": "x",
+                "pid_started": 1.0,
+            }
         )
     )
     with pytest.warns(StaleLockWarning):
@@ -376,7 +421,9 @@ def test_a_lock_held_on_another_host_is_refused(tmp_path):
     lock = tmp_path / "out" / LOCK
     lock.parent.mkdir(parents=True)
     lock.write_text(
-        json.dumps({"host": "worker-7", "pid": 1, "run_id": "r", "started_at": "x", "pid_started": None})
+        json.dumps(
+            {"host": "worker-7", "pid": 1, "run_id": "r", "started_at": "x", "pid_started": None}
+        )
     )
     with pytest.raises(LockError, match="pid 1 on host worker-7.*delete the lock file"):
         with OutputLock(resolve(tmp_path / "out"), "new"):

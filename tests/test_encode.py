@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scorer.errors import ShardReadError
 from scorer.model.card import InputSpec
 from scorer.model.encode import encode_inputs, status_codes
-from scorer.errors import ShardReadError
 from scorer.model.sessions import MONTHS, VISITOR_TYPES
 from scorer.model.train import session_inputs
 
@@ -102,11 +102,18 @@ def test_first_failing_column_in_card_order_wins():
     assert statuses(table_of([row])) == ["out_of_range:bounce_rate"]
     # Column order in the table does not matter: the card's order does.
     table = table_of([row])
-    assert statuses(table.select(list(reversed(table.column_names)))) == ["out_of_range:bounce_rate"]
+    assert statuses(table.select(list(reversed(table.column_names)))) == [
+        "out_of_range:bounce_rate"
+    ]
 
 
 def test_counts_mask_and_zero_feed_for_invalid_rows():
-    rows = [good_row(), good_row(page_value=None), good_row(exit_rate=math.nan), good_row(page_value=None)]
+    rows = [
+        good_row(),
+        good_row(page_value=None),
+        good_row(exit_rate=math.nan),
+        good_row(page_value=None),
+    ]
     encoded = encode_inputs(INPUTS, table_of(rows))
     assert encoded.invalid_mask.tolist() == [False, True, True, True]
     assert encoded.invalid_counts == {"missing:page_value": 2, "not_finite:exit_rate": 1}
@@ -140,12 +147,19 @@ def test_unseen_values_are_encoded_as_unseen_and_counted():
         good_row(),
     ]
     encoded = encode_inputs(INPUTS, table_of(rows))
-    categorical = encoded.feed["categorical"]  # month, operating_system, browser, region, traffic, visitor
+    categorical = encoded.feed[
+        "categorical"
+    ]  # month, operating_system, browser, region, traffic, visitor
     assert categorical[0].tolist() == [12, 0, MONTHS.index("Nov"), 0, MONTHS.index("Nov")]
     assert categorical[2].tolist() == [1, 4, 4, 0, 1]
     assert categorical[5].tolist() == [0, 0, 3, 0, 0]
     assert encoded.unseen == {
-        "month": 1, "operating_system": 0, "browser": 2, "region": 0, "traffic_type": 0, "visitor_type": 1
+        "month": 1,
+        "operating_system": 0,
+        "browser": 2,
+        "region": 0,
+        "traffic_type": 0,
+        "visitor_type": 1,
     }
     assert encoded.rows_unseen == 3
     assert encoded.status.to_pylist() == ["ok", "ok", "ok", "missing:page_value", "ok"]
@@ -157,7 +171,9 @@ def test_extreme_integer_codes_are_unseen_not_wrapped():
     encoded = encode_inputs([vocab], pa.table({"code": pa.array(extremes + [1, 2, 3], pa.int64())}))
     assert encoded.feed["categorical"][0].tolist() == [3] * 6 + [0, 1, 2]
     wide = InputSpec("code", "int", "categorical", vocabulary=(7, 10**9, -(10**12)))
-    encoded = encode_inputs([wide], pa.table({"code": pa.array(extremes + [7, 10**9, -(10**12)], pa.int64())}))
+    encoded = encode_inputs(
+        [wide], pa.table({"code": pa.array(extremes + [7, 10**9, -(10**12)], pa.int64())})
+    )
     assert encoded.feed["categorical"][0].tolist() == [3] * 6 + [0, 1, 2]
     signed = InputSpec("code", "int", "categorical", vocabulary=(-1, 0, 1))
     # Narrow codes are looked up in int32 arithmetic: extremes must not wrap into the vocabulary,
@@ -176,17 +192,26 @@ def test_extreme_integer_codes_are_unseen_not_wrapped():
         assert encoded.feed["categorical"][0].tolist() == [3, 0, 1, 2, 3, 3], kind
     shifted = InputSpec("code", "int", "categorical", vocabulary=(50, 51))  # offset 49
     for kind in (pa.int8(), pa.uint16(), pa.uint32()):
-        encoded = encode_inputs([shifted], pa.table({"code": pa.array([0, 49, 50, 51, 52, 127], kind)}))
+        encoded = encode_inputs(
+            [shifted], pa.table({"code": pa.array([0, 49, 50, 51, 52, 127], kind)})
+        )
         assert encoded.feed["categorical"][0].tolist() == [2, 2, 0, 1, 2, 2], kind
     for spec in (vocab, signed, wide):
-        unsigned = encode_inputs([spec], pa.table({"code": pa.array([2**64 - 1, 2**63], pa.uint64())}))
+        unsigned = encode_inputs(
+            [spec], pa.table({"code": pa.array([2**64 - 1, 2**63], pa.uint64())})
+        )
         assert unsigned.feed["categorical"][0].tolist() == [3, 3]
 
 
 @pytest.mark.parametrize(
     "string_type",
-    [pa.string(), pa.large_string(), pa.string_view(), pa.dictionary(pa.int32(), pa.string()),
-     pa.dictionary(pa.int8(), pa.large_string())],
+    [
+        pa.string(),
+        pa.large_string(),
+        pa.string_view(),
+        pa.dictionary(pa.int32(), pa.string()),
+        pa.dictionary(pa.int8(), pa.large_string()),
+    ],
 )
 def test_string_representations_encode_alike(string_type):
     months = ["Nov", None, "Foo", "Jan", "Dec", "Nov"]
@@ -204,7 +229,13 @@ def test_dictionary_with_null_and_unused_entries():
         pa.array([0, 1, None, 2, 1], pa.int16()), pa.array(["Other", None, "Bot", "Unused"])
     )
     encoded = encode_inputs([spec], pa.table({"visitor_type": column}))
-    assert encoded.status.to_pylist() == ["ok", "missing:visitor_type", "missing:visitor_type", "ok", "missing:visitor_type"]
+    assert encoded.status.to_pylist() == [
+        "ok",
+        "missing:visitor_type",
+        "missing:visitor_type",
+        "ok",
+        "missing:visitor_type",
+    ]
     assert encoded.feed["categorical"][0].tolist() == [2, 0, 0, 3, 0]
     assert encoded.unseen == {"visitor_type": 1}
 
@@ -216,10 +247,23 @@ def test_integer_widths_float_numbers_extra_columns_and_order_encode_alike():
     rows = [good_row(admin_pages=i, browser=b) for i, b in zip(range(6), (1, 2, 5, 10, 7, 1))]
     base = encode_inputs(INPUTS, table_of(rows))
     wide = table_of(rows)
-    for name in ("admin_pages", "info_pages", "product_pages", "operating_system", "browser", "region"):
+    for name in (
+        "admin_pages",
+        "info_pages",
+        "product_pages",
+        "operating_system",
+        "browser",
+        "region",
+    ):
         wide = wide.set_column(wide.schema.get_field_index(name), name, wide[name].cast(pa.int64()))
-    wide = wide.set_column(wide.schema.get_field_index("admin_seconds"), "admin_seconds", wide["admin_seconds"].cast(pa.float32()))
-    wide = wide.append_column("extra", pa.array(["x"] * 6)).select(["extra", *reversed(SCHEMA.names)])
+    wide = wide.set_column(
+        wide.schema.get_field_index("admin_seconds"),
+        "admin_seconds",
+        wide["admin_seconds"].cast(pa.float32()),
+    )
+    wide = wide.append_column("extra", pa.array(["x"] * 6)).select(
+        ["extra", *reversed(SCHEMA.names)]
+    )
     other = encode_inputs(INPUTS, wide)
     for kind in base.feed:
         np.testing.assert_array_equal(base.feed[kind], other.feed[kind])
@@ -229,7 +273,9 @@ def test_integer_widths_float_numbers_extra_columns_and_order_encode_alike():
 def test_chunked_tables_and_record_batches_encode_alike():
     rows = [good_row(page_value=v) for v in (1.0, None, 2.0, math.nan, 3.0, -1.0, 4.0)]
     table = table_of(rows)
-    chunked = pa.concat_tables([table.slice(0, 2), table.slice(2, 0), table.slice(2, 3), table.slice(5)])
+    chunked = pa.concat_tables(
+        [table.slice(0, 2), table.slice(2, 0), table.slice(2, 3), table.slice(5)]
+    )
     assert chunked["page_value"].num_chunks > 1
     expected = encode_inputs(INPUTS, table.combine_chunks())
     for data in (chunked, table.to_batches()[0]):
@@ -290,7 +336,9 @@ def reference_status(row: dict) -> str:
         if spec.kind == "numeric":
             if not math.isfinite(value):
                 return f"not_finite:{spec.name}"
-            if (spec.min is not None and value < spec.min) or (spec.max is not None and value > spec.max):
+            if (spec.min is not None and value < spec.min) or (
+                spec.max is not None and value > spec.max
+            ):
                 return f"out_of_range:{spec.name}"
     return "ok"
 

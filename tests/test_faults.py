@@ -11,6 +11,7 @@ of 5, so a 500-row shard takes a few hundred milliseconds on any machine, whatev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,13 +33,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from conftest import make_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import make_history
 from scorer.cli import cli
-from scorer.pipeline.driver import score
 from scorer.model.runtime import default_model_dir, load_model
+from scorer.pipeline.driver import score
 
 SLOW_HISTORY = dict(sessions=6_000, files=2, days=1, row_group_rows=10)  # 12 shards of 500 rows
 SLOW_OPTIONS = ["--actors", "2", "--batch-rows", "5", "--shard-rows", "500"]
@@ -123,7 +124,7 @@ class _ScoresWatcher(threading.Thread):
                     self.seen[version] = pq.read_table(path).num_rows
             except FileNotFoundError:
                 continue  # deleted between listing and reading (a cleanup): never half there
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is the failure
+            except Exception as exc:
                 self.bad.append(f"{path}: {exc!r}")
 
     def __enter__(self) -> _ScoresWatcher:
@@ -226,10 +227,8 @@ class _Drivers:
                 self.signal(proc, signal.SIGKILL)
                 proc.wait()
         for process in self.family.values():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()  # psutil checks the pid still names the same process
-            except psutil.NoSuchProcess:
-                pass
 
 
 @pytest.fixture
@@ -287,8 +286,8 @@ def test_an_actor_killed_mid_shard_costs_a_retry_not_the_run(tmp_path):
 def test_a_refused_commit_is_retried_while_the_actors_go_on(tmp_path, monkeypatch):
     """Commits run on the driver's commit thread while actors score their next shards; one that
     storage refuses (here: a full disk on the first commit) is retried like any failed attempt."""
-    from scorer.pipeline.commit import Manifest
     from scorer.errors import StorageError
+    from scorer.pipeline.commit import Manifest
 
     history = make_history(tmp_path / "in", sessions=6_000, files=2, days=1, row_group_rows=500)
     out = tmp_path / "out"
@@ -364,7 +363,7 @@ def test_sigint_and_sigterm_abandon_in_flight_shards_and_the_rerun_completes(tmp
         for signum, group in ((signal.SIGINT, True), (signal.SIGTERM, False)):
             before = _commits(out)
             driver = drivers.start(*command)
-            _wait_for(lambda: _commits(out) > before, 180, "a commit")
+            _wait_for(lambda before=before: _commits(out) > before, 180, "a commit")
             drivers.signal(driver, signum, group=group)
             code, _, stderr = drivers.wait(driver, 60)
             assert code == 130, stderr
@@ -451,8 +450,17 @@ def test_max_failed_shards_stops_dispatching(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
-        ["score", str(history), str(out), "--shard-rows", "500", "--actors", "1",
-         "--max-failed-shards", "1"],
+        [
+            "score",
+            str(history),
+            str(out),
+            "--shard-rows",
+            "500",
+            "--actors",
+            "1",
+            "--max-failed-shards",
+            "1",
+        ],
     )
     assert result.exit_code == 1, result.output
     assert "--max-failed-shards" in result.output
@@ -584,7 +592,7 @@ def _corruptions(card) -> list[tuple[str, str]]:
     pairs = []
     for spec in card.inputs:
         for kind in _BAD_VALUES["categorical" if spec.kind == "categorical" else spec.dtype]:
-            if kind == "below" and spec.min is None or kind == "above" and spec.max is None:
+            if (kind == "below" and spec.min is None) or (kind == "above" and spec.max is None):
                 continue
             pairs.append((spec.name, kind))
     return pairs

@@ -94,7 +94,7 @@ def test_month_and_weekend_agree_with_dt(history):
 def test_values_are_in_their_ranges(history):
     _, _, table = history
     for rate in ("bounce_rate", "exit_rate", "special_day"):
-        assert 0.0 <= pc.min(table[rate]).as_py() and pc.max(table[rate]).as_py() <= 1.0
+        assert pc.min(table[rate]).as_py() >= 0.0 and pc.max(table[rate]).as_py() <= 1.0
     for kind in ("admin", "info", "product"):
         pages = table[f"{kind}_pages"].to_numpy()
         seconds = table[f"{kind}_seconds"].to_numpy()
@@ -213,7 +213,9 @@ def test_months_absent_from_the_real_data_borrow_a_neighbour(tmp_path):
     )
     table = read(tmp_path / "data")
     assert sorted(set(table["month"].to_pylist())) == ["Feb", "Jan"]
-    assert ground_truth_probability(table, shift=summary.shift).mean() == pytest.approx(summary.conversion_rate)
+    assert ground_truth_probability(table, shift=summary.shift).mean() == pytest.approx(
+        summary.conversion_rate
+    )
 
 
 def test_output_uri(tmp_path):

@@ -28,8 +28,12 @@ METHODS = ("none", "platt", "temperature", "isotonic")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 PASSTHROUGH = LinearParams(
-    numeric_mean=[], numeric_scale=[], numeric_coef=[], boolean_coef=[1.0],
-    categorical_coef=(), intercept=0.0,
+    numeric_mean=[],
+    numeric_scale=[],
+    numeric_coef=[],
+    boolean_coef=[1.0],
+    categorical_coef=(),
+    intercept=0.0,
 )
 
 
@@ -113,11 +117,15 @@ def test_isotonic_with_500_clustered_knots_is_exact():
     params = CalibratorParams("isotonic", x=x, y=np.sort(rng.uniform(0.0, 1.0, len(x))))
     assert params.knots == 500
     x32 = x.astype(np.float32)
-    logits = np.concatenate([
-        x32, np.nextafter(x32, np.float32(np.inf)), np.nextafter(x32, np.float32(-np.inf)),
-        rng.uniform(x32[0] - 1, x32[-1] + 1, 200_000).astype(np.float32),
-        np.float32([-FLOAT32_MAX, FLOAT32_MAX, -1e20, 1e20]),
-    ])
+    logits = np.concatenate(
+        [
+            x32,
+            np.nextafter(x32, np.float32(np.inf)),
+            np.nextafter(x32, np.float32(-np.inf)),
+            rng.uniform(x32[0] - 1, x32[-1] + 1, 200_000).astype(np.float32),
+            np.float32([-FLOAT32_MAX, FLOAT32_MAX, -1e20, 1e20]),
+        ]
+    )
     _, calibrated = _score_logits(_session(PASSTHROUGH, params), logits)
     expected = reference_predict(params, logits.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(calibrated, expected)
@@ -132,10 +140,14 @@ def test_isotonic_exact_with_many_knots_in_one_cell(cluster):
     y = np.linspace(0.05, 0.95, len(x)) ** 2
     params = CalibratorParams("isotonic", x=x, y=y)
     x32 = x.astype(np.float32)
-    logits = np.concatenate([
-        x32, np.nextafter(x32, np.float32(np.inf)), np.nextafter(x32, np.float32(-np.inf)),
-        np.linspace(-6, 6, 10_001, dtype=np.float32),
-    ])
+    logits = np.concatenate(
+        [
+            x32,
+            np.nextafter(x32, np.float32(np.inf)),
+            np.nextafter(x32, np.float32(-np.inf)),
+            np.linspace(-6, 6, 10_001, dtype=np.float32),
+        ]
+    )
     _, calibrated = _score_logits(_session(PASSTHROUGH, params), logits)
     expected = reference_predict(params, logits.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(calibrated, expected)
@@ -156,9 +168,14 @@ def test_isotonic_non_finite_logit_gives_nan_not_an_error():
     assert np.isnan(calibrated[:3]).all() and np.isfinite(calibrated[3])
 
 
-@pytest.mark.parametrize(("ours", "sklearns"), [
-    ("platt", "sigmoid"), ("temperature", "temperature"), ("isotonic", "isotonic"),
-])
+@pytest.mark.parametrize(
+    ("ours", "sklearns"),
+    [
+        ("platt", "sigmoid"),
+        ("temperature", "temperature"),
+        ("isotonic", "isotonic"),
+    ],
+)
 def test_fit_matches_calibrated_classifier_cv(ours, sklearns):
     rng = np.random.default_rng(3)
     features = rng.normal(size=(6000, 4))
@@ -177,9 +194,7 @@ def test_fit_matches_calibrated_classifier_cv(ours, sklearns):
 @settings(max_examples=60, deadline=None)
 @given(
     method=st.sampled_from(METHODS),
-    logits=st.lists(
-        st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=2, max_size=300
-    ),
+    logits=st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=2, max_size=300),
 )
 def test_calibrated_is_monotone_in_raw(method, logits):
     raw, calibrated = _score_logits(_calibrated_session(method), np.sort(np.float32(logits)))
@@ -194,9 +209,12 @@ def test_isotonic_exact_for_any_knots(data, knots):
     x = np.array(sorted(data.draw(st.sets(finite, min_size=knots, max_size=knots))))
     y = np.sort(data.draw(st.lists(st.floats(0, 1), min_size=knots, max_size=knots)))
     params = CalibratorParams("isotonic", x=x, y=y)
-    logits = np.concatenate([
-        np.float32(x), np.float32(data.draw(st.lists(finite, min_size=1, max_size=50))),
-    ])
+    logits = np.concatenate(
+        [
+            np.float32(x),
+            np.float32(data.draw(st.lists(finite, min_size=1, max_size=50))),
+        ]
+    )
     _, calibrated = _score_logits(_session(PASSTHROUGH, params), logits)
     expected = reference_predict(params, logits.astype(np.float64)).astype(np.float32)
     np.testing.assert_array_equal(calibrated, expected)
@@ -216,8 +234,9 @@ def _random_linear(rng, n_numeric, n_boolean, vocabularies) -> LinearParams:
 def _random_feed(rng, linear: LinearParams, rows: int) -> dict[str, np.ndarray]:
     feed = {}
     if len(linear.numeric_coef):
-        values = rng.exponential(rng.uniform(0.01, 500, (len(linear.numeric_coef), 1)),
-                                 (len(linear.numeric_coef), rows))
+        values = rng.exponential(
+            rng.uniform(0.01, 500, (len(linear.numeric_coef), 1)), (len(linear.numeric_coef), rows)
+        )
         values[:, :3] = 0.0
         feed["numeric"] = values.astype(np.float32)
     if len(linear.boolean_coef):
@@ -231,13 +250,16 @@ def _random_feed(rng, linear: LinearParams, rows: int) -> dict[str, np.ndarray]:
     return feed
 
 
-@pytest.mark.parametrize(("n_numeric", "n_boolean", "vocabularies"), [
-    (10, 1, (12, 8, 13, 9, 20, 3)),
-    (3, 0, ()),
-    (0, 2, (5,)),
-    (0, 0, (200, 150, 3, 2)),  # too big for one joint table: several lookup groups
-    (1, 0, (1,)),
-])
+@pytest.mark.parametrize(
+    ("n_numeric", "n_boolean", "vocabularies"),
+    [
+        (10, 1, (12, 8, 13, 9, 20, 3)),
+        (3, 0, ()),
+        (0, 2, (5,)),
+        (0, 0, (200, 150, 3, 2)),  # too big for one joint table: several lookup groups
+        (1, 0, (1,)),
+    ],
+)
 @pytest.mark.parametrize("seed", range(3))
 def test_raw_matches_numpy_sigmoid_of_the_logit(n_numeric, n_boolean, vocabularies, seed):
     rng = np.random.default_rng(seed)
@@ -289,13 +311,16 @@ def test_isotonic_on_few_rows_recommends_platt():
         fit_calibrator("isotonic", *_calibration_split(rows=1000))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"method": "plat"}, "unknown calibration method"),
-    ({"method": "platt", "a": 1.0}, "needs field 'b'"),
-    ({"method": "none", "beta": 1.0}, "takes no field 'beta'"),
-    ({"method": "isotonic", "x": [1.0, 1.0], "y": [0.1, 0.2]}, "strictly increasing"),
-    ({"method": "isotonic", "x": [1.0, 2.0], "y": [0.3, 0.2]}, "non-decreasing"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "plat"}, "unknown calibration method"),
+        ({"method": "platt", "a": 1.0}, "needs field 'b'"),
+        ({"method": "none", "beta": 1.0}, "takes no field 'beta'"),
+        ({"method": "isotonic", "x": [1.0, 1.0], "y": [0.1, 0.2]}, "strictly increasing"),
+        ({"method": "isotonic", "x": [1.0, 2.0], "y": [0.3, 0.2]}, "non-decreasing"),
+    ],
+)
 def test_invalid_calibrator_params_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CalibratorParams(**kwargs)

@@ -21,7 +21,14 @@ from scorer.metrics import CalibrationState, ScoreHistogram
 from scorer.model.sessions import bundled_sessions_path
 
 FIGURES = (
-    "rows", "positives", "mean_score", "roc_auc", "brier", "log_loss", "ece_width", "ece_mass"
+    "rows",
+    "positives",
+    "mean_score",
+    "roc_auc",
+    "brier",
+    "log_loss",
+    "ece_width",
+    "ece_mass",
 )
 
 
@@ -38,8 +45,16 @@ def bundled_scores() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels and float32 raw/"calibrated" scores of a logistic regression on the bundled data."""
     table = pq.read_table(bundled_sessions_path())
     numeric = [
-        "admin_pages", "admin_seconds", "info_pages", "info_seconds", "product_pages",
-        "product_seconds", "bounce_rate", "exit_rate", "page_value", "special_day",
+        "admin_pages",
+        "admin_seconds",
+        "info_pages",
+        "info_seconds",
+        "product_pages",
+        "product_seconds",
+        "bounce_rate",
+        "exit_rate",
+        "page_value",
+        "special_day",
     ]
     x = np.log1p(np.column_stack([table[c].to_numpy().astype(np.float64) for c in numeric]))
     y = table["converted"].to_numpy()
@@ -270,11 +285,15 @@ def edgy_scores(n: int, dtype, rng: np.random.Generator) -> np.ndarray:
     p = rng.beta(0.7, 3.0, n).astype(dtype)
     one = dtype(1)
     edges = np.array([k / metrics.FINE_BINS for k in (1, 2047, 2048, 15360, 28672, 30719)], dtype)
-    special = np.concatenate([
-        np.array([0, one, np.finfo(dtype).eps, one - np.finfo(dtype).eps], dtype),
-        edges, np.nextafter(edges, dtype(0)), np.nextafter(edges, one),
-        np.nextafter(np.array([one], dtype), dtype(0)),
-    ])
+    special = np.concatenate(
+        [
+            np.array([0, one, np.finfo(dtype).eps, one - np.finfo(dtype).eps], dtype),
+            edges,
+            np.nextafter(edges, dtype(0)),
+            np.nextafter(edges, one),
+            np.nextafter(np.array([one], dtype), dtype(0)),
+        ]
+    )
     at = rng.random(n) < 0.2
     p[at] = rng.choice(special, int(at.sum()))
     return p

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.frozen import FrozenEstimator
 
-from scorer.model.calibration import reference_predict
-from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card, save_card
 from scorer.cli import cli
 from scorer.errors import ChecksumError, ConfigError, ModelError, ShardReadError
+from scorer.model.calibration import reference_predict
+from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card, save_card
 from scorer.model.runtime import RESERVED_COLUMNS, default_model_dir, load_model
 from scorer.model.sessions import LABEL_COLUMN, load_bundled_sessions
 from scorer.model.train import fit, labels_of, session_inputs, train
@@ -55,7 +55,9 @@ def adversarial_rows(sessions: pa.Table) -> pa.Table:
     edits = [
         {},
         {name: 0 for name in ("admin_pages", "info_pages", "product_pages")}
-        | {name: 0.0 for name in ("admin_seconds", "info_seconds", "product_seconds", "page_value")},
+        | {
+            name: 0.0 for name in ("admin_seconds", "info_seconds", "product_seconds", "page_value")
+        },
         {"bounce_rate": 0.0, "exit_rate": 0.0, "special_day": 0.0},
         {"bounce_rate": 1.0, "exit_rate": 1.0, "special_day": 1.0},
         {"product_pages": 2**31 - 1, "product_seconds": 1e12, "page_value": 1e9},
@@ -71,7 +73,9 @@ def adversarial_rows(sessions: pa.Table) -> pa.Table:
 
 def sklearn_calibrated(fitted, sessions, labels, method):
     rows = fitted.splits["calibration"]
-    calibrated = CalibratedClassifierCV(FrozenEstimator(fitted.pipeline), method=SKLEARN_METHODS[method])
+    calibrated = CalibratedClassifierCV(
+        FrozenEstimator(fitted.pipeline), method=SKLEARN_METHODS[method]
+    )
     return calibrated.fit(sessions.take(rows), labels[rows])
 
 
@@ -93,7 +97,9 @@ def scored_and_expected(trained, sessions, labels, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_scores_match_scikit_learn_on_all_real_sessions_and_edge_rows(trained, sessions, labels, method):
+def test_scores_match_scikit_learn_on_all_real_sessions_and_edge_rows(
+    trained, sessions, labels, method
+):
     """intent_raw vs the scikit-learn pipeline; intent_calibrated vs scikit-learn's calibrator.
 
     The calibrator is checked on the logit the graph itself computes (float32, within ~1e-7 of
@@ -104,7 +110,11 @@ def test_scores_match_scikit_learn_on_all_real_sessions_and_edge_rows(trained, s
     np.testing.assert_allclose(scores["intent_raw"].to_numpy(), raw, rtol=0, atol=1e-5)
     params = trained[method][1].calibrator
     graph_logit = _graph_logit(trained[method][0], data).astype(np.float64)
-    expected = reference_predict(params, graph_logit) if method != "none" else scores["intent_raw"].to_numpy()
+    expected = (
+        reference_predict(params, graph_logit)
+        if method != "none"
+        else scores["intent_raw"].to_numpy()
+    )
     np.testing.assert_allclose(scores["intent_calibrated"].to_numpy(), expected, rtol=0, atol=1e-5)
 
 
@@ -120,7 +130,9 @@ def _graph_logit(model_dir, data: pa.Table) -> np.ndarray:
     reshape = producers["intent_raw"]
     sigmoid = producers[reshape.input[0]]
     graph.graph.output.append(onnx.ValueInfoProto(name=sigmoid.input[0]))
-    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        graph.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
     model = load_model(model_dir)
     feed = encode(model.card, data).feed
     return session.run([sigmoid.input[0]], feed)[0].reshape(-1)
@@ -129,7 +141,9 @@ def _graph_logit(model_dir, data: pa.Table) -> np.ndarray:
 @pytest.mark.parametrize("method", ["none", "platt", "temperature"])
 def test_calibrated_matches_calibrated_classifier_cv_end_to_end(trained, sessions, labels, method):
     _, scores, _, calibrated = scored_and_expected(trained, sessions, labels, method)
-    np.testing.assert_allclose(scores["intent_calibrated"].to_numpy(), calibrated, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        scores["intent_calibrated"].to_numpy(), calibrated, rtol=0, atol=1e-5
+    )
 
 
 def test_isotonic_matches_scikit_learn_up_to_the_conditioning_of_its_map(trained, sessions, labels):
@@ -143,7 +157,9 @@ def test_isotonic_matches_scikit_learn_up_to_the_conditioning_of_its_map(trained
     logit = trained["isotonic"][1].pipeline.decision_function(data)
     slopes = np.concatenate([[0.0], np.diff(params.y) / np.diff(params.x), [0.0]])
     segment = np.searchsorted(params.x, logit)  # slopes[segment] is the segment holding the logit
-    steepest = np.max([slopes[np.clip(segment + d, 0, len(slopes) - 1)] for d in (-1, 0, 1)], axis=0)
+    steepest = np.max(
+        [slopes[np.clip(segment + d, 0, len(slopes) - 1)] for d in (-1, 0, 1)], axis=0
+    )
     error = np.abs(scores["intent_calibrated"].to_numpy() - calibrated)
     assert (error <= 1e-5 + steepest * 1e-6).all()
     assert (error > 1e-5).sum() <= 5
@@ -155,15 +171,24 @@ def test_calibrated_is_monotone_in_raw(trained, sessions, method):
     rows = sessions.num_rows
 
     @settings(max_examples=25, deadline=None)
-    @given(st.lists(st.integers(0, rows - 1), min_size=2, max_size=200),
-           st.floats(0, 5000), st.floats(0, 1))
+    @given(
+        st.lists(st.integers(0, rows - 1), min_size=2, max_size=200),
+        st.floats(0, 5000),
+        st.floats(0, 1),
+    )
     def check(picks, page_value, exit_rate):
         # Real rows with two strong features overridden: covers the whole range of the logit.
         data = sessions.take(picks)
-        data = data.set_column(data.schema.get_field_index("page_value"), "page_value",
-                               pa.array([page_value] * len(picks)))
-        data = data.set_column(data.schema.get_field_index("exit_rate"), "exit_rate",
-                               pa.array([exit_rate] * len(picks)))
+        data = data.set_column(
+            data.schema.get_field_index("page_value"),
+            "page_value",
+            pa.array([page_value] * len(picks)),
+        )
+        data = data.set_column(
+            data.schema.get_field_index("exit_rate"),
+            "exit_rate",
+            pa.array([exit_rate] * len(picks)),
+        )
         data = pa.concat_tables([data, sessions.take(picks)])
         scores = model.score(data)
         raw = scores["intent_raw"].to_numpy()
@@ -188,20 +213,49 @@ def model():
 
 def test_score_table_schema_order_and_nulls(model, sessions):
     data = sessions.slice(0, 6)
-    data = data.set_column(data.schema.get_field_index("page_value"), "page_value",
-                           pa.array([1.0, None, 2.0, math.nan, 3.0, -1.0]))
-    scores = model.score(data, key_column="session_id", keep=["visitor_type", "session_id"], run_id="run-1")
+    data = data.set_column(
+        data.schema.get_field_index("page_value"),
+        "page_value",
+        pa.array([1.0, None, 2.0, math.nan, 3.0, -1.0]),
+    )
+    scores = model.score(
+        data, key_column="session_id", keep=["visitor_type", "session_id"], run_id="run-1"
+    )
     dictionary = pa.dictionary(pa.int32(), pa.string())
     assert scores.schema.names == [
-        "session_id", "visitor_type", "intent_raw", "intent_calibrated", "status", "model_version", "run_id"
+        "session_id",
+        "visitor_type",
+        "intent_raw",
+        "intent_calibrated",
+        "status",
+        "model_version",
+        "run_id",
     ]
-    assert [f.type for f in scores.schema][2:] == [pa.float32(), pa.float32(), dictionary, dictionary, dictionary]
+    assert [f.type for f in scores.schema][2:] == [
+        pa.float32(),
+        pa.float32(),
+        dictionary,
+        dictionary,
+        dictionary,
+    ]
     assert scores["session_id"].to_pylist() == data["session_id"].to_pylist()
     assert scores["status"].to_pylist() == [
-        "ok", "missing:page_value", "ok", "not_finite:page_value", "ok", "out_of_range:page_value"
+        "ok",
+        "missing:page_value",
+        "ok",
+        "not_finite:page_value",
+        "ok",
+        "out_of_range:page_value",
     ]
     for column in ("intent_raw", "intent_calibrated"):
-        assert [v is None for v in scores[column].to_pylist()] == [False, True, False, True, False, True]
+        assert [v is None for v in scores[column].to_pylist()] == [
+            False,
+            True,
+            False,
+            True,
+            False,
+            True,
+        ]
     assert set(scores["model_version"].to_pylist()) == {model.card.version}
     assert set(scores["run_id"].to_pylist()) == {"run-1"}
     metadata = scores.schema.metadata
@@ -214,14 +268,23 @@ def test_score_accepts_record_batches_and_empty_input_and_defaults(model, sessio
     table_scores = model.score(sessions.slice(0, 5))
     batch_scores = model.score(batch)
     assert batch_scores.equals(table_scores)
-    assert batch_scores.schema.names == ["intent_raw", "intent_calibrated", "status", "model_version", "run_id"]
+    assert batch_scores.schema.names == [
+        "intent_raw",
+        "intent_calibrated",
+        "status",
+        "model_version",
+        "run_id",
+    ]
     assert batch_scores["run_id"].null_count == 5
     assert model.score(sessions.slice(0, 0)).num_rows == 0
 
 
 def test_batches_of_different_sizes_do_not_leak_into_each_other(model, sessions):
     whole = model.score(sessions)
-    parts = [model.score(sessions.slice(start, size)) for start, size in ((0, 5000), (5000, 17), (5017, 7313))]
+    parts = [
+        model.score(sessions.slice(start, size))
+        for start, size in ((0, 5000), (5000, 17), (5017, 7313))
+    ]
     assert pa.concat_tables(parts).equals(whole)
 
 
@@ -244,7 +307,9 @@ def test_large_tables_scored_block_by_block_match_one_block(model, sessions, mon
 
 def test_score_batch_reports_counts_and_timings(model, sessions):
     data = sessions.slice(0, 4)
-    data = data.set_column(data.schema.get_field_index("month"), "month", pa.array(["Foo", None, "Nov", "Bar"]))
+    data = data.set_column(
+        data.schema.get_field_index("month"), "month", pa.array(["Foo", None, "Nov", "Bar"])
+    )
     scored = model.score_batch(data)
     assert scored.rows_invalid == 1
     assert scored.invalid_counts == {"missing:month": 1}
@@ -334,8 +399,17 @@ def test_not_a_model_directory(tmp_path):
 def test_inspect_prints_the_card_and_checks_it():
     result = CliRunner().invoke(cli, ["inspect", str(default_model_dir())])
     assert result.exit_code == 0, result.output
-    for text in ("intent-v1", "checksum ok", "bounce_rate", "[0, 1]", "Jan Feb Mar", "isotonic",
-                 "ECE width", "calibrated", "history"):
+    for text in (
+        "intent-v1",
+        "checksum ok",
+        "bounce_rate",
+        "[0, 1]",
+        "Jan Feb Mar",
+        "isotonic",
+        "ECE width",
+        "calibrated",
+        "history",
+    ):
         assert text in result.output
     assert CliRunner().invoke(cli, ["inspect"]).output == result.output
 
@@ -345,7 +419,13 @@ def test_inspect_json():
     assert result.exit_code == 0
     doc = json.loads(result.output)
     assert doc["checksum"] == "ok" and doc["name"] == "intent-v1"
-    assert set(doc["metrics"]["holdout"]["raw"]) >= {"roc_auc", "brier", "log_loss", "ece_width", "ece_mass"}
+    assert set(doc["metrics"]["holdout"]["raw"]) >= {
+        "roc_auc",
+        "brier",
+        "log_loss",
+        "ece_width",
+        "ece_mass",
+    }
 
 
 def test_inspect_exits_2_on_checksum_mismatch(model_copy):

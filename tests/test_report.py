@@ -21,9 +21,9 @@ from click.testing import CliRunner
 
 from scorer import metrics
 from scorer.cli import cli
+from scorer.evaluation.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
 from scorer.metrics import CalibrationState
 from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
-from scorer.evaluation.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
 
 RUN = "20261128T010203Z-a1b2c3"
 OLD_RUN = "20261127T010203Z-d4e5f6"
@@ -55,40 +55,81 @@ def _scores(rng, run_id: str, first_id: int, n: int, drift: float) -> tuple[pa.T
     labels = rng.random(n) < raw * drift
     invalid = rng.random(n) < 0.05
     status = np.where(invalid, "missing:page_value", "ok")
-    table = pa.table({
-        "session_id": pa.array(np.arange(first_id, first_id + n), pa.int64()),
-        "intent_raw": pa.array(raw, mask=invalid),
-        "intent_calibrated": pa.array(calibrated, mask=invalid),
-        "status": pa.array(status).dictionary_encode(),
-        "model_version": _dict(MODEL, n),
-        "run_id": _dict(run_id, n),
-    })
+    table = pa.table(
+        {
+            "session_id": pa.array(np.arange(first_id, first_id + n), pa.int64()),
+            "intent_raw": pa.array(raw, mask=invalid),
+            "intent_calibrated": pa.array(calibrated, mask=invalid),
+            "status": pa.array(status).dictionary_encode(),
+            "model_version": _dict(MODEL, n),
+            "run_id": _dict(run_id, n),
+        }
+    )
     return table, labels
 
 
 def _shard_stat(
-    run_id, shard_id, path, rows, actor, attempt, status, start, *,
-    error=None, seconds=(0.2, 0.3, 0.9, 0.1),
+    run_id,
+    shard_id,
+    path,
+    rows,
+    actor,
+    attempt,
+    status,
+    start,
+    *,
+    error=None,
+    seconds=(0.2, 0.3, 0.9, 0.1),
 ):
     total = sum(seconds) + 0.05
     return {
-        "run_id": run_id, "shard_id": str(shard_id), "input_path": path, "row_group_start": 0,
-        "row_group_stop": 1, "rows": rows, "rows_ok": rows, "rows_invalid": 0,
-        "read_seconds": seconds[0], "encode_seconds": seconds[1], "infer_seconds": seconds[2],
-        "write_seconds": seconds[3], "total_seconds": total, "actor_id": actor, "node_id": "node-a",
-        "pid": 4242, "attempt": attempt, "started_at": start,
-        "ended_at": start + dt.timedelta(seconds=total), "status": status, "error": error,
+        "run_id": run_id,
+        "shard_id": str(shard_id),
+        "input_path": path,
+        "row_group_start": 0,
+        "row_group_stop": 1,
+        "rows": rows,
+        "rows_ok": rows,
+        "rows_invalid": 0,
+        "read_seconds": seconds[0],
+        "encode_seconds": seconds[1],
+        "infer_seconds": seconds[2],
+        "write_seconds": seconds[3],
+        "total_seconds": total,
+        "actor_id": actor,
+        "node_id": "node-a",
+        "pid": 4242,
+        "attempt": attempt,
+        "started_at": start,
+        "ended_at": start + dt.timedelta(seconds=total),
+        "status": status,
+        "error": error,
     }
 
 
 def _run_stat(run_id, start, rows, wall, committed, skipped, failed) -> dict:
     return {
-        "run_id": run_id, "started_at": start, "ended_at": start + dt.timedelta(seconds=wall),
-        "wall_seconds": wall, "setup_seconds": 1.5, "rows": rows, "rows_per_second": rows / wall,
-        "shards_committed": committed, "shards_skipped": skipped, "shards_failed": failed,
-        "actors": len(ACTORS), "cpus": 2, "nodes": 1, "batch_rows": 256, "shard_rows": SHARD_ROWS,
-        "model_version": MODEL, "model_sha256": "0" * 64, "scorer_version": "0.1.0",
-        "ray_version": "2.60.0", "onnxruntime_version": "1.31.0", "pyarrow_version": pa.__version__,
+        "run_id": run_id,
+        "started_at": start,
+        "ended_at": start + dt.timedelta(seconds=wall),
+        "wall_seconds": wall,
+        "setup_seconds": 1.5,
+        "rows": rows,
+        "rows_per_second": rows / wall,
+        "shards_committed": committed,
+        "shards_skipped": skipped,
+        "shards_failed": failed,
+        "actors": len(ACTORS),
+        "cpus": 2,
+        "nodes": 1,
+        "batch_rows": 256,
+        "shard_rows": SHARD_ROWS,
+        "model_version": MODEL,
+        "model_sha256": "0" * 64,
+        "scorer_version": "0.1.0",
+        "ray_version": "2.60.0",
+        "onnxruntime_version": "1.31.0",
+        "pyarrow_version": pa.__version__,
     }
 
 
@@ -112,15 +153,28 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
                 labels, table["intent_raw"], table["intent_calibrated"]
             )
             states[day] = states[day].merge(state) if day in states else state
-            scored.append(table.append_column("dt", pa.array([day] * SHARD_ROWS))
-                          .append_column("converted", pa.array(labels)))
+            scored.append(
+                table.append_column("dt", pa.array([day] * SHARD_ROWS)).append_column(
+                    "converted", pa.array(labels)
+                )
+            )
             start = T0 + dt.timedelta(seconds=2 + shard_id)
             actor = ACTORS[shard_id % 2]
             if shard_id == 3:  # a failed first attempt, retried on the other actor
-                shard_stats.append(_shard_stat(
-                    RUN, shard_id, path, 0, "actor-1", 1, "failed", start,
-                    error="ActorDiedError: killed", seconds=(0.2, 0.1, 0.0, 0.0),
-                ))
+                shard_stats.append(
+                    _shard_stat(
+                        RUN,
+                        shard_id,
+                        path,
+                        0,
+                        "actor-1",
+                        1,
+                        "failed",
+                        start,
+                        error="ActorDiedError: killed",
+                        seconds=(0.2, 0.1, 0.0, 0.0),
+                    )
+                )
                 actor = "actor-0"
             attempt = 2 if shard_id == 3 else 1
             shard_stats.append(
@@ -135,18 +189,26 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
     old_start = T0 - dt.timedelta(days=1)
     shard_stats.append(_shard_stat(RUN, shard_id, old_path, 300, None, 0, "skipped", T0))
     old_shard = _shard_stat(OLD_RUN, 0, old_path, 300, "actor-0", 1, "committed", old_start)
-    _write(stats_table([old_shard], SHARD_STATS_SCHEMA),
-           root / "stats" / "shards" / f"run_id={OLD_RUN}" / "part-0.parquet")
-    _write(stats_table([_run_stat(OLD_RUN, old_start, 300, 4.0, 1, 0, 0)], RUN_STATS_SCHEMA),
-           root / "stats" / "runs" / f"run_id={OLD_RUN}" / "part-0.parquet")
+    _write(
+        stats_table([old_shard], SHARD_STATS_SCHEMA),
+        root / "stats" / "shards" / f"run_id={OLD_RUN}" / "part-0.parquet",
+    )
+    _write(
+        stats_table([_run_stat(OLD_RUN, old_start, 300, 4.0, 1, 0, 0)], RUN_STATS_SCHEMA),
+        root / "stats" / "runs" / f"run_id={OLD_RUN}" / "part-0.parquet",
+    )
 
     shards = stats_table(shard_stats, SHARD_STATS_SCHEMA)  # exactly the scorer's schemas
     rows = len(DAYS) * SHARDS_PER_DAY * SHARD_ROWS
     _write(shards, root / "stats" / "shards" / f"run_id={RUN}" / "part-0.parquet")
-    _write(stats_table([_run_stat(RUN, T0, rows, 9.5, shard_id, 1, 0)], RUN_STATS_SCHEMA),
-           root / "stats" / "runs" / f"run_id={RUN}" / "part-0.parquet")
-    _write(metrics.calibration_table(RUN, states),
-           root / "calibration" / f"run_id={RUN}" / "part-0.parquet")
+    _write(
+        stats_table([_run_stat(RUN, T0, rows, 9.5, shard_id, 1, 0)], RUN_STATS_SCHEMA),
+        root / "stats" / "runs" / f"run_id={RUN}" / "part-0.parquet",
+    )
+    _write(
+        metrics.calibration_table(RUN, states),
+        root / "calibration" / f"run_id={RUN}" / "part-0.parquet",
+    )
     return FakeOutput(root, pa.concat_tables(scored), shards)
 
 
@@ -243,7 +305,10 @@ def test_an_unlabelled_run_reports_throughput_without_calibration(fake, tmp_path
 def test_plots_are_sensible_pngs(built):
     names = sorted(p.name for p in built.plots)
     assert names == [
-        "calibration_by_day.png", "reliability.png", "score_histogram.png", "throughput.png"
+        "calibration_by_day.png",
+        "reliability.png",
+        "score_histogram.png",
+        "throughput.png",
     ]
     for path in built.plots:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from scorer import metrics
 from scorer.cli import cli
-from scorer.pipeline.driver import score
 from scorer.evaluation.report import read_report
+from scorer.pipeline.driver import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

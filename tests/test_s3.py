@@ -19,14 +19,17 @@ import pyarrow.parquet as pq
 import pytest
 from servers import moto_s3
 
-from scorer.pipeline.driver import score
 from scorer.evaluation.generate import generate
+from scorer.pipeline.driver import score
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 SECRET = "s3-test-secret-7f3a9c"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "s3-test-key", "AWS_SECRET_ACCESS_KEY": SECRET,
-               "AWS_DEFAULT_REGION": "us-east-1"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "s3-test-key",
+    "AWS_SECRET_ACCESS_KEY": SECRET,
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +44,14 @@ def lake(endpoint):
     """A bucket holding 6,000 generated sessions (written by `generate` straight to s3://)."""
     s3 = pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True)
     s3.create_dir("lake")
-    summary = generate(f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http",
-                       sessions=6_000, files=3, days=2, seed=13, row_group_rows=1_000)
+    summary = generate(
+        f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http",
+        sessions=6_000,
+        files=3,
+        days=2,
+        seed=13,
+        row_group_rows=1_000,
+    )
     assert summary.rows == 6_000
     return s3
 
@@ -59,8 +68,9 @@ def test_s3_to_s3_end_to_end_then_resume(endpoint, lake):
     first = score(source, "s3://lake/scored", actors=2, shard_rows=2_000, **storage)
     assert first.exit_code == 0 and first.rows == 6_000 and first.shards_failed == 0
 
-    scores = ds.dataset("lake/scored/scores", filesystem=lake, format="parquet",
-                        partitioning="hive").to_table()
+    scores = ds.dataset(
+        "lake/scored/scores", filesystem=lake, format="parquet", partitioning="hive"
+    ).to_table()
     keys = scores["session_id"]
     assert scores.num_rows == 6_000 == pc.count_distinct(keys).as_py()
     assert pc.all(pc.equal(scores["status"].cast("string"), "ok")).as_py()
@@ -85,8 +95,12 @@ def test_s3_to_s3_end_to_end_then_resume(endpoint, lake):
 
 def test_on_s3_shards_are_written_once_whole_and_nothing_is_left_half_uploaded(endpoint, lake):
     uri = f"s3://lake/whole?endpoint_override={endpoint}&scheme=http"
-    summary = score(f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http", uri,
-                    actors=2, shard_rows=1_000)
+    summary = score(
+        f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http",
+        uri,
+        actors=2,
+        shard_rows=1_000,
+    )
     assert summary.exit_code == 0
     # No temporary objects (no rename on S3: each shard's final key is written once) ...
     assert not _objects(lake, "lake/whole/_scorer/tmp")
@@ -96,11 +110,15 @@ def test_on_s3_shards_are_written_once_whole_and_nothing_is_left_half_uploaded(e
     # Every score object is a complete Parquet file with the rows its commit record names.
     import json
 
-    records = [json.loads(lake.open_input_stream(p).read())
-               for p in _objects(lake, "lake/whole/_scorer/commits")]
+    records = [
+        json.loads(lake.open_input_stream(p).read())
+        for p in _objects(lake, "lake/whole/_scorer/commits")
+    ]
     assert len(records) == summary.shards_committed > 1
     for record in records:
-        metadata = pq.ParquetFile(lake.open_input_file(f"lake/whole/{record['output_relpath']}")).metadata
+        metadata = pq.ParquetFile(
+            lake.open_input_file(f"lake/whole/{record['output_relpath']}")
+        ).metadata
         assert metadata.num_rows == record["rows"]
 
 
@@ -117,10 +135,15 @@ def test_credentials_reach_actors_inside_their_settings_only(endpoint, lake):
     assert SECRET not in repr(shipped) + shipped.uri and shipped == plain
     script = (
         "import os, pickle, sys; loc = pickle.loads(sys.stdin.buffer.read()); "
-        "print(os.environ['AWS_SECRET_ACCESS_KEY'] == %r, int(loc.filesystem.get_file_info('lake').type))"
-        % SECRET
+        f"print(os.environ['AWS_SECRET_ACCESS_KEY'] == {SECRET!r}, int(loc.filesystem.get_file_info('lake').type))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    out = subprocess.run([sys.executable, "-c", script], input=pickle.dumps(shipped), env=env,
-                         capture_output=True, check=True, timeout=60).stdout.decode()
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        input=pickle.dumps(shipped),
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout.decode()
     assert out.split() == ["True", str(int(pafs.FileType.Directory))]

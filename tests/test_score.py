@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import cli
-from scorer.pipeline.driver import score
 from scorer.model.runtime import load_model
+from scorer.pipeline.driver import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -62,7 +62,9 @@ def test_stats_add_up_to_the_input(history, tmp_path):
     shards = pq.read_table(out / "stats" / "shards" / f"run_id={summary.run_id}")
     committed = shards.filter(pc.equal(shards["status"], "committed"))
     assert pc.sum(committed["rows"]).as_py() == 24_000
-    assert pc.sum(committed["rows_ok"]).as_py() + pc.sum(committed["rows_invalid"]).as_py() == 24_000
+    assert (
+        pc.sum(committed["rows_ok"]).as_py() + pc.sum(committed["rows_invalid"]).as_py() == 24_000
+    )
     for stage in ("read", "encode", "infer", "write", "total"):
         assert pc.min(committed[f"{stage}_seconds"]).as_py() >= 0
     assert pc.min(committed["cpu_seconds"]).as_py() > 0
@@ -110,7 +112,9 @@ def test_stats_and_calibration_of_several_runs_read_as_one_dataset(history, tmp_
         table = pq.read_table(out / folder)
         assert set(table.column("run_id").to_pylist()) == runs, folder
         assert set(pd.read_parquet(out / folder)["run_id"]) == runs, folder
-        queried = duckdb.sql(f"SELECT DISTINCT run_id FROM read_parquet('{out / folder}/*/*.parquet')")
+        queried = duckdb.sql(
+            f"SELECT DISTINCT run_id FROM read_parquet('{out / folder}/*/*.parquet')"
+        )
         assert {row[0] for row in queried.fetchall()} == runs, folder
 
 
@@ -125,7 +129,17 @@ def test_dry_run_writes_nothing(history, tmp_path):
 
 def test_cli_score_json_summary(history, tmp_path):
     result = CliRunner().invoke(
-        cli, ["score", str(history), str(tmp_path / "out"), "--actors", "2", "--json", "--keep", "region"]
+        cli,
+        [
+            "score",
+            str(history),
+            str(tmp_path / "out"),
+            "--actors",
+            "2",
+            "--json",
+            "--keep",
+            "region",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -135,8 +149,12 @@ def test_cli_score_json_summary(history, tmp_path):
 
 def test_config_file_and_flags(history, tmp_path):
     config = tmp_path / "job.toml"
-    config.write_text(f'input = "{history}"\noutput = "{tmp_path / "out"}"\nshard_rows = 6000\n[ray]\nactors = 1\n')
-    result = CliRunner().invoke(cli, ["score", "--config", str(config), "--json", "--shard-rows", "3000"])
+    config.write_text(
+        f'input = "{history}"\noutput = "{tmp_path / "out"}"\nshard_rows = 6000\n[ray]\nactors = 1\n'
+    )
+    result = CliRunner().invoke(
+        cli, ["score", "--config", str(config), "--json", "--shard-rows", "3000"]
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["actors"] == 1 and summary["shards_committed"] == 8
@@ -161,12 +179,17 @@ def test_config_errors_name_the_key_and_file(tmp_path, body, key):
 
 def test_int64_and_large_string_inputs_score_like_the_default_schema(tmp_path):
     import pyarrow as pa
-
     from conftest import make_history
 
     narrow = make_history(tmp_path / "narrow", sessions=4_000, files=1, days=1)
-    wide = make_history(tmp_path / "wide", sessions=4_000, files=1, days=1,
-                        int_type=pa.int64(), string_type=pa.large_string())
+    wide = make_history(
+        tmp_path / "wide",
+        sessions=4_000,
+        files=1,
+        days=1,
+        int_type=pa.int64(),
+        string_type=pa.large_string(),
+    )
     assert ds.dataset(wide).schema.field("month").type == pa.large_string()
     score(str(narrow), str(tmp_path / "out-narrow"), actors=1)
     score(str(wide), str(tmp_path / "out-wide"), actors=1)

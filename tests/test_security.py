@@ -20,11 +20,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import make_history
-from scorer.pipeline.driver import score
+
 from scorer.errors import ChecksumError
 from scorer.model.runtime import default_model_dir
+from scorer.pipeline.driver import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -102,7 +102,7 @@ def test_no_dashboard_is_served():
     assert DASHBOARD_PORT not in {port for _, port in tcp}
     for name, port in tcp:
         try:
-            status, content_type, body = _http(port, "/")
+            _status, content_type, body = _http(port, "/")
         except (OSError, http.client.HTTPException):  # gRPC ports do not speak HTTP/1
             continue
         assert "html" not in content_type and b"<html" not in body.lower(), (

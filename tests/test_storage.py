@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from servers import moto_s3
 
-from scorer.pipeline.commit import LOCK, Manifest, OutputLock, options_digest
 from scorer.errors import ConfigError, LockError, OutputConflictError, StorageError
+from scorer.pipeline.commit import LOCK, Manifest, OutputLock, options_digest
 from scorer.pipeline.plan import FailedInput, PartitionFilter, plan_shards, scan_inputs
 from scorer.storage import Location, StorageOptions, credential_env, redact, resolve
 
@@ -65,7 +65,9 @@ def test_credentials_in_a_uri_are_refused_and_never_shown(uri, secret):
 def test_redact_keeps_what_is_not_secret():
     uri = "s3://bucket/p?endpoint_override=127.0.0.1:9000&scheme=http"
     assert redact(uri) == uri
-    assert redact("gs://b/p?access_token=abc&scheme=http") == "gs://b/p?access_token=***&scheme=http"
+    assert (
+        redact("gs://b/p?access_token=abc&scheme=http") == "gs://b/p?access_token=***&scheme=http"
+    )
     assert redact("/local/path") == "/local/path"
 
 
@@ -75,7 +77,9 @@ def test_an_unknown_filesystem_is_a_storage_error_naming_the_uri():
 
 
 def test_storage_options_from_config():
-    opts = StorageOptions.from_mapping({"endpoint_override": "minio:9000", "scheme": "http"}, "job.toml")
+    opts = StorageOptions.from_mapping(
+        {"endpoint_override": "minio:9000", "scheme": "http"}, "job.toml"
+    )
     assert opts == StorageOptions(endpoint_override="minio:9000", scheme="http")
     with pytest.raises(ConfigError, match="job.toml: unknown key storage.endpoint "):
         StorageOptions.from_mapping({"endpoint": "x"}, "job.toml")
@@ -86,8 +90,17 @@ def test_storage_options_from_config():
 
 
 def test_credential_env_forwards_only_standard_aws_variables():
-    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "HOME": "/root", "AWS_REGION": "eu"}
-    assert credential_env(env) == {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "eu"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "HOME": "/root",
+        "AWS_REGION": "eu",
+    }
+    assert credential_env(env) == {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_REGION": "eu",
+    }
 
 
 # A real S3 server ------------------------------------------------------------------------
@@ -119,7 +132,9 @@ def test_query_parameters_and_options_and_env_fill_an_s3_uri(s3_endpoint, bucket
     in_uri = resolve(f"s3://{bucket}/in?endpoint_override={s3_endpoint}&scheme=http")
     assert isinstance(in_uri.filesystem, pafs.S3FileSystem) and in_uri.path == f"{bucket}/in"
 
-    from_options = resolve(f"s3://{bucket}/in", StorageOptions(endpoint_override=s3_endpoint, scheme="http"))
+    from_options = resolve(
+        f"s3://{bucket}/in", StorageOptions(endpoint_override=s3_endpoint, scheme="http")
+    )
     assert from_options.uri == f"s3://{bucket}/in?endpoint_override={s3_endpoint}&scheme=http"
 
     # The URI wins over [storage]; [storage] only fills what the URI lacks.
@@ -143,7 +158,9 @@ def test_query_parameters_and_options_and_env_fill_an_s3_uri(s3_endpoint, bucket
 
 
 def test_an_actor_reopens_the_location_from_its_spec_with_env_credentials(s3_endpoint, bucket):
-    out = resolve(f"s3://{bucket}/out", StorageOptions(endpoint_override=s3_endpoint, scheme="http"))
+    out = resolve(
+        f"s3://{bucket}/out", StorageOptions(endpoint_override=s3_endpoint, scheme="http")
+    )
     spec = out.to_spec()
     pickled = pickle.dumps(out)
     for secret in CREDENTIALS.values():
@@ -188,20 +205,32 @@ def test_s3_plan_commit_resume_round_trip(s3_endpoint, bucket):
             manifest.claim(model_name="m", model_sha256=SHA, options_digest=OPTS, run_id=run_id)
             cleanup = manifest.cleanup(run_id)
             manifest.supersede(files)
-            plan = plan_shards(inputs, shard_rows, manifest.committed_ranges(files, model_sha256=SHA, options_digest=OPTS))
+            plan = plan_shards(
+                inputs,
+                shard_rows,
+                manifest.committed_ranges(files, model_sha256=SHA, options_digest=OPTS),
+            )
             layout = pickle.loads(pickle.dumps(manifest.layout))  # as an actor receives it
             assert layout.writes_direct
             for shard in plan.shards[:limit]:
-                source = pq.ParquetFile(layout.location.filesystem.open_input_file(shard.input_path))
+                source = pq.ParquetFile(
+                    layout.location.filesystem.open_input_file(shard.input_path)
+                )
                 with layout.open_shard_sink(shard, run_id) as sink:
                     pq.write_table(source.read_row_groups(list(shard.row_groups)), sink)
-                manifest.commit_shard(shard, run_id=run_id, rows=shard.rows, model_sha256=SHA, options_digest=OPTS)
+                manifest.commit_shard(
+                    shard, run_id=run_id, rows=shard.rows, model_sha256=SHA, options_digest=OPTS
+                )
             return plan, cleanup
 
     def scored():
-        infos = fs.get_file_info(pafs.FileSelector(f"{bucket}/scored/scores", recursive=True, allow_not_found=True))
+        infos = fs.get_file_info(
+            pafs.FileSelector(f"{bucket}/scored/scores", recursive=True, allow_not_found=True)
+        )
         paths = sorted(i.path for i in infos if i.type == pafs.FileType.File)
-        return paths, sorted(v for p in paths for v in pq.read_table(p, filesystem=fs).column(0).to_pylist())
+        return paths, sorted(
+            v for p in paths for v in pq.read_table(p, filesystem=fs).column(0).to_pylist()
+        )
 
     first, _ = run("run1", 30, limit=2)
     assert len(first.failed) == 1
@@ -211,7 +240,9 @@ def test_s3_plan_commit_resume_round_trip(s3_endpoint, bucket):
         with Manifest.load(out).layout.open_shard_sink(shard, "run1") as sink:
             sink.write(b"PAR1 partial")
             raise RuntimeError("actor failed")
-    assert fs.get_file_info(f"{bucket}/scored/{shard.output_relpath}").type == pafs.FileType.NotFound
+    assert (
+        fs.get_file_info(f"{bucket}/scored/{shard.output_relpath}").type == pafs.FileType.NotFound
+    )
     orphan = f"{bucket}/scored/scores/dt=2026-11-28/part-0-rg00000-00003.parquet"
     put_sessions(fs, orphan, 30, 10)
 
@@ -229,12 +260,16 @@ def test_s3_plan_commit_resume_round_trip(s3_endpoint, bucket):
     with pytest.raises(OutputConflictError, match="holds scores of model m"):
         Manifest.load(out).check(model_name="m2", model_sha256="d" * 64, options_digest=OPTS)
     manifest = Manifest.load(out)
-    manifest.claim(model_name="m2", model_sha256="d" * 64, options_digest=OPTS, run_id="run4", overwrite=True)
+    manifest.claim(
+        model_name="m2", model_sha256="d" * 64, options_digest=OPTS, run_id="run4", overwrite=True
+    )
     assert scored() == ([], []) and not Manifest.load(out).records
 
 
 def test_s3_lock_refuses_a_second_run(s3_endpoint, bucket):
-    out = resolve(f"s3://{bucket}/out", StorageOptions(endpoint_override=s3_endpoint, scheme="http"))
+    out = resolve(
+        f"s3://{bucket}/out", StorageOptions(endpoint_override=s3_endpoint, scheme="http")
+    )
     with OutputLock(out, "first"):
         with pytest.raises(LockError, match=f"run first, pid {os.getpid()}.*still running"):
             with OutputLock(out, "second"):

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from scorer.model.calibration import FewCalibrationRowsWarning
-from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card
 from scorer.cli import cli
 from scorer.errors import ChecksumError, TrainingDataError
 from scorer.metrics import summary
+from scorer.model.calibration import FewCalibrationRowsWarning
+from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card
 from scorer.model.runtime import load_model
 from scorer.model.sessions import load_bundled_sessions
 from scorer.model.train import SPLITS, recalibrate, split_rows, train
@@ -51,7 +51,20 @@ def test_card_describes_the_training(model_dir, sessions):
     assert card.calibration.knots == len(card.calibration.params["x"]) > 1
     assert card.holdout.rows == splits["test"]
     months = next(s for s in card.inputs if s.name == "month")
-    assert months.vocabulary == ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    assert months.vocabulary == (
+        "Jan",
+        "Feb",
+        "Mar",
+        "Apr",
+        "May",
+        "Jun",
+        "Jul",
+        "Aug",
+        "Sep",
+        "Oct",
+        "Nov",
+        "Dec",
+    )
     bounds = {s.name: (s.min, s.max) for s in card.inputs}
     assert bounds["bounce_rate"] == (0, 1) and bounds["page_value"] == (0, None)
     assert [h.version for h in card.history] == ["1.0.0"]
@@ -71,7 +84,10 @@ def test_holdout_metrics_are_those_of_the_written_graph(model_dir, sessions):
     labels = sessions["converted"].to_numpy(zero_copy_only=False).astype(int)
     test = split_rows(labels, 0)["test"]
     scores = load_model(model_dir).score(sessions.take(test))
-    for score, figures in (("intent_raw", card.holdout.raw), ("intent_calibrated", card.holdout.calibrated)):
+    for score, figures in (
+        ("intent_raw", card.holdout.raw),
+        ("intent_calibrated", card.holdout.calibrated),
+    ):
         expected = summary(labels[test], scores[score].to_numpy())
         assert figures == pytest.approx({k: expected[k] for k in figures})
     # Class weighting makes raw scores overconfident; the calibration stage fixes most of it.
@@ -107,8 +123,10 @@ def test_isotonic_on_few_calibration_rows_warns(sessions, tmp_path):
         (lambda t: replaced(t, "converted", [None] + t["converted"].to_pylist()[1:]), "1 null"),
         (lambda t: replaced(t, "converted", ["yes"] * t.num_rows), "type string"),
         (lambda t: replaced(t, "converted", [2] * t.num_rows), "other than 0/1"),
-        (lambda t: replaced(t, "bounce_rate", [-1.0] * 3 + t["bounce_rate"].to_pylist()[3:]),
-         "3 rows have invalid values: out_of_range:bounce_rate"),
+        (
+            lambda t: replaced(t, "bounce_rate", [-1.0] * 3 + t["bounce_rate"].to_pylist()[3:]),
+            "3 rows have invalid values: out_of_range:bounce_rate",
+        ),
         (lambda t: replaced(t, "month", [1] * t.num_rows), "'month' has type int64"),
     ],
 )
@@ -130,7 +148,9 @@ def newer_sessions(sessions):
 
 
 @pytest.mark.parametrize("method", ["isotonic", "platt", "temperature", "none"])
-def test_recalibration_keeps_raw_scores_bit_identical(model_dir, sessions, newer_sessions, tmp_path, method):
+def test_recalibration_keeps_raw_scores_bit_identical(
+    model_dir, sessions, newer_sessions, tmp_path, method
+):
     card = recalibrate(newer_sessions, model_dir, tmp_path, method=method)
     old, new = load_model(model_dir), load_model(tmp_path)
     before, after = old.score(sessions), new.score(sessions)
@@ -138,11 +158,16 @@ def test_recalibration_keeps_raw_scores_bit_identical(model_dir, sessions, newer
     assert card.linear == old.card.linear
     assert card.calibration.method == method
     assert card.version == "1.0.0+cal.1"
-    assert card.history[-1].version == "1.0.0+cal.1" and "linear model unchanged" in card.history[-1].change
+    assert (
+        card.history[-1].version == "1.0.0+cal.1"
+        and "linear model unchanged" in card.history[-1].change
+    )
     assert card.holdout.rows + card.calibration.fitted_rows == newer_sessions.num_rows
 
 
-def test_recalibration_follows_the_new_base_rate_and_chains_versions(model_dir, newer_sessions, tmp_path):
+def test_recalibration_follows_the_new_base_rate_and_chains_versions(
+    model_dir, newer_sessions, tmp_path
+):
     first = recalibrate(newer_sessions, model_dir, tmp_path / "a")
     second = recalibrate(newer_sessions, tmp_path / "a", tmp_path / "b", method="platt")
     assert second.version == "1.0.0+cal.2"
@@ -153,7 +178,9 @@ def test_recalibration_follows_the_new_base_rate_and_chains_versions(model_dir, 
 
 def test_recalibration_refuses_a_tampered_model_and_bad_data(model_dir, sessions, tmp_path):
     with pytest.raises(TrainingDataError, match="one class"):
-        recalibrate(replaced(sessions, "converted", [True] * sessions.num_rows), model_dir, tmp_path / "x")
+        recalibrate(
+            replaced(sessions, "converted", [True] * sessions.num_rows), model_dir, tmp_path / "x"
+        )
     for name in (GRAPH_FILE, CARD_FILE):
         (tmp_path / name).write_bytes((model_dir / name).read_bytes())
     (tmp_path / GRAPH_FILE).write_bytes((tmp_path / GRAPH_FILE).read_bytes()[:-1])
@@ -173,14 +200,37 @@ def sessions_file(tmp_path_factory, sessions):
 
 def test_train_and_calibrate_commands(sessions_file, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(cli, ["train", str(sessions_file), "--out", str(tmp_path / "m"), "--calibration", "platt", "--seed", "3"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            str(sessions_file),
+            "--out",
+            str(tmp_path / "m"),
+            "--calibration",
+            "platt",
+            "--seed",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "ECE width" in result.output and "calibrated" in result.output
     card = load_card(tmp_path / "m")
     assert (card.name, card.training.seed, card.calibration.method) == ("m", 3, "platt")
 
-    result = runner.invoke(cli, ["calibrate", str(sessions_file), "--model", str(tmp_path / "m"),
-                                 "--out", str(tmp_path / "m2"), "--method", "isotonic"])
+    result = runner.invoke(
+        cli,
+        [
+            "calibrate",
+            str(sessions_file),
+            "--model",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "m2"),
+            "--method",
+            "isotonic",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1.0.0+cal.1" in result.output
     inspected = json.loads(runner.invoke(cli, ["inspect", "--json", str(tmp_path / "m2")]).output)

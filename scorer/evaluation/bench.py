@@ -43,9 +43,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorer.pipeline.cluster import ray_session
 from scorer.config import DEFAULT_BATCH_ROWS
 from scorer.errors import ConfigError
+from scorer.pipeline.cluster import ray_session
 
 STAGES = ("read", "encode", "infer", "write")
 DEFAULT_SESSIONS = 4_000_000
@@ -104,7 +104,9 @@ class BenchResult:
             rate = row["work_rows_per_second"]
             # Cores busy in the work window: a scorer actor overlaps three stages on threads.
             cpu, work = row["cpu_seconds"], row["work_seconds"]
-            row["cores"] = cpu / work if cpu and work and not contestant.startswith("model") else None
+            row["cores"] = (
+                cpu / work if cpu and work and not contestant.startswith("model") else None
+            )
             floor = summary.get(("floor", actors), {}).get("work_rows_per_second")
             compared = contestant in ("scorer", JOINED, "ray_data")
             row["vs_floor"] = rate / floor if compared and rate and floor else None
@@ -164,10 +166,13 @@ def run_bench(
             on_message(_line(rows[-1]))
         for n in actors:
             if n in floor_actors:
-                rows.append(_measure_floor(plan, n, work / f"floor-{n}") | _tag("floor", n, repetition))
+                rows.append(
+                    _measure_floor(plan, n, work / f"floor-{n}") | _tag("floor", n, repetition)
+                )
                 on_message(_line(rows[-1]))
             rows.append(
-                _measure_scorer(plan, n, work / f"scorer-{n}", address) | _tag("scorer", n, repetition)
+                _measure_scorer(plan, n, work / f"scorer-{n}", address)
+                | _tag("scorer", n, repetition)
             )
             on_message(_line(rows[-1]))
         # The whole-job comparison with Ray Data runs both on one Ray started beforehand (or
@@ -231,8 +236,14 @@ class _Plan:
         if card.label_column and card.label_column in pq.read_schema(paths[0]).names:
             columns.append(card.label_column)  # the scorer reads it for calibration metrics
         return cls(
-            data, paths, rows, tuple(dict.fromkeys(columns)),
-            tuple(model.categorical_string_columns), card.key_column, batch_rows, model.model_dir,
+            data,
+            paths,
+            rows,
+            tuple(dict.fromkeys(columns)),
+            tuple(model.categorical_string_columns),
+            card.key_column,
+            batch_rows,
+            model.model_dir,
         )
 
 
@@ -245,7 +256,9 @@ def _bench_data(out_dir: Path, sessions: int, files: int, seed: int, on_message)
         return str(path)
     shutil.rmtree(path, ignore_errors=True)  # a half-written set from an interrupted run
     summary = generate(path, sessions=sessions, files=files, days=min(2, files), seed=seed)
-    on_message(f"generated {sessions:,} sessions in {files} files in {summary.seconds:.1f} s: {path}")
+    on_message(
+        f"generated {sessions:,} sessions in {files} files in {summary.seconds:.1f} s: {path}"
+    )
     return str(path)
 
 
@@ -290,7 +303,9 @@ def _measure_floor(plan: _Plan, processes: int, out: Path) -> dict:
         ended = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)
     row = _rates(sum(r["rows"] for r in results), ended - started, ready - started, ended - ready)
-    row |= {f"{stage}_seconds": sum(r[stage] for r in results) for stage in ("read", "write", "cpu")}
+    row |= {
+        f"{stage}_seconds": sum(r[stage] for r in results) for stage in ("read", "write", "cpu")
+    }
     row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
     return row
 
@@ -361,7 +376,11 @@ def _measure_scorer(plan: _Plan, actors: int, out: Path, address: str | None) ->
 
     shutil.rmtree(out, ignore_errors=True)
     summary = score(
-        plan.data, str(out), actors=actors, batch_rows=plan.batch_rows, overwrite=True,
+        plan.data,
+        str(out),
+        actors=actors,
+        batch_rows=plan.batch_rows,
+        overwrite=True,
         address=address,
     )
     if summary.exit_code:
@@ -509,8 +528,20 @@ def render(result: BenchResult):
 
     table = Table(title=f"scorer bench: {result.cpus} CPUs, data {result.data}, medians")
     table.add_column("contestant", no_wrap=True)
-    for heading in ("actors", "runs", "rows", "wall s", "setup s", "work rows/s", "cores",
-                    "× floor", "scaling", "scorer ×", "RSS MB", "p50/p99 µs"):
+    for heading in (
+        "actors",
+        "runs",
+        "rows",
+        "wall s",
+        "setup s",
+        "work rows/s",
+        "cores",
+        "× floor",
+        "scaling",
+        "scorer ×",
+        "RSS MB",
+        "p50/p99 µs",
+    ):
         table.add_column(heading, justify="right")
     for row in result.medians():
         latency = row["latency_p50_us"] is not None
@@ -546,8 +577,11 @@ def write_plots(result: BenchResult, out_dir: Path) -> dict[str, Path]:
 
 
 def _series(medians: list[dict], contestant: str) -> tuple[list[int], list[float]]:
-    rows = sorted((r["actors"], r["work_rows_per_second"] / 1e6) for r in medians
-                  if r["contestant"] == contestant)
+    rows = sorted(
+        (r["actors"], r["work_rows_per_second"] / 1e6)
+        for r in medians
+        if r["contestant"] == contestant
+    )
     return [a for a, _ in rows], [v for _, v in rows]
 
 
@@ -560,12 +594,19 @@ def _plot_scaling(medians: list[dict], path: Path) -> Path:
     if actors:
         one = dict(zip(actors, scorer)).get(1)
         if one:
-            axes.plot(actors, [one * n for n in actors], "--", color="grey",
-                      label="ideal: linear from 1 actor")
+            axes.plot(
+                actors,
+                [one * n for n in actors],
+                "--",
+                color="grey",
+                label="ideal: linear from 1 actor",
+            )
         axes.plot(actors, scorer, "o-", color="tab:blue", lw=2, label="scorer (work window)")
     floor_actors, floor = _series(medians, "floor")
     if floor_actors:
-        axes.plot(floor_actors, floor, "s-", color="black", label="I/O floor (read + write, no model)")
+        axes.plot(
+            floor_actors, floor, "s-", color="black", label="I/O floor (read + write, no model)"
+        )
     ray_actors, ray_data = _series(medians, "ray_data")
     if ray_actors:
         axes.plot(ray_actors, ray_data, "D", color="tab:red", ms=8, label="Ray Data map_batches")
@@ -587,8 +628,12 @@ def _plot_stages(medians: list[dict], path: Path) -> Path:
     Ray Data is left out: it does not say where its time goes (the table has its total)."""
     from matplotlib.figure import Figure
 
-    colours = {"read": "tab:green", "encode": "tab:orange", "infer": "tab:purple",
-               "write": "tab:blue"}
+    colours = {
+        "read": "tab:green",
+        "encode": "tab:orange",
+        "infer": "tab:purple",
+        "write": "tab:blue",
+    }
     bars = []
     for contestant in ("floor", "scorer"):
         rows = [r for r in medians if r["contestant"] == contestant]
@@ -601,15 +646,27 @@ def _plot_stages(medians: list[dict], path: Path) -> Path:
     figure = Figure(figsize=(7, 3.2), dpi=100)
     axes = figure.add_subplot()
     labelled = set()
-    for y, (label, parts) in enumerate(bars):
+    for y, (_label, parts) in enumerate(bars):
         left = 0.0
         for stage, seconds in parts.items():
             if not seconds:
                 continue
-            axes.barh(y, seconds, left=left, color=colours[stage],
-                      label=None if stage in labelled else stage)
-            axes.text(left + seconds / 2, y, f"{seconds:.2f}", ha="center", va="center",
-                      fontsize=8, color="white")
+            axes.barh(
+                y,
+                seconds,
+                left=left,
+                color=colours[stage],
+                label=None if stage in labelled else stage,
+            )
+            axes.text(
+                left + seconds / 2,
+                y,
+                f"{seconds:.2f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white",
+            )
             labelled.add(stage)
             left += seconds
     axes.set_yticks(range(len(bars)), [label for label, _ in bars])
@@ -619,11 +676,18 @@ def _plot_stages(medians: list[dict], path: Path) -> Path:
     axes.grid(axis="x", alpha=0.3)
     handles = dict(zip(*reversed(axes.get_legend_handles_labels())))
     stages = [stage for stage in STAGES if stage in handles]
-    axes.legend([handles[s] for s in stages], stages, loc="upper center", fontsize=9,
-                ncol=len(stages), bbox_to_anchor=(0.5, -0.3), frameon=False)
+    axes.legend(
+        [handles[s] for s in stages],
+        stages,
+        loc="upper center",
+        fontsize=9,
+        ncol=len(stages),
+        bbox_to_anchor=(0.5, -0.3),
+        frameon=False,
+    )
     figure.tight_layout()
     figure.savefig(path)
     return path
 
 
-__all__ = ["BenchResult", "MEASUREMENTS_SCHEMA", "render", "run_bench", "write_plots"]
+__all__ = ["MEASUREMENTS_SCHEMA", "BenchResult", "render", "run_bench", "write_plots"]

@@ -188,8 +188,8 @@ def generate(
     conversion_rate: float | None = DEFAULT_CONVERSION_RATE,
     end_date: dt.date = DEFAULT_END_DATE,
     row_group_rows: int = DEFAULT_ROW_GROUP_ROWS,
-    int_type: pa.DataType = pa.int32(),
-    string_type: pa.DataType = pa.string(),
+    int_type: pa.DataType = pa.int32(),  # noqa: B008  (Arrow types are immutable singletons)
+    string_type: pa.DataType = pa.string(),  # noqa: B008
     storage: StorageOptions | None = None,
     workers: int | None = None,
 ) -> GenerateSummary:

@@ -240,8 +240,12 @@ def plot_reliability(report: Report) -> Figure:
     width = (edges[1] - edges[0]) / 2
     for offset, score in zip((0.0, width), SCORES):
         bars = counts.bar(
-            edges[:-1] + offset, row[f"bin_count_{score}"], width=width, align="edge",
-            color=COLOURS[score], label=score,
+            edges[:-1] + offset,
+            row[f"bin_count_{score}"],
+            width=width,
+            align="edge",
+            color=COLOURS[score],
+            label=score,
         )
         labels = [f"{c:,}" if c else "" for c in row[f"bin_count_{score}"]]
         counts.bar_label(bars, labels=labels, fontsize=6, rotation=90, padding=2)
@@ -278,14 +282,35 @@ def plot_calibration_by_day(report: Report) -> Figure:
     ece, rate = fig.subplots(2, 1, sharex=True)
     for score in SCORES:
         colour = COLOURS[score]
-        ece.plot(x, _nan(r[f"ece_width_{score}"] for r in rows), marker="o", color=colour,
-                 label=f"{score}, 15 equal-width bins")
-        ece.plot(x, _nan(r[f"ece_mass_{score}"] for r in rows), marker=".", ls=":", color=colour,
-                 label=f"{score}, 15 equal-mass bins")
-        rate.plot(x, _nan(r[f"mean_{score}"] for r in rows), marker="o", color=colour,
-                  label=f"mean {score} score")
-    rate.plot(x, _nan(r["observed_rate"] for r in rows), marker="s", color=COLOURS["observed"],
-              label="observed conversion rate")
+        ece.plot(
+            x,
+            _nan(r[f"ece_width_{score}"] for r in rows),
+            marker="o",
+            color=colour,
+            label=f"{score}, 15 equal-width bins",
+        )
+        ece.plot(
+            x,
+            _nan(r[f"ece_mass_{score}"] for r in rows),
+            marker=".",
+            ls=":",
+            color=colour,
+            label=f"{score}, 15 equal-mass bins",
+        )
+        rate.plot(
+            x,
+            _nan(r[f"mean_{score}"] for r in rows),
+            marker="o",
+            color=colour,
+            label=f"mean {score} score",
+        )
+    rate.plot(
+        x,
+        _nan(r["observed_rate"] for r in rows),
+        marker="s",
+        color=COLOURS["observed"],
+        label="observed conversion rate",
+    )
     ece.set(ylabel="ECE", ylim=(0, None))
     ece.set_title(f"Calibration per day, run {report.run_id}")
     ece.legend(fontsize=8)
@@ -416,12 +441,19 @@ def _partition_tables(report: Report) -> list[Table]:
     for r in report.partitions:
         day = r["dt"] or "(none)"
         rates.add_row(
-            day, f"{r['rows']:,}", f"{r['positives']:,}", _f(r["observed_rate"]),
-            _f(r["mean_raw"]), _f(r["mean_calibrated"]),
+            day,
+            f"{r['rows']:,}",
+            f"{r['positives']:,}",
+            _f(r["observed_rate"]),
+            _f(r["mean_raw"]),
+            _f(r["mean_calibrated"]),
         )
         ece.add_row(
-            day, _f(r["ece_width_raw"]), _f(r["ece_width_calibrated"]),
-            _f(r["ece_mass_raw"]), _f(r["ece_mass_calibrated"]),
+            day,
+            _f(r["ece_width_raw"]),
+            _f(r["ece_width_calibrated"]),
+            _f(r["ece_mass_raw"]),
+            _f(r["ece_mass_calibrated"]),
         )
     return [rates, ece]
 
@@ -434,8 +466,12 @@ def _stage_table(report: Report) -> Table:
         table.add_column(name, justify="left" if name == "stage" else "right")
     for stage in STAGES:
         seconds = report.stages[stage]
-        table.add_row(stage, _f(seconds, 2), f"{seconds / busy:.1%}" if busy else "–",
-                      f"{rows / seconds:,.0f}" if seconds else "–")
+        table.add_row(
+            stage,
+            _f(seconds, 2),
+            f"{seconds / busy:.1%}" if busy else "–",
+            f"{rows / seconds:,.0f}" if seconds else "–",
+        )
     return table
 
 
@@ -444,8 +480,14 @@ def _actor_table(report: Report) -> Table:
     for name in ("actor", "node", "shards", "rows", "busy s", "rows/s"):
         table.add_column(name, justify="left" if name in ("actor", "node") else "right")
     for a in report.actors:
-        table.add_row(a["actor_id"], a["node_id"] or "", str(a["shards"]), f"{a['rows']:,}",
-                      _f(a["busy_seconds"], 2), f"{a['rows_per_second'] or 0:,.0f}")
+        table.add_row(
+            a["actor_id"],
+            a["node_id"] or "",
+            str(a["shards"]),
+            f"{a['rows']:,}",
+            _f(a["busy_seconds"], 2),
+            f"{a['rows_per_second'] or 0:,.0f}",
+        )
     return table
 
 

@@ -184,7 +184,11 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def _input_to_json(spec: InputSpec) -> dict[str, Any]:
     doc = {
-        "name": spec.name, "dtype": spec.dtype, "kind": spec.kind, "min": spec.min, "max": spec.max
+        "name": spec.name,
+        "dtype": spec.dtype,
+        "kind": spec.kind,
+        "min": spec.min,
+        "max": spec.max,
     }
     if spec.kind == "categorical":
         doc["vocabulary"] = list(spec.vocabulary or ())

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from scorer.model.card import InputSpec, ModelCard
 from scorer.errors import ShardReadError
+from scorer.model.card import InputSpec, ModelCard
 
 REASONS = ("missing", "not_finite", "out_of_range")
 _MISSING, _NOT_FINITE, _OUT_OF_RANGE = 1, 2, 3  # per-column reason codes; 0 = fine
@@ -372,7 +372,9 @@ def _encode_dictionary(
     may_be_unseen = bool(len(table)) and table.max() == len(spec.vocabulary)
     missing = _null_mask(chunk.indices)
     indices = chunk.indices
-    indices = to_numpy(indices.fill_null(fill_scalar(0, indices.type)) if missing is not None else indices)
+    indices = to_numpy(
+        indices.fill_null(fill_scalar(0, indices.type)) if missing is not None else indices
+    )
     # np.take converts narrow indices at a third of its speed; one explicit widening is faster.
     np.take(table, indices.astype(np.intp), mode="clip", out=out)  # "raise" buffers `out`
     if dictionary.null_count:

@@ -343,8 +343,12 @@ def _categorical_logit(g: _GraphBuilder, coefs: tuple[np.ndarray, ...]) -> str:
             table = (table[:, None] + coefs[i][None, :]).reshape(-1)
         tables.append(table)
 
-    packed = g.op("Gemm", g.const(radix, np.float32, "radix"), CATEGORICAL_INPUT,
-                  g.const(offsets, np.float32, "group_offsets"))
+    packed = g.op(
+        "Gemm",
+        g.const(radix, np.float32, "radix"),
+        CATEGORICAL_INPUT,
+        g.const(offsets, np.float32, "group_offsets"),
+    )
     index = g.op("Cast", packed, to=TensorProto.INT64)
     weights = g.lookup(np.concatenate(tables), index, np.float32, "categorical_w")
     if len(groups) == 1:
@@ -385,8 +389,12 @@ def _isotonic(g: _GraphBuilder, logit: str, x: np.ndarray, y: np.ndarray) -> str
     scale, zero_point = _quantization(x)
     cell = g.op(
         "Cast",
-        g.op("QuantizeLinear", logit, g.const(scale, np.float32, "iso_scale"),
-             g.const(zero_point, np.uint16, "iso_zero_point")),
+        g.op(
+            "QuantizeLinear",
+            logit,
+            g.const(scale, np.float32, "iso_scale"),
+            g.const(zero_point, np.uint16, "iso_zero_point"),
+        ),
         to=TensorProto.INT64,
     )
     per_cell = np.bincount(_cells(x, scale, zero_point), minlength=_CELLS)
@@ -404,9 +412,7 @@ def _isotonic(g: _GraphBuilder, logit: str, x: np.ndarray, y: np.ndarray) -> str
         stride = branching**level
         # Row r of the table holds probes[count + (r + 1)·stride − 1] at column count, so one
         # lookup fetches all of a level's probes as a [branching − 1, N] tensor.
-        table = np.stack([
-            probes[(r + 1) * stride - 1:][: k + 1] for r in range(branching - 1)
-        ])
+        table = np.stack([probes[(r + 1) * stride - 1 :][: k + 1] for r in range(branching - 1)])
         probe = g.op("ArrayFeatureExtractor", g.const(table, np.float32, "iso_probe"), count)
         hits = g.op("LessOrEqual", probe, logit)
         if branching == 2 and stride == 1:
@@ -512,9 +518,7 @@ def build_graph(
         graph,
         producer_name="intent-scorer",
         doc_string=f"{name} {version}: calibration {calibrator.method}",
-        opset_imports=[
-            helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)
-        ],
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
     )
     model.ir_version = IR_VERSION
     helper.set_model_props(

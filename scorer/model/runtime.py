@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime
 import pyarrow as pa
 
+from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.model.card import CARD_FILE, ModelCard, load_card, verify_checksum
 from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
@@ -29,7 +30,6 @@ from scorer.model.encode import (
     string_array,
     to_numpy,
 )
-from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.model.graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 
 BUNDLED_MODEL = "intent-v1"

@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import functools
 import hashlib
+import itertools
 import operator
 import re
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from scorer.errors import ShardReadError, TrainingDataError
+from scorer.metrics import summary
 from scorer.model.calibration import fit_calibrator
 from scorer.model.card import (
     GRAPH_FILE,
@@ -54,9 +57,6 @@ from scorer.model.card import (
     write_atomic,
 )
 from scorer.model.encode import encode, encode_inputs
-from scorer.errors import ShardReadError, TrainingDataError
-from scorer.metrics import summary
-from scorer.model.runtime import IntentModel, load_model
 from scorer.model.graph import (
     CALIBRATED_OUTPUT,
     RAW_OUTPUT,
@@ -65,6 +65,7 @@ from scorer.model.graph import (
     build_graph,
     session_options,
 )
+from scorer.model.runtime import IntentModel, load_model
 from scorer.model.sessions import (
     KEY_COLUMN,
     LABEL_COLUMN,
@@ -136,7 +137,10 @@ class FittedModel:
 
 
 def read_labelled(
-    data: str | Path | pa.Table | None, *, since: dt.date | None = None, until: dt.date | None = None
+    data: str | Path | pa.Table | None,
+    *,
+    since: dt.date | None = None,
+    until: dt.date | None = None,
 ) -> tuple[pa.Table, str]:
     """Labelled sessions and a description of where they came from.
 
@@ -290,13 +294,13 @@ def linear_params(pipeline: Pipeline, inputs: tuple[InputSpec, ...]) -> LinearPa
     sizes = [len(s.vocabulary) for s in inputs if s.kind == "categorical"]
     bounds = np.cumsum([n_numeric, *sizes])
     categorical = tuple(
-        np.append(coef[start:stop], 0.0) for start, stop in zip(bounds[:-1], bounds[1:])
+        np.append(coef[start:stop], 0.0) for start, stop in itertools.pairwise(bounds)
     )
     return LinearParams(
         numeric_mean=scaler.mean_,
         numeric_scale=scaler.scale_,
         numeric_coef=coef[:n_numeric],
-        boolean_coef=coef[bounds[-1]:],
+        boolean_coef=coef[bounds[-1] :],
         categorical_coef=categorical,
         intercept=float(model.intercept_[0]),
     )

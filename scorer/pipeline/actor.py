@@ -10,6 +10,7 @@ one stage hide behind the others. Memory is bounded by a few batches, not by the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import sys
@@ -22,9 +23,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scorer.pipeline.commit import OutputLayout
 from scorer.errors import ShardReadError
 from scorer.metrics import CalibrationState
+from scorer.pipeline.commit import OutputLayout
 from scorer.pipeline.plan import Shard
 from scorer.pipeline.stats import utc_now
 from scorer.storage import Location
@@ -248,10 +249,8 @@ class _ShardSink:
         try:
             self.writer.close()
         finally:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.context.__exit__(RuntimeError, abandoned, None)
-            except RuntimeError:
-                pass
 
 
 def peak_rss_bytes() -> int:

@@ -60,7 +60,9 @@ def check_reachable(address: str | None) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[ClusterInfo]:
+def ray_session(
+    address: str | None = None, *, num_cpus: int | None = None
+) -> Iterator[ClusterInfo]:
     """Use the Ray this process is already connected to, or start/join one for the block.
 
     A session this function opened is shut down on exit; one opened by the caller (a notebook,

@@ -28,8 +28,6 @@ from typing import Any
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
 from scorer._version import __version__
-from scorer.pipeline.cluster import check_reachable, ray_session
-from scorer.pipeline.commit import Manifest, OutputLock
 from scorer.config import JobConfig
 from scorer.errors import (
     ConfigError,
@@ -41,6 +39,8 @@ from scorer.errors import (
 )
 from scorer.metrics import calibration_table
 from scorer.model.runtime import load_model
+from scorer.pipeline.cluster import check_reachable, ray_session
+from scorer.pipeline.commit import Manifest, OutputLock
 from scorer.pipeline.plan import PartitionFilter, plan_shards, scan_inputs
 from scorer.pipeline.pool import ActorPool
 from scorer.pipeline.progress import Progress
@@ -243,7 +243,9 @@ def _prepare(config: JobConfig) -> _Context:
         json.dumps({"key_column": key_column, "keep": list(config.keep)}).encode()
     ).hexdigest()[:16]
     files = {name: (model.model_dir / name).read_bytes() for name in ("model.onnx", "model.json")}
-    return _Context(config, new_run_id(), model, key_column, label_column, source, target, digest, files)
+    return _Context(
+        config, new_run_id(), model, key_column, label_column, source, target, digest, files
+    )
 
 
 def _inside(path: str, parent: str) -> bool:
@@ -330,7 +332,9 @@ class _Attempt:
 class _Run:
     """One run under the lock: start actors, dispatch, retry, commit, write stats."""
 
-    def __init__(self, context: _Context, plan, manifest, progress: Progress, started_wall, started):
+    def __init__(
+        self, context: _Context, plan, manifest, progress: Progress, started_wall, started
+    ):
         self.context, self.plan, self.manifest, self.progress = context, plan, manifest, progress
         self.started_wall, self.started = started_wall, started
         self.summary = _new_summary(context, plan, "completed")
@@ -439,8 +443,13 @@ class _Run:
         except KeyboardInterrupt:
             self._settle_commits(committing, queue, block=True)  # whole already; a moment each
             for attempt in in_flight.values():
-                self._record(attempt.shard, attempt=attempt.attempt, status="interrupted",
-                             started_at=attempt.started_at, error="interrupted")
+                self._record(
+                    attempt.shard,
+                    attempt=attempt.attempt,
+                    status="interrupted",
+                    started_at=attempt.started_at,
+                    error="interrupted",
+                )
             raise
         finally:
             committer.shutdown(wait=True)  # no commit may run once the lock is released
@@ -468,7 +477,9 @@ class _Run:
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc.as_instanceof_cause()
             # Bad data stays bad: an unreadable input is not retried.
             return _Fetched(error=_one_line(cause), retryable=not isinstance(cause, ShardReadError))
-        except RayError as exc:  # its worker or node died otherwise (OutOfMemoryError, NodeDiedError)
+        except (
+            RayError
+        ) as exc:  # its worker or node died otherwise (OutOfMemoryError, NodeDiedError)
             pool.replace(attempt.actor_index)
             return _Fetched(error=f"{type(exc).__name__}: {_first_line(exc)}", retryable=True)
         pool.idle.append(attempt.actor_index)
@@ -507,8 +518,13 @@ class _Run:
         """Record a failed attempt; True if the shard goes back in line."""
         shard, config = attempt.shard, self.context.config
         will_retry = retryable and attempt.attempt < config.max_attempts
-        self._record(shard, attempt=attempt.attempt, status="failed", error=error,
-                     started_at=attempt.started_at)
+        self._record(
+            shard,
+            attempt=attempt.attempt,
+            status="failed",
+            error=error,
+            started_at=attempt.started_at,
+        )
         self.attempts_failed += 1
         if not will_retry:
             self.summary.shards_failed += 1
@@ -551,13 +567,23 @@ class _Run:
             }
         )
         self.summary.shards_failed += 1
-        self.summary.failures.append({"shard_id": failed.shard_id, "input": failed.path, "error": error})
+        self.summary.failures.append(
+            {"shard_id": failed.shard_id, "input": failed.path, "error": error}
+        )
         self.progress.shard_failed(shard_id=failed.shard_id, error=error, will_retry=False)
 
     # -- records --------------------------------------------------------------------------
 
-    def _record(self, shard, *, attempt: int, status: str, outcome=None, error: str | None = None,
-                started_at=None) -> None:
+    def _record(
+        self,
+        shard,
+        *,
+        attempt: int,
+        status: str,
+        outcome=None,
+        error: str | None = None,
+        started_at=None,
+    ) -> None:
         row = {
             "run_id": self.context.run_id,
             "shard_id": shard.shard_id,
@@ -596,13 +622,19 @@ class _Run:
                 "ended_at": outcome.ended_at,
             }
             for stage in ("read", "encode", "infer", "write"):
-                self.summary.stage_seconds[stage] = self.summary.stage_seconds.get(stage, 0.0) + seconds[stage]
+                self.summary.stage_seconds[stage] = (
+                    self.summary.stage_seconds.get(stage, 0.0) + seconds[stage]
+                )
             node = outcome.node_ip or outcome.node_id
-            self.summary.rows_per_node[node] = self.summary.rows_per_node.get(node, 0) + outcome.rows
+            self.summary.rows_per_node[node] = (
+                self.summary.rows_per_node.get(node, 0) + outcome.rows
+            )
             if outcome.calibration is not None:
                 day = dict(shard.partition).get("dt")
                 previous = self.calibration.get(day)
-                self.calibration[day] = outcome.calibration if previous is None else previous.merge(outcome.calibration)
+                self.calibration[day] = (
+                    outcome.calibration if previous is None else previous.merge(outcome.calibration)
+                )
         self.shard_stats.append(row)
 
     def _finish(self) -> None:
@@ -611,19 +643,32 @@ class _Run:
         summary.wall_seconds = ended - self.started
         if self.work_started is not None:
             summary.work_seconds = (self.work_ended or ended) - self.work_started
-        summary.rows_per_second = summary.rows / summary.wall_seconds if summary.wall_seconds else 0.0
-        summary.work_rows_per_second = summary.rows / summary.work_seconds if summary.work_seconds else 0.0
+        summary.rows_per_second = (
+            summary.rows / summary.wall_seconds if summary.wall_seconds else 0.0
+        )
+        summary.work_rows_per_second = (
+            summary.rows / summary.work_seconds if summary.work_seconds else 0.0
+        )
         if summary.status != "interrupted" and summary.shards_failed:
             summary.status = "failed"
         out = context.output
         stats_dir = f"run_id={context.run_id}/part-0.parquet"
-        write_table(out.filesystem, out.child(f"stats/shards/{stats_dir}").path,
-                    stats_table(self.shard_stats, SHARD_STATS_SCHEMA))
-        write_table(out.filesystem, out.child(f"stats/runs/{stats_dir}").path,
-                    stats_table([self._run_row(ended)], RUN_STATS_SCHEMA))
+        write_table(
+            out.filesystem,
+            out.child(f"stats/shards/{stats_dir}").path,
+            stats_table(self.shard_stats, SHARD_STATS_SCHEMA),
+        )
+        write_table(
+            out.filesystem,
+            out.child(f"stats/runs/{stats_dir}").path,
+            stats_table([self._run_row(ended)], RUN_STATS_SCHEMA),
+        )
         if self.calibration:
-            write_table(out.filesystem, out.child(f"calibration/{stats_dir}").path,
-                        calibration_table(context.run_id, self.calibration))
+            write_table(
+                out.filesystem,
+                out.child(f"calibration/{stats_dir}").path,
+                calibration_table(context.run_id, self.calibration),
+            )
 
     def _run_row(self, ended: float) -> dict:
         import onnxruntime

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from scorer.errors import ClusterError
 from scorer.pipeline.actor import ActorSettings, ScoringActor
 from scorer.pipeline.commit import OutputLayout
-from scorer.errors import ClusterError
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.
 PLACEMENT_TIMEOUT_S = 120.0
@@ -76,7 +76,10 @@ class ActorPool:
         ray.kill(self.actors[index], no_restart=True)
         self.actors[index] = self.actor_class.remote(self.settings_ref)
         # Idle only once placed: a shard sent to an actor that cannot be placed would wait forever.
-        self.starting[self.actors[index].ready.remote()] = (index, time.monotonic() + PLACEMENT_TIMEOUT_S)
+        self.starting[self.actors[index].ready.remote()] = (
+            index,
+            time.monotonic() + PLACEMENT_TIMEOUT_S,
+        )
 
     def poll_starting(self, busy: int) -> None:
         """Admit placed replacements; fail clearly when no actor is left and none can be placed."""
@@ -95,8 +98,14 @@ class ActorPool:
                 continue
             self.idle.append(index)
         now = time.monotonic()
-        if not self.idle and not busy and all(deadline < now for _, deadline in self.starting.values()):
-            raise ClusterError(self._unplaced(f"no actor is left and {len(self.starting)} replacement(s)"))
+        if (
+            not self.idle
+            and not busy
+            and all(deadline < now for _, deadline in self.starting.values())
+        ):
+            raise ClusterError(
+                self._unplaced(f"no actor is left and {len(self.starting)} replacement(s)")
+            )
 
     def _unplaced(self, what: str) -> str:
         memory = f", {self.memory_mb} MB memory" if self.memory_mb else ""

@@ -98,12 +98,14 @@ STAGES = ("read", "encode", "infer", "write")
 
 
 def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def stats_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows as dicts → a table of exactly `schema` (missing keys become nulls)."""
-    return pa.Table.from_pylist([{name: row.get(name) for name in schema.names} for row in rows], schema)
+    return pa.Table.from_pylist(
+        [{name: row.get(name) for name in schema.names} for row in rows], schema
+    )
 
 
 def write_table(filesystem, path: str, table: pa.Table) -> int:
