@@ -43,8 +43,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from scorer.model.encode import fill_scalar, to_numpy
-from scorer.pipeline.stats import RUN_ID_TYPE
+from scorer.arrow import RUN_ID_TYPE, fill_scalar, to_numpy
 
 ECE_BINS = 15
 # A multiple of ECE_BINS so every fine bin sits inside one equal-width bin, and a power-of-two

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime
 import pyarrow as pa
 
+from scorer.arrow import numpy_array, string_array, to_numpy
 from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.model.card import CARD_FILE, ModelCard, load_card, verify_checksum
 from scorer.model.encode import (
@@ -26,9 +27,6 @@ from scorer.model.encode import (
     EncodedBatch,
     encode,
     feed_shapes,
-    numpy_array,
-    string_array,
-    to_numpy,
 )
 from scorer.model.graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 

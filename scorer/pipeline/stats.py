@@ -12,11 +12,9 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from scorer.arrow import RUN_ID_TYPE
+
 _TS = pa.timestamp("us", tz="UTC")
-# The folders are hive-partitioned by run_id, and pyarrow (so pandas) infers a partition key as
-# dictionary<int32, string>: a file column of the same name must have that type too, or reading
-# OUTPUT/stats/shards as one dataset fails ("Unable to merge: Field run_id has incompatible types").
-RUN_ID_TYPE = pa.dictionary(pa.int32(), pa.string())
 
 SHARD_STATS_SCHEMA = pa.schema(
     [
