@@ -21,16 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from scorer.errors import LockError, OutputConflictError, ShardError
-from scorer.pipeline.commit import (
-    LOCK,
-    CommitRecord,
-    Manifest,
-    OutputLayout,
-    OutputLock,
-    StaleLockWarning,
-    options_digest,
-    record_key,
-)
+from scorer.pipeline.layout import LOCK, OutputLayout
+from scorer.pipeline.lock import OutputLock, StaleLockWarning
+from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest, record_key
 from scorer.pipeline.plan import plan_shards, scan_inputs
 from scorer.storage import resolve
 
@@ -346,7 +339,7 @@ def hold_lock_in_subprocess(out_dir, run_id):
     script = textwrap.dedent(
         f"""
         import sys
-        from scorer.pipeline.commit import OutputLock
+        from scorer.pipeline.lock import OutputLock
         from scorer.storage import resolve
         with OutputLock(resolve({str(out_dir)!r}), {run_id!r}):
             print("locked", flush=True)

@@ -287,7 +287,7 @@ def test_a_refused_commit_is_retried_while_the_actors_go_on(tmp_path, monkeypatc
     """Commits run on the driver's commit thread while actors score their next shards; one that
     storage refuses (here: a full disk on the first commit) is retried like any failed attempt."""
     from scorer.errors import StorageError
-    from scorer.pipeline.commit import Manifest
+    from scorer.pipeline.manifest import Manifest
 
     history = make_history(tmp_path / "in", sessions=6_000, files=2, days=1, row_group_rows=500)
     out = tmp_path / "out"

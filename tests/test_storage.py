@@ -17,7 +17,9 @@ import pytest
 from servers import moto_s3
 
 from scorer.errors import ConfigError, LockError, OutputConflictError, StorageError
-from scorer.pipeline.commit import LOCK, Manifest, OutputLock, options_digest
+from scorer.pipeline.layout import LOCK
+from scorer.pipeline.lock import OutputLock
+from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import FailedInput, PartitionFilter, plan_shards, scan_inputs
 from scorer.storage import Location, StorageOptions, credential_env, redact, resolve
 

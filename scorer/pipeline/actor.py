@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from scorer.errors import ShardReadError
 from scorer.metrics import CalibrationState
-from scorer.pipeline.commit import OutputLayout
+from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.plan import Shard
 from scorer.pipeline.stats import utc_now
 from scorer.storage import Location

@@ -40,7 +40,8 @@ from scorer.errors import (
 from scorer.metrics import calibration_table
 from scorer.model.runtime import load_model
 from scorer.pipeline.cluster import check_reachable, ray_session
-from scorer.pipeline.commit import Manifest, OutputLock
+from scorer.pipeline.lock import OutputLock
+from scorer.pipeline.manifest import Manifest
 from scorer.pipeline.plan import PartitionFilter, plan_shards, scan_inputs
 from scorer.pipeline.pool import ActorPool
 from scorer.pipeline.progress import Progress

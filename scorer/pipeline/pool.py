@@ -13,7 +13,7 @@ from typing import Any
 
 from scorer.errors import ClusterError
 from scorer.pipeline.actor import ActorSettings, ScoringActor
-from scorer.pipeline.commit import OutputLayout
+from scorer.pipeline.layout import OutputLayout
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.
 PLACEMENT_TIMEOUT_S = 120.0

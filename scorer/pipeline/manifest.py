@@ -1,12 +1,4 @@
-"""Exactly-once output: commit records, atomic commits, orphan cleanup and the OUTPUT lock.
-
-Layout under OUTPUT (SPEC §5)::
-
-    scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs
-    _scorer/commits/<sha1 of shard id>.json           one commit record per committed shard
-    _scorer/tmp/<run_id>/                             temporary files of one run
-    _scorer/output.json                               the model (and output options) OUTPUT holds
-    _scorer/lock.json                                 the run that holds OUTPUT
+"""Exactly-once output: commit records, atomic commits and orphan cleanup (where files go: `layout`).
 
 The commit record is the commit point: a shard is committed when its record exists and matches
 the input file's fingerprint, the model's sha256 and the digest of the output options.
@@ -37,49 +29,37 @@ of the next run):
 then ``output.json``; ``Manifest.claim`` then records the new model. Old and new rows of an
 input are never visible together; rows not yet rescored are absent until their shard commits.
 
-One run at a time per OUTPUT (``OutputLock``). On a local filesystem the lock file is created
-exclusively (a hard link to a complete file, so it is never seen half-written); a lock whose
-owner on this host is gone is taken over, with a ``StaleLockWarning``, under an ``flock`` of
-``_scorer/`` so two runs cannot both take it over. Object storage has no atomic create: the lock
-is written, then read back to confirm, which catches most races but not two runs started within
-the same instant. A lock held from another host is never taken over: its owner's liveness
-cannot be checked from here, so the message says which file to delete if that run is gone.
-
 A ``Manifest`` is not thread-safe: the driver commits from one thread.
+
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-import os
-import socket
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
 
-import psutil
-import pyarrow as pa
 import pyarrow.fs as pafs
 
-from scorer.errors import LockError, OutputConflictError, ShardError, StorageError
+from scorer.errors import OutputConflictError, ShardError, StorageError
+from scorer.pipeline.layout import (
+    COMMITS,
+    OUTPUT_STATE,
+    SCORES,
+    TMP,
+    OutputLayout,
+    delete_dir,
+    delete_files,
+    list_files,
+    now_iso,
+    read_json,
+    replace_durably,
+)
 from scorer.pipeline.plan import InputFile, Shard
 from scorer.storage import Location
-
-SCORES = "scores"
-INTERNAL = "_scorer"
-COMMITS = f"{INTERNAL}/commits"
-TMP = f"{INTERNAL}/tmp"
-LOCK = f"{INTERNAL}/lock.json"
-OUTPUT_STATE = f"{INTERNAL}/output.json"
-
-
-class StaleLockWarning(UserWarning):
-    """A lock whose owner is gone was taken over."""
 
 
 def record_key(shard_id: str) -> str:
@@ -145,62 +125,6 @@ class CleanupReport:
     """Commit records that could not be parsed (their shards are rescored)."""
 
 
-@dataclass(frozen=True)
-class OutputLayout:
-    """Where a shard's files go under OUTPUT; picklable, so actors get one."""
-
-    location: Location
-
-    @property
-    def writes_direct(self) -> bool:
-        """True where rename is not atomic (object storage): actors write the final key once."""
-        return not self.location.is_local
-
-    def final_path_for(self, shard: Shard) -> str:
-        return self.location.child(shard.output_relpath).path
-
-    def temp_path_for(self, shard: Shard, run_id: str) -> str:
-        return self.location.child(f"{TMP}/{run_id}/{shard.output_relpath}").path
-
-    def path(self, relpath: str) -> str:
-        return self.location.child(relpath).path
-
-    def uri(self, relpath: str) -> str:
-        return self.location.child(relpath).uri
-
-    @contextmanager
-    def open_shard_sink(self, shard: Shard, run_id: str) -> Iterator[pa.NativeFile]:
-        """The stream an actor writes a shard's Parquet file to; whole or nothing on every fs.
-
-        Locally a temporary file (``commit_shard`` renames it); on object storage an in-memory
-        buffer uploaded to the final key in one request when the block ends without error.
-        """
-        fs = self.location.filesystem
-        if self.writes_direct:
-            buffer = pa.BufferOutputStream()
-            yield buffer
-            data = buffer.getvalue()
-            try:
-                with fs.open_output_stream(self.final_path_for(shard)) as out:
-                    out.write(data)
-            except OSError as exc:
-                raise ShardError(f"{self.uri(shard.output_relpath)}: cannot write: {exc}") from exc
-            return
-        path = self.temp_path_for(shard, run_id)
-        try:
-            fs.create_dir(path.rpartition("/")[0], recursive=True)
-            sink = fs.open_output_stream(path)
-        except OSError as exc:
-            raise ShardError(f"{path}: cannot write: {exc}") from exc
-        try:
-            yield sink
-        except BaseException:
-            sink.close()
-            _delete_files(fs, [path])
-            raise
-        sink.close()
-
-
 class Manifest:
     """The commit records of one OUTPUT, and every change made to what OUTPUT holds.
 
@@ -236,12 +160,12 @@ class Manifest:
         """Read every commit record under OUTPUT (in parallel: one request each on S3)."""
         layout = OutputLayout(location)
         fs = location.filesystem
-        infos = _list(fs, layout.path(COMMITS), recursive=False, where=layout.uri(COMMITS))
+        infos = list_files(fs, layout.path(COMMITS), recursive=False, where=layout.uri(COMMITS))
         paths = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(".json")]
 
         def read(path: str) -> CommitRecord | str:
             try:
-                return CommitRecord.from_dict(_read_json(fs, path))
+                return CommitRecord.from_dict(read_json(fs, path))
             except (KeyError, TypeError, ValueError):
                 return path
 
@@ -321,7 +245,7 @@ class Manifest:
             self.check(
                 model_name=model_name, model_sha256=model_sha256, options_digest=options_digest
             )
-        claim = OutputClaim(model_name, model_sha256, options_digest, run_id, _now())
+        claim = OutputClaim(model_name, model_sha256, options_digest, run_id, now_iso())
         self._write_json(OUTPUT_STATE, asdict(claim), run_id)
 
     def reset(self) -> None:
@@ -336,7 +260,7 @@ class Manifest:
                 fs.delete_dir_contents(self.layout.path(relpath), missing_dir_ok=True)
             except OSError as exc:
                 raise StorageError(f"{self.layout.uri(relpath)}: cannot delete: {exc}") from exc
-        _delete_files(fs, [self.layout.path(OUTPUT_STATE)])
+        delete_files(fs, [self.layout.path(OUTPUT_STATE)])
         self._records.clear()
         self._by_input.clear()
 
@@ -345,19 +269,23 @@ class Manifest:
         unparsable records. Only under the lock: any other run's temp files are then dead."""
         fs = self.layout.location.filesystem
         temp_runs = []
-        for info in _list(fs, self.layout.path(TMP), recursive=False, where=self.layout.uri(TMP)):
+        for info in list_files(
+            fs, self.layout.path(TMP), recursive=False, where=self.layout.uri(TMP)
+        ):
             name = info.path.rpartition("/")[2]
             if name == run_id:
                 continue
             if info.type == pafs.FileType.Directory:
-                _delete_dir(fs, info.path)
+                delete_dir(fs, info.path)
             else:
-                _delete_files(fs, [info.path])
+                delete_files(fs, [info.path])
             temp_runs.append(name)
-        _delete_files(fs, list(self._bad_records))
+        delete_files(fs, list(self._bad_records))
         root = self.layout.path(SCORES).rpartition("/")[0]
         referenced = {self.layout.path(r.output_relpath) for r in self._records.values()}
-        listed = _list(fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES))
+        listed = list_files(
+            fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES)
+        )
         orphans = [
             i.path
             for i in listed
@@ -365,7 +293,7 @@ class Manifest:
             and i.path.endswith(".parquet")
             and i.path not in referenced
         ]
-        _delete_files(fs, orphans)
+        delete_files(fs, orphans)
         report = CleanupReport(
             temp_runs=tuple(sorted(temp_runs)),
             orphans=tuple(sorted(p[len(root) + 1 :] for p in orphans)),
@@ -386,10 +314,10 @@ class Manifest:
             if record.input_fingerprint != f.fingerprint
         ]
         fs = self.layout.location.filesystem
-        _delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in stale])
+        delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in stale])
         for record in stale:
             self._forget(record)
-        _delete_files(fs, [self.layout.path(r.output_relpath) for r in stale])
+        delete_files(fs, [self.layout.path(r.output_relpath) for r in stale])
         return tuple(stale)
 
     def commit_shard(
@@ -416,7 +344,7 @@ class Manifest:
                     raise ShardError(f"{final_uri}: missing, the shard's output was not written")
             else:
                 temp = self.layout.temp_path_for(shard, run_id)
-                _replace_durably(fs, temp, final)
+                replace_durably(fs, temp, final)
         except FileNotFoundError as exc:
             missing = f"{final_uri}: the shard's temporary output is missing: {exc}"
             raise ShardError(missing) from exc
@@ -434,7 +362,7 @@ class Manifest:
             output_relpath=shard.output_relpath,
             rows=rows,
             run_id=run_id,
-            committed_at=_now(),
+            committed_at=now_iso(),
         )
         self._write_json(_record_relpath(shard.shard_id), asdict(record), run_id)
         self._remember(record)
@@ -442,7 +370,7 @@ class Manifest:
 
     def discard_temp(self, run_id: str) -> None:
         """Delete this run's temporary files (abandoned shards), at the end of a run."""
-        _delete_dir(self.layout.location.filesystem, self.layout.path(f"{TMP}/{run_id}"))
+        delete_dir(self.layout.location.filesystem, self.layout.path(f"{TMP}/{run_id}"))
 
     def _check_commit(self, shard: Shard, rows: int) -> None:
         if rows != shard.rows:
@@ -472,7 +400,7 @@ class Manifest:
     def _read_claim(self) -> OutputClaim | None:
         fs = self.layout.location.filesystem
         try:
-            return OutputClaim(**_read_json(fs, self.layout.path(OUTPUT_STATE)))
+            return OutputClaim(**read_json(fs, self.layout.path(OUTPUT_STATE)))
         except FileNotFoundError:
             return None
         except (TypeError, ValueError) as exc:
@@ -493,227 +421,10 @@ class Manifest:
             fs.create_dir(temp.rpartition("/")[0], recursive=True)
             with open(temp, "wb") as out:
                 out.write(payload)
-            _replace_durably(fs, temp, self.layout.path(relpath))
+            replace_durably(fs, temp, self.layout.path(relpath))
         except OSError as exc:
             raise StorageError(f"{self.layout.uri(relpath)}: cannot write: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class LockHolder:
-    """Contents of ``_scorer/lock.json``."""
-
-    host: str
-    pid: int
-    run_id: str
-    started_at: str
-    pid_started: float | None
-    """The owner process's start time: a reused pid is not mistaken for a live owner."""
-
-
-class OutputLock:
-    """One run at a time per OUTPUT: ``with OutputLock(location, run_id): ...``.
-
-    Raises ``LockError`` (naming the host, pid and lock file) when a live run holds it; takes a
-    lock over, with a ``StaleLockWarning``, when its owner on this host is gone. Released on
-    exit, also on an exception. Semantics per filesystem: see the module docstring.
-    """
-
-    def __init__(self, location: Location, run_id: str) -> None:
-        self._layout = OutputLayout(location)
-        self._run_id = run_id
-        self._held = False
-
-    @property
-    def uri(self) -> str:
-        return self._layout.uri(LOCK)
-
-    def __enter__(self) -> OutputLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
-
-    def acquire(self) -> None:
-        me = LockHolder(
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            run_id=self._run_id,
-            started_at=_now(),
-            pid_started=psutil.Process().create_time(),
-        )
-        try:
-            if self._layout.writes_direct:
-                self._acquire_object_store(me)
-            else:
-                self._acquire_local(me)
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: cannot take the lock: {exc}") from exc
-        self._held = True
-
-    def release(self) -> None:
-        if not self._held:
-            return
-        self._held = False
-        try:
-            holder = self._read()
-        except LockError:
-            return
-        # After a takeover by another run (we were presumed dead) the lock is no longer ours.
-        if holder is not None and (holder.run_id, holder.pid) == (self._run_id, os.getpid()):
-            _delete_files(self._layout.location.filesystem, [self._layout.path(LOCK)])
-
-    def _acquire_local(self, me: LockHolder) -> None:
-        path = self._layout.path(LOCK)
-        staged = self._layout.path(f"{TMP}/{self._run_id}/lock.json")
-        os.makedirs(os.path.dirname(staged), exist_ok=True)
-        with open(staged, "w") as out:
-            json.dump(asdict(me), out)
-            out.flush()
-            os.fsync(out.fileno())
-        try:
-            # A few rounds: the lock may be released between our attempt and our read.
-            for _ in range(3):
-                try:
-                    os.link(staged, path)
-                    return
-                except FileExistsError:
-                    pass
-                holder = self._read()
-                if holder is None:
-                    continue
-                self._refuse_unless_stale(holder)
-                with _flocked(os.path.dirname(path)):
-                    if self._read() == holder:
-                        os.replace(staged, path)
-                        self._warn_takeover(holder)
-                        return
-            raise LockError(f"{self.uri}: could not be taken, it keeps changing hands")
-        finally:
-            _delete_files(pafs.LocalFileSystem(), [staged])
-
-    def _acquire_object_store(self, me: LockHolder) -> None:
-        holder = self._read()
-        if holder is not None:
-            self._refuse_unless_stale(holder)
-        fs = self._layout.location.filesystem
-        with fs.open_output_stream(self._layout.path(LOCK)) as out:
-            out.write(json.dumps(asdict(me)).encode())
-        confirmed = self._read()
-        if confirmed != me:
-            other = f"{_owner(confirmed)}" if confirmed else "another run, which released it"
-            raise LockError(f"{self.uri}: taken at the same time by {other}")
-        if holder is not None:
-            self._warn_takeover(holder)
-
-    def _read(self) -> LockHolder | None:
-        try:
-            fs = self._layout.location.filesystem
-            return LockHolder(**_read_json(fs, self._layout.path(LOCK)))
-        except FileNotFoundError:
-            return None
-        except (TypeError, ValueError) as exc:
-            raise LockError(
-                f"{self.uri}: unreadable ({exc}); delete it if no run is writing OUTPUT"
-            ) from exc
-
-    def _refuse_unless_stale(self, holder: LockHolder) -> None:
-        owner = _owner(holder)
-        if holder.host != socket.gethostname():
-            raise LockError(
-                f"{self.uri} is held by {owner}; its liveness cannot be checked from this host: "
-                "if that run is gone, delete the lock file"
-            )
-        if _process_alive(holder.pid, holder.pid_started):
-            raise LockError(f"{self.uri} is held by {owner}, which is still running")
-
-    def _warn_takeover(self, holder: LockHolder) -> None:
-        warnings.warn(
-            f"{self.uri}: took over the lock of run {holder.run_id} (pid {holder.pid} on "
-            f"{holder.host}, since {holder.started_at}), whose process is gone",
-            StaleLockWarning,
-            stacklevel=4,
-        )
-
-
-def _owner(holder: LockHolder) -> str:
-    return f"run {holder.run_id}, pid {holder.pid} on host {holder.host}, since {holder.started_at}"
-
-
-def _process_alive(pid: int, started: float | None) -> bool:
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(process.create_time() - started) < 1.0
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-@contextmanager
-def _flocked(directory: str) -> Iterator[None]:
-    """Exclusive ``flock`` of a directory; the kernel drops it if the holder dies."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _replace_durably(fs: pafs.FileSystem, source: str, target: str) -> None:
-    """Local atomic replace of ``target`` by ``source``, flushed to disk before and after."""
-    with open(source, "rb") as f:
-        os.fsync(f.fileno())
-    parent = target.rpartition("/")[0]
-    fs.create_dir(parent, recursive=True)
-    fs.move(source, target)
-    fd = os.open(parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _record_relpath(shard_id: str) -> str:
     return f"{COMMITS}/{record_key(shard_id)}.json"
-
-
-def _read_json(fs: pafs.FileSystem, path: str) -> dict:
-    with fs.open_input_stream(path) as f:
-        data = json.loads(f.read())
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
-
-
-def _list(fs: pafs.FileSystem, path: str, *, recursive: bool, where: str) -> list[pafs.FileInfo]:
-    try:
-        return fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    except OSError as exc:
-        raise StorageError(f"{where}: cannot list: {exc}") from exc
-
-
-def _delete_files(fs: pafs.FileSystem, paths: list[str]) -> None:
-    for path in paths:
-        try:
-            fs.delete_file(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"{path}: cannot delete: {exc}") from exc
-
-
-def _delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    try:
-        fs.delete_dir(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot delete: {exc}") from exc
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
