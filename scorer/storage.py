@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from scorer.errors import ConfigError, StorageError
+from scorer.errors import ConfigError, ScorerError, StorageError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Query parameters whose value is (or may be) a credential, on any filesystem pyarrow opens.
@@ -148,7 +149,7 @@ class Location:
             os.environ.update(env)
         return _open(spec)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., Location], tuple[object, ...]]:
         # pickle the spec, never the filesystem object: a filesystem built with explicit keys
         # would carry them, and the receiving process must open its own client anyway.
         if self.shipped_env:
@@ -176,6 +177,34 @@ def resolve(uri_or_path: str | os.PathLike[str], options: StorageOptions | None 
                 query.setdefault(key, value)
         text = urlunsplit(parts._replace(query=urlencode(query, safe=":")))
     return _open(text)
+
+
+@contextmanager
+def storage_errors(
+    where: str,
+    doing: str,
+    *,
+    error: type[ScorerError] = StorageError,
+    missing_ok: bool = False,
+    missing: tuple[type[ScorerError], str] | None = None,
+) -> Iterator[None]:
+    """The one place a filesystem's ``OSError`` becomes ours: ``error(f"{where}: {doing}: …")``.
+
+    A ``FileNotFoundError`` is ignored with ``missing_ok`` (deleting what is gone already), or
+    raised as ``missing``'s class with its own wording (``(ShardError, "… is missing")``).
+    Errors of ours raised in the block pass through unchanged.
+    """
+    try:
+        yield
+    except FileNotFoundError as exc:
+        if missing_ok:
+            return
+        if missing is not None:
+            cls, what = missing
+            raise cls(f"{where}: {what}: {exc}") from exc
+        raise error(f"{where}: {doing}: {exc}") from exc
+    except OSError as exc:
+        raise error(f"{where}: {doing}: {exc}") from exc
 
 
 def redact(uri: str) -> str:
@@ -211,7 +240,7 @@ def _endpoint_from_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {"endpoint_override": parts.netloc, "scheme": parts.scheme}
 
 
-def _refuse_secrets(uri: str, parts) -> None:
+def _refuse_secrets(uri: str, parts: SplitResult) -> None:
     secret_params = [k for k, _ in parse_qsl(parts.query) if _SECRET_PARAM.search(k)]
     # On s3:// any user info is an access key pair; elsewhere only a password is a secret.
     if parts.password is not None or (parts.scheme == "s3" and parts.username) or secret_params:

@@ -30,7 +30,7 @@ from scorer.storage import resolve
 REPO = Path(__file__).resolve().parents[1]
 SHA_A = "a" * 64
 SHA_B = "b" * 64
-OPTS = options_digest({"key_column": "session_id", "keep": []})
+OPTS = options_digest("session_id", ())
 
 
 def write_sessions(path, rows, row_group_size):

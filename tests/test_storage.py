@@ -26,7 +26,7 @@ from scorer.storage import Location, StorageOptions, credential_env, redact, res
 REPO = Path(__file__).resolve().parents[1]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret-123"}
 SHA = "c" * 64
-OPTS = options_digest({})
+OPTS = options_digest("session_id", ())
 
 
 # Local paths and URIs --------------------------------------------------------------------

@@ -46,8 +46,8 @@ import pyarrow.parquet as pq
 from scorer.config import DEFAULT_BATCH_ROWS
 from scorer.errors import ConfigError
 from scorer.pipeline.cluster import ray_session
+from scorer.pipeline.stats import STAGES
 
-STAGES = ("read", "encode", "infer", "write")
 DEFAULT_SESSIONS = 4_000_000
 DEFAULT_REPS = 3
 MODEL_ROWS = 1_000_000  # the in-process table of the model contestants

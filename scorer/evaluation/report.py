@@ -1,6 +1,7 @@
 """`scorer report`: calibration and throughput of one run, read from its Parquet outputs.
 
-Every read is DuckDB SQL over the layout of SPEC §5, the same SQL an analyst would write:
+Every read is DuckDB SQL over the layout of SPEC §5 (paths from `scorer.pipeline.layout`), the
+same SQL an analyst would write:
 
     OUTPUT/scores/**/*.parquet                   the run's rows carry run_id; dt comes from folders
     OUTPUT/stats/runs/run_id=<ID>/*.parquet      one row per run
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -27,8 +30,12 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from scorer.errors import ReportError
+from scorer.pipeline import layout
+from scorer.pipeline.plan import DATE_KEY
+from scorer.pipeline.stats import STAGES
 
-STAGES = ("read", "encode", "infer", "write")
+__all__ = ["HISTOGRAM_BINS", "STAGES", "Report", "ReportError", "build_report", "read_report"]
+
 HISTOGRAM_BINS = 50
 SCORES = ("raw", "calibrated")
 COLOURS = {"raw": "tab:orange", "calibrated": "tab:blue", "observed": "black"}
@@ -97,9 +104,9 @@ FROM read_parquet($files, union_by_name = true)
 WHERE status = 'failed' ORDER BY input_path, shard_id, attempt
 """
 
-CALIBRATION_SQL = """
+CALIBRATION_SQL = f"""
 SELECT * FROM read_parquet($files)
-ORDER BY scope = 'overall', dt NULLS LAST
+ORDER BY scope = 'overall', {DATE_KEY} NULLS LAST
 """
 
 # The last bin is closed at 1, as for the reliability bins.
@@ -123,20 +130,26 @@ def _records(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> list[dic
 
 def resolve_run(con: duckdb.DuckDBPyConnection, output: Path, run_id: str | None) -> str:
     """The run asked for, or the latest by start time; a ReportError names what exists."""
-    runs = output / "stats" / "runs"
-    if not any(runs.glob("run_id=*/*.parquet")):
+    runs = output / layout.RUN_STATS
+    if not any(runs.glob(f"{layout.RUN_PARTITION}=*/*.parquet")):
         raise ReportError(f"{output}: no run statistics under {runs}; is this a scorer OUTPUT?")
     if run_id is None:
-        return con.execute(LATEST_RUN_SQL, {"runs": str(runs / "*" / "*.parquet")}).fetchone()[0]
-    if not any((runs / f"run_id={run_id}").glob("*.parquet")):
-        known = sorted(p.name.removeprefix("run_id=") for p in runs.glob("run_id=*"))
+        latest = con.execute(LATEST_RUN_SQL, {"runs": str(runs / "*" / "*.parquet")}).fetchone()
+        if latest is None:
+            raise ReportError(f"{output}: no run statistics under {runs}; is this a scorer OUTPUT?")
+        return str(latest[0])
+    if not any((output / layout.run_folder(layout.RUN_STATS, run_id)).glob("*.parquet")):
+        known = sorted(
+            p.name.removeprefix(f"{layout.RUN_PARTITION}=")
+            for p in runs.glob(f"{layout.RUN_PARTITION}=*")
+        )
         raise ReportError(f"--run {run_id}: no such run in {output} (runs: {', '.join(known)})")
     return run_id
 
 
-def _histogram(con, output: Path, run_id: str, score: str) -> np.ndarray:
+def _histogram(con: duckdb.DuckDBPyConnection, output: Path, run_id: str, score: str) -> np.ndarray:
     counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
-    scores = output / "scores"
+    scores = output / layout.SCORES
     if not any(scores.rglob("*.parquet")):
         return counts
     sql = HISTOGRAM_SQL.format(column=f"intent_{score}")
@@ -152,11 +165,11 @@ def read_report(output: str | Path, run_id: str | None = None) -> Report:
     con = duckdb.connect()
     try:
         run_id = resolve_run(con, output, run_id)
-        shard_dir = output / "stats" / "shards" / f"run_id={run_id}"
+        shard_dir = output / layout.run_folder(layout.SHARD_STATS, run_id)
         shards = {"files": _glob(shard_dir)} if any(shard_dir.glob("*.parquet")) else None
-        calibration = output / "calibration" / f"run_id={run_id}"
+        calibration = output / layout.run_folder(layout.CALIBRATION, run_id)
         stages = _records(con, STAGES_SQL, shards)[0] if shards else {}
-        run_files = _glob(output / "stats" / "runs" / f"run_id={run_id}")
+        run_files = _glob(output / layout.run_folder(layout.RUN_STATS, run_id))
         return Report(
             run_id=run_id,
             run=_records(con, RUN_SQL, {"files": run_files, "run": run_id})[0],
@@ -190,7 +203,9 @@ def build_report(
 ) -> Report:
     """Read one run and write its PNGs (default under OUTPUT/reports/<RUN_ID>/)."""
     report = read_report(output, run_id)
-    out = Path(out_dir) if out_dir is not None else Path(output) / "reports" / report.run_id
+    out = (
+        Path(out_dir) if out_dir is not None else Path(output) / layout.report_folder(report.run_id)
+    )
     return dataclasses.replace(report, plots=write_plots(report, out))
 
 
@@ -199,8 +214,16 @@ def build_report(
 # --------------------------------------------------------------------------------------------
 
 
-def _plots(report: Report) -> dict:
-    plots = {"score_histogram.png": plot_score_histogram}
+def _overall(report: Report) -> dict[str, Any]:
+    """The overall calibration row of a labelled run (the callers check there is one)."""
+    row = report.overall
+    if row is None:
+        raise ReportError(f"run {report.run_id}: no calibration table (its input carried no label)")
+    return row
+
+
+def _plots(report: Report) -> dict[str, Callable[[Report], Figure]]:
+    plots: dict[str, Callable[[Report], Figure]] = {"score_histogram.png": plot_score_histogram}
     if report.overall is not None:
         plots["reliability.png"] = plot_reliability
         plots["calibration_by_day.png"] = plot_calibration_by_day
@@ -209,14 +232,14 @@ def _plots(report: Report) -> dict:
     return plots
 
 
-def _nan(values) -> np.ndarray:
+def _nan(values: Iterable[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 def plot_reliability(report: Report) -> Figure:
     """Observed rate against mean prediction per equal-width bin, raw and calibrated, with the
     rows per bin underneath."""
-    row = report.overall
+    row = _overall(report)
     fig = Figure(figsize=(8, 8.5), layout="constrained")
     curve, counts = fig.subplots(2, 1, height_ratios=(3, 1.3), sharex=True)
     curve.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
@@ -276,7 +299,7 @@ def plot_score_histogram(report: Report) -> Figure:
 def plot_calibration_by_day(report: Report) -> Figure:
     """ECE and mean score against the observed rate per partition, so drift shows."""
     rows = report.partitions
-    days = [r["dt"] if r["dt"] is not None else "(none)" for r in rows]
+    days = [r[DATE_KEY] if r[DATE_KEY] is not None else "(none)" for r in rows]
     x = np.arange(len(rows))
     fig = Figure(figsize=(max(8, 0.35 * len(rows) + 4), 7.5), layout="constrained")
     ece, rate = fig.subplots(2, 1, sharex=True)
@@ -314,7 +337,7 @@ def plot_calibration_by_day(report: Report) -> Figure:
     ece.set(ylabel="ECE", ylim=(0, None))
     ece.set_title(f"Calibration per day, run {report.run_id}")
     ece.legend(fontsize=8)
-    rate.set(ylabel="probability", xlabel="dt", ylim=(0, None))
+    rate.set(ylabel="probability", xlabel=DATE_KEY, ylim=(0, None))
     rate.legend(fontsize=8)
     # Past a month of days, label every k-th so the dates stay legible.
     step = max(1, len(rows) // 30)
@@ -359,15 +382,15 @@ def plot_throughput(report: Report) -> Figure:
 # --------------------------------------------------------------------------------------------
 
 
-def _f(value, digits: int = 4) -> str:
+def _f(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}"
 
 
-def render(report: Report) -> list:
+def render(report: Report) -> list[Table | str]:
     """Rich renderables: run summary, calibration (overall, per dt), stages, actors, failures."""
-    out = [_run_table(report)]
+    out: list[Table | str] = [_run_table(report)]
     if report.overall is None:
         out.append("No calibration table for this run (its input carried no label).")
     else:
@@ -410,7 +433,7 @@ def _run_table(report: Report) -> Table:
 
 
 def _overall_table(report: Report) -> Table:
-    row = report.overall
+    row = _overall(report)
     table = Table(title="Calibration, all labelled rows")
     table.add_column("metric")
     for score in SCORES:
@@ -429,17 +452,17 @@ def _overall_table(report: Report) -> Table:
 
 def _partition_tables(report: Report) -> list[Table]:
     """Rates and ECE per dt as two tables, so each fits an 80-column terminal."""
-    rates = Table(title="Calibration per dt: mean score against observed rate")
-    ece = Table(title="Calibration per dt: ECE over 15 bins")
+    rates = Table(title=f"Calibration per {DATE_KEY}: mean score against observed rate")
+    ece = Table(title=f"Calibration per {DATE_KEY}: ECE over 15 bins")
     for table, names in (
-        (rates, ("dt", "rows", "positives", "observed", "mean raw", "mean calibrated")),
-        (ece, ("dt", "width, raw", "width, calibrated", "mass, raw", "mass, calibrated")),
+        (rates, (DATE_KEY, "rows", "positives", "observed", "mean raw", "mean calibrated")),
+        (ece, (DATE_KEY, "width, raw", "width, calibrated", "mass, raw", "mass, calibrated")),
     ):
         table.add_column(names[0], no_wrap=True)
         for name in names[1:]:
             table.add_column(name, justify="right")
     for r in report.partitions:
-        day = r["dt"] or "(none)"
+        day = r[DATE_KEY] or "(none)"
         rates.add_row(
             day,
             f"{r['rows']:,}",

@@ -1,24 +1,30 @@
 """The scoring actor: owns one onnxruntime session and streams shards batch by batch.
 
-All per-batch work is `IntentModel.score_batch` (pure, testable without Ray). What the actor
-adds is state (the session, created once) and overlap: while batch *i* is scored, batch *i+1*
-is decoded and batch *i-1* is written, each stage on its own thread (pyarrow and onnxruntime
-release the GIL, so they really run at once). Being async also lets object-storage latency of
-one stage hide behind the others. Memory is bounded by a few batches, not by the file.
+All per-batch work is `IntentModel.score_batch` (pure, testable without Ray). The per-shard
+work around it is `ShardScorer`: open the shard's file, read its batches, score one, write one,
+each a plain call that a test makes in-process. What the actor adds is state (the session,
+created once) and overlap (`stream_shard`): while batch *i* is scored, batch *i+1* is decoded
+and batch *i-1* is written, each stage on its own thread (pyarrow and onnxruntime release the
+GIL, so they really run at once). Being async also lets object-storage latency of one stage
+hide behind the others. Memory is bounded by a few batches, not by the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,8 +33,23 @@ from scorer.errors import ShardReadError
 from scorer.metrics import CalibrationState
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.plan import Shard
-from scorer.pipeline.stats import utc_now
+from scorer.pipeline.stats import STAGES, utc_now
 from scorer.storage import Location
+
+if TYPE_CHECKING:
+    from scorer.model.runtime import IntentModel, ScoredBatch
+
+StageSeconds = dict[str, float]
+"""Seconds per stage (`stats.STAGES`) of one shard, summed over its batches."""
+
+
+class Identity(TypedDict):
+    """Who and where an actor is, as its stats rows name it."""
+
+    actor_id: str
+    node_id: str
+    node_ip: str
+    pid: int
 
 
 @dataclass(frozen=True)
@@ -58,101 +79,36 @@ class ShardOutcome:
     rows_unseen_category: int = 0
     output_bytes: int = 0
     peak_rss_bytes: int = 0  # the actor process's peak so far: flat as files grow (row-group bound)
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: StageSeconds = field(default_factory=dict)  # STAGES, then total and cpu
     calibration: CalibrationState | None = None
     actor_id: str = ""
     node_id: str = ""
     node_ip: str = ""
     pid: int = 0
-    started_at: object = None
-    ended_at: object = None
+    started_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
 
 
-class ScoringActor:
-    """Holds the model session; `score_shard` streams one shard into the output layout."""
+@dataclass(frozen=True)
+class ShardSource:
+    """An opened input file and the columns a shard reads from it."""
 
-    def __init__(self, settings: ActorSettings) -> None:
-        from scorer.model.runtime import load_model
+    parquet: pq.ParquetFile
+    columns: list[str]
 
+
+class ShardScorer:
+    """The per-shard stages without Ray or threads: open, read, score, write.
+
+    Each call runs where it is made; `stream_shard` runs them on the actor's stage threads.
+    """
+
+    def __init__(self, settings: ActorSettings, model: IntentModel) -> None:
         self.settings = settings
-        model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))
-        for name, payload in settings.model_files.items():
-            (model_dir / name).write_bytes(payload)
-        self.model = load_model(model_dir, threads=settings.threads)
-        # One thread per stage: batches stay in order within a stage, stages overlap.
-        self.reader = ThreadPoolExecutor(1, thread_name_prefix="read")
-        self.scorer = ThreadPoolExecutor(1, thread_name_prefix="score")
-        self.writer = ThreadPoolExecutor(1, thread_name_prefix="write")
-        self.identity = _identity()
+        self.model = model
 
-    async def ready(self) -> dict:
-        """Who and where this actor is (answers once the session is loaded)."""
-        return self.identity
-
-    async def score_shard(self, shard: Shard, attempt: int, has_label: bool) -> ShardOutcome:
-        loop = asyncio.get_running_loop()
-        settings = self.settings
-        started, clock = utc_now(), time.perf_counter()
-        # The process's CPU time, all threads: an actor scores one shard at a time, so this is
-        # the shard's. Against the wall time it tells how many cores the overlapped stages used.
-        cpu_started = time.process_time()
-        seconds = {"read": 0.0, "encode": 0.0, "infer": 0.0, "write": 0.0}
-        outcome = ShardOutcome(shard_id=shard.shard_id, **self.identity)
-        parquet, columns = await loop.run_in_executor(self.reader, self._open, shard, has_label)
-        batches = _read_batches(parquet, shard, columns, settings.batch_rows)
-        calibration = CalibrationState() if has_label else None
-
-        def read_next():
-            t = time.perf_counter()
-            batch = next(batches, None)
-            seconds["read"] += time.perf_counter() - t
-            return batch
-
-        def score(batch):
-            # The batch's calibration state is built here, on the scoring thread: ~3 ms per
-            # 64k rows that would otherwise stall the event loop and the overlap of the stages.
-            scored = self._score(shard, batch, seconds)
-            if not has_label:
-                return scored, None
-            labels = batch.column(settings.label_column)
-            return scored, CalibrationState.from_arrays(labels, scored.raw, scored.calibrated)
-
-        sink = _ShardSink(settings.layout, shard, settings.run_id, settings.compression)
-        try:
-            pending_read = loop.run_in_executor(self.reader, read_next)
-            pending_write = None
-            while (batch := await pending_read) is not None:
-                pending_read = loop.run_in_executor(self.reader, read_next)
-                scored, batch_calibration = await loop.run_in_executor(self.scorer, score, batch)
-                outcome.rows += scored.table.num_rows
-                outcome.rows_invalid += scored.rows_invalid
-                outcome.rows_unseen_category += scored.rows_unseen
-                if batch_calibration is not None:
-                    calibration = calibration.merge(batch_calibration)
-                if pending_write is not None:
-                    await pending_write
-                pending_write = loop.run_in_executor(self.writer, sink.write, scored.table, seconds)
-            if pending_write is not None:
-                await pending_write
-            if not sink.opened:  # a shard of empty row groups still gets its (empty) file
-                empty = self._score(shard, _empty_batch(parquet, columns), seconds)
-                await loop.run_in_executor(self.writer, sink.write, empty.table, seconds)
-            outcome.output_bytes = await loop.run_in_executor(self.writer, sink.close)
-        except BaseException:
-            await loop.run_in_executor(self.writer, sink.abort)
-            raise
-        outcome.rows_ok = outcome.rows - outcome.rows_invalid
-        outcome.calibration = calibration
-        outcome.seconds = dict(
-            seconds, total=time.perf_counter() - clock, cpu=time.process_time() - cpu_started
-        )
-        outcome.started_at, outcome.ended_at = started, utc_now()
-        outcome.peak_rss_bytes = peak_rss_bytes()
-        return outcome
-
-    # -- stages (run on the executor threads) ----------------------------------------------
-
-    def _open(self, shard: Shard, has_label: bool) -> tuple[pq.ParquetFile, list[str]]:
+    def open(self, shard: Shard, has_label: bool) -> ShardSource:
+        """The shard's input file and the columns to read; `ShardReadError` names the file."""
         settings = self.settings
         try:
             source = settings.input_location.filesystem.open_input_file(shard.input_path)
@@ -175,9 +131,30 @@ class ScoringActor:
             )
         except Exception as exc:
             raise ShardReadError(f"{shard.input_path}: cannot open: {exc}") from exc
-        return parquet, columns
+        return ShardSource(parquet, columns)
 
-    def _score(self, shard: Shard, batch: pa.RecordBatch, seconds: dict):
+    def batches(self, source: ShardSource, shard: Shard) -> Iterator[pa.RecordBatch]:
+        """The shard's rows in batches of at most `batch_rows`, one row group at a time."""
+        try:
+            # One row group at a time: given the whole shard, the reader pre-buffers every row
+            # group of it at once, and an actor's memory grows with the shard (measured: peak
+            # 340 MB reading a 5M-row file, 217 MB for 1M; flat at ~235 MB row group by row group).
+            for row_group in shard.row_groups:
+                yield from source.parquet.iter_batches(
+                    batch_size=self.settings.batch_rows,
+                    row_groups=[row_group],
+                    columns=source.columns,
+                    use_threads=False,
+                )
+        except Exception as exc:
+            raise ShardReadError(
+                f"{shard.input_path}: unreadable data in row groups {shard.rg_start}-{shard.rg_stop}: {exc}"
+            ) from exc
+
+    def score(
+        self, shard: Shard, batch: pa.RecordBatch | pa.Table, seconds: StageSeconds
+    ) -> ScoredBatch:
+        """One batch scored; its encode and infer seconds are added to `seconds`."""
         settings = self.settings
         try:
             scored = self.model.score_batch(
@@ -189,56 +166,160 @@ class ScoringActor:
         seconds["infer"] += scored.infer_seconds
         return scored
 
+    def calibration(self, batch: pa.RecordBatch, scored: ScoredBatch) -> CalibrationState:
+        """The batch's calibration state against its label column."""
+        labels = batch.column(self.settings.label_column)
+        return CalibrationState.from_arrays(labels, scored.raw, scored.calibrated)
 
-def _read_batches(parquet: pq.ParquetFile, shard: Shard, columns: list[str], batch_rows: int):
+    def empty(self, source: ShardSource) -> pa.Table:
+        """No rows, the columns read: a shard of empty row groups still commits a file."""
+        return source.parquet.schema_arrow.empty_table().select(source.columns)
+
+    def sink(self, shard: Shard) -> ShardSink:
+        settings = self.settings
+        return ShardSink(settings.layout, shard, settings.run_id, settings.compression)
+
+
+@dataclass(frozen=True)
+class StageThreads:
+    """One thread per stage: batches stay in order within a stage, stages overlap."""
+
+    reader: ThreadPoolExecutor
+    scorer: ThreadPoolExecutor
+    writer: ThreadPoolExecutor
+
+    @classmethod
+    def start(cls) -> StageThreads:
+        return cls(
+            ThreadPoolExecutor(1, thread_name_prefix="read"),
+            ThreadPoolExecutor(1, thread_name_prefix="score"),
+            ThreadPoolExecutor(1, thread_name_prefix="write"),
+        )
+
+    def shutdown(self) -> None:
+        for executor in (self.reader, self.scorer, self.writer):
+            executor.shutdown(wait=True)
+
+
+async def stream_shard(
+    scorer: ShardScorer,
+    shard: Shard,
+    has_label: bool,
+    threads: StageThreads,
+    identity: Identity,
+) -> ShardOutcome:
+    """Score one shard into its sink, the three stages overlapped on `threads`."""
+    loop = asyncio.get_running_loop()
+    started, clock = utc_now(), time.perf_counter()
+    # The process's CPU time, all threads: an actor scores one shard at a time, so this is
+    # the shard's. Against the wall time it tells how many cores the overlapped stages used.
+    cpu_started = time.process_time()
+    seconds: StageSeconds = dict.fromkeys(STAGES, 0.0)
+    outcome = ShardOutcome(shard_id=shard.shard_id, **identity)
+    source = await loop.run_in_executor(threads.reader, scorer.open, shard, has_label)
+    batches = scorer.batches(source, shard)
+    calibration = CalibrationState() if has_label else None
+
+    def read_next() -> pa.RecordBatch | None:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        seconds["read"] += time.perf_counter() - t
+        return batch
+
+    def score(batch: pa.RecordBatch) -> tuple[ScoredBatch, CalibrationState | None]:
+        # The batch's calibration state is built here, on the scoring thread: ~3 ms per
+        # 64k rows that would otherwise stall the event loop and the overlap of the stages.
+        scored = scorer.score(shard, batch, seconds)
+        return scored, scorer.calibration(batch, scored) if has_label else None
+
+    sink = scorer.sink(shard)
     try:
-        # One row group at a time: given the whole shard, the reader pre-buffers every row group
-        # of it at once, and an actor's memory grows with the shard (measured: peak 340 MB
-        # reading a 5M-row file, 217 MB for 1M; flat at ~235 MB row group by row group).
-        for row_group in shard.row_groups:
-            yield from parquet.iter_batches(
-                batch_size=batch_rows, row_groups=[row_group], columns=columns, use_threads=False
-            )
-    except Exception as exc:
-        raise ShardReadError(
-            f"{shard.input_path}: unreadable data in row groups {shard.rg_start}-{shard.rg_stop}: {exc}"
-        ) from exc
+        pending_read = loop.run_in_executor(threads.reader, read_next)
+        pending_write = None
+        while (batch := await pending_read) is not None:
+            pending_read = loop.run_in_executor(threads.reader, read_next)
+            scored, batch_calibration = await loop.run_in_executor(threads.scorer, score, batch)
+            outcome.rows += scored.table.num_rows
+            outcome.rows_invalid += scored.rows_invalid
+            outcome.rows_unseen_category += scored.rows_unseen
+            if calibration is not None and batch_calibration is not None:
+                calibration = calibration.merge(batch_calibration)
+            if pending_write is not None:
+                await pending_write
+            pending_write = loop.run_in_executor(threads.writer, sink.write, scored.table, seconds)
+        if pending_write is not None:
+            await pending_write
+        if not sink.opened:  # a shard of empty row groups still gets its (empty) file
+            empty = scorer.score(shard, scorer.empty(source), seconds)
+            await loop.run_in_executor(threads.writer, sink.write, empty.table, seconds)
+        outcome.output_bytes = await loop.run_in_executor(threads.writer, sink.close)
+    except BaseException:
+        await loop.run_in_executor(threads.writer, sink.abort)
+        raise
+    outcome.rows_ok = outcome.rows - outcome.rows_invalid
+    outcome.calibration = calibration
+    outcome.seconds = dict(
+        seconds, total=time.perf_counter() - clock, cpu=time.process_time() - cpu_started
+    )
+    outcome.started_at, outcome.ended_at = started, utc_now()
+    outcome.peak_rss_bytes = peak_rss_bytes()
+    return outcome
 
 
-def _empty_batch(parquet: pq.ParquetFile, columns: list[str]) -> pa.Table:
-    # A shard whose row groups hold no rows still commits a file with the output's columns.
-    return parquet.schema_arrow.empty_table().select(columns)
+class ScoringActor:
+    """Holds the model session; `score_shard` streams one shard into the output layout."""
+
+    def __init__(self, settings: ActorSettings) -> None:
+        from scorer.model.runtime import load_model
+
+        model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))
+        for name, payload in settings.model_files.items():
+            (model_dir / name).write_bytes(payload)
+        self.scorer = ShardScorer(settings, load_model(model_dir, threads=settings.threads))
+        self.threads = StageThreads.start()
+        self.identity = _identity()
+
+    async def ready(self) -> Identity:
+        """Who and where this actor is (answers once the session is loaded)."""
+        return self.identity
+
+    async def score_shard(self, shard: Shard, attempt: int, has_label: bool) -> ShardOutcome:
+        return await stream_shard(self.scorer, shard, has_label, self.threads, self.identity)
 
 
-class _ShardSink:
+class ShardSink:
     """A Parquet writer on the layout's whole-or-nothing sink, opened with the first batch."""
 
     def __init__(self, layout: OutputLayout, shard: Shard, run_id: str, compression: str) -> None:
-        self.context = layout.open_shard_sink(shard, run_id)
+        self.context: AbstractContextManager[pa.NativeFile] = layout.open_shard_sink(shard, run_id)
         self.compression = compression
-        self.stream = None
-        self.writer = None
+        self.stream: pa.NativeFile | None = None
+        self.writer: pq.ParquetWriter | None = None
 
     @property
     def opened(self) -> bool:
         return self.writer is not None
 
-    def write(self, table: pa.Table, seconds: dict) -> None:
+    def write(self, table: pa.Table, seconds: StageSeconds) -> None:
         started = time.perf_counter()
-        if self.writer is None:
+        writer = self.writer
+        if writer is None:
             self.stream = self.context.__enter__()
-            self.writer = pq.ParquetWriter(
+            writer = self.writer = pq.ParquetWriter(
                 self.stream,
                 table.schema,
                 write_statistics=True,
                 **writer_options(table.schema, self.compression),
             )
-        self.writer.write_table(table)
+        writer.write_table(table)
         seconds["write"] += time.perf_counter() - started
 
     def close(self) -> int:
+        """Finish the file; its size in bytes. Only after a `write`."""
+        if self.writer is None or self.stream is None:
+            raise RuntimeError("ShardSink.close() before any write()")
         self.writer.close()
-        size = self.stream.tell()
+        size: int = self.stream.tell()
         self.context.__exit__(None, None, None)  # locally: the temp file; on S3: the one upload
         return size
 
@@ -265,7 +346,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def writer_options(schema: pa.Schema, compression: str = "zstd") -> dict:
+def writer_options(schema: pa.Schema, compression: str = "zstd") -> dict[str, object]:
     """Parquet writer settings for score files, chosen by measurement (docs/performance.md).
 
     Dictionary encoding only for the columns that are dictionaries already (status,
@@ -274,7 +355,7 @@ def writer_options(schema: pa.Schema, compression: str = "zstd") -> dict:
     154 ms per 1M rows here) and makes the file bigger (9.3 MB vs 5.7 MB). zstd at level 1:
     within 25% of snappy's write time for 40% smaller files.
     """
-    options = {
+    options: dict[str, object] = {
         "compression": compression,
         "use_dictionary": [f.name for f in schema if pa.types.is_dictionary(f.type)],
     }
@@ -283,13 +364,13 @@ def writer_options(schema: pa.Schema, compression: str = "zstd") -> dict:
     return options
 
 
-def _identity() -> dict:
+def _identity() -> Identity:
     import ray
 
     context = ray.get_runtime_context()
-    return {
-        "actor_id": context.get_actor_id() or "",
-        "node_id": context.get_node_id(),
-        "node_ip": ray.util.get_node_ip_address(),
-        "pid": os.getpid(),
-    }
+    return Identity(
+        actor_id=context.get_actor_id() or "",
+        node_id=context.get_node_id(),
+        node_ip=ray.util.get_node_ip_address(),
+        pid=os.getpid(),
+    )

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 from scorer.errors import ClusterError
 
@@ -201,7 +202,8 @@ def _probe(address: str) -> None:
             f"({exc.strerror or exc}); is its head node running (`ray start --head`)?"
         ) from None
     try:
-        from ray._raylet import GcsClient
+        # Ray's stub of its Cython module lacks the class the module has.
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
         from ray.exceptions import AuthenticationError
     except ImportError:  # a private API moved: ray.init still reports, only slower
         return
@@ -248,7 +250,7 @@ def _join_failure_message(address: str, exc: Exception) -> str:
     return f"could not join the Ray cluster at {address}: {text.splitlines()[0] if text else exc!r}"
 
 
-def _describe(ray, *, local: bool, started: float) -> ClusterInfo:
+def _describe(ray: ModuleType, *, local: bool, started: float) -> ClusterInfo:
     nodes = [node for node in ray.nodes() if node.get("Alive")]
     return ClusterInfo(
         address=ray.get_runtime_context().gcs_address,

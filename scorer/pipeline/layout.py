@@ -2,35 +2,82 @@
 
 Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowhere else::
 
-    scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs
+    scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs (``shard_output_relpath``)
+    stats/shards/run_id=<run_id>/part-0.parquet       one row per shard attempt (``SHARD_STATS``)
+    stats/runs/run_id=<run_id>/part-0.parquet         one row per run (``RUN_STATS``)
+    calibration/run_id=<run_id>/part-0.parquet        labelled runs only (``CALIBRATION``)
+    reports/<run_id>/                                 `scorer report`'s plots (``REPORTS``)
     _scorer/commits/<sha1 of shard id>.json           one commit record per committed shard
     _scorer/tmp/<run_id>/                             temporary files of one run
     _scorer/output.json                               the model (and output options) OUTPUT holds
     _scorer/lock.json                                 the run that holds OUTPUT
+
+The per-run tables (``RUN_TABLES``) are hive-partitioned by ``run_id`` so that DuckDB, Polars or
+pandas read every run at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from scorer.errors import ShardError, StorageError
-from scorer.pipeline.plan import Shard
-from scorer.storage import Location
+from scorer.errors import ScorerError, ShardError
+from scorer.storage import Location, storage_errors
+
+if TYPE_CHECKING:
+    from scorer.pipeline.plan import Shard
 
 SCORES = "scores"
+SHARD_STATS = "stats/shards"
+RUN_STATS = "stats/runs"
+CALIBRATION = "calibration"
+REPORTS = "reports"
 INTERNAL = "_scorer"
 COMMITS = f"{INTERNAL}/commits"
 TMP = f"{INTERNAL}/tmp"
-LOCK = f"{INTERNAL}/lock.json"
+LOCK_NAME = "lock.json"
+LOCK = f"{INTERNAL}/{LOCK_NAME}"
 OUTPUT_STATE = f"{INTERNAL}/output.json"
+
+RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION)
+"""The folders that hold one table per run, partitioned by ``run_id``."""
+RUN_PARTITION = "run_id"
+_RUN_TABLE_FILE = "part-0.parquet"
+
+
+def run_folder(table: str, run_id: str) -> str:
+    """``<table>/run_id=<run_id>``: the hive folder of one run's rows of ``table``."""
+    return f"{table}/{RUN_PARTITION}={run_id}"
+
+
+def run_table_relpath(table: str, run_id: str) -> str:
+    """The one Parquet file a run writes into ``table``."""
+    return f"{run_folder(table, run_id)}/{_RUN_TABLE_FILE}"
+
+
+def report_folder(run_id: str) -> str:
+    return f"{REPORTS}/{run_id}"
+
+
+def shard_output_relpath(relpath: str, rg_start: int, rg_stop: int) -> str:
+    """``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet`` for row groups of an input."""
+    folder, _, name = relpath.rpartition("/")
+    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
+    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}.parquet"
+    return "/".join(p for p in (SCORES, folder, name) if p)
+
+
+def temp_relpath(run_id: str, relpath: str = "") -> str:
+    """Where a run stages ``relpath`` before it is renamed into place (its folder without)."""
+    return "/".join(p for p in (TMP, run_id, relpath) if p)
 
 
 @dataclass(frozen=True)
@@ -48,7 +95,7 @@ class OutputLayout:
         return self.location.child(shard.output_relpath).path
 
     def temp_path_for(self, shard: Shard, run_id: str) -> str:
-        return self.location.child(f"{TMP}/{run_id}/{shard.output_relpath}").path
+        return self.location.child(temp_relpath(run_id, shard.output_relpath)).path
 
     def path(self, relpath: str) -> str:
         return self.location.child(relpath).path
@@ -68,18 +115,14 @@ class OutputLayout:
             buffer = pa.BufferOutputStream()
             yield buffer
             data = buffer.getvalue()
-            try:
+            with storage_errors(self.uri(shard.output_relpath), "cannot write", error=ShardError):
                 with fs.open_output_stream(self.final_path_for(shard)) as out:
                     out.write(data)
-            except OSError as exc:
-                raise ShardError(f"{self.uri(shard.output_relpath)}: cannot write: {exc}") from exc
             return
         path = self.temp_path_for(shard, run_id)
-        try:
+        with storage_errors(path, "cannot write", error=ShardError):
             fs.create_dir(path.rpartition("/")[0], recursive=True)
             sink = fs.open_output_stream(path)
-        except OSError as exc:
-            raise ShardError(f"{path}: cannot write: {exc}") from exc
         try:
             yield sink
         except BaseException:
@@ -103,7 +146,7 @@ def replace_durably(fs: pafs.FileSystem, source: str, target: str) -> None:
         os.close(fd)
 
 
-def read_json(fs: pafs.FileSystem, path: str) -> dict:
+def read_json(fs: pafs.FileSystem, path: str) -> dict[str, Any]:
     with fs.open_input_stream(path) as f:
         data = json.loads(f.read())
     if not isinstance(data, dict):
@@ -111,32 +154,49 @@ def read_json(fs: pafs.FileSystem, path: str) -> dict:
     return data
 
 
+_Record = TypeVar("_Record")
+
+
+def read_json_record(
+    fs: pafs.FileSystem,
+    path: str,
+    record: Callable[..., _Record],
+    *,
+    where: str,
+    error: type[ScorerError],
+    advice: str,
+) -> _Record | None:
+    """A small JSON file as ``record(**fields)``; None when it is absent.
+
+    One that does not parse, or whose fields do not fit, is ``error`` naming ``where`` and what
+    a person can do about it (``advice``).
+    """
+    try:
+        return record(**read_json(fs, path))
+    except FileNotFoundError:
+        return None
+    except (TypeError, ValueError) as exc:
+        raise error(f"{where}: unreadable ({exc}); {advice}") from exc
+
+
 def list_files(
     fs: pafs.FileSystem, path: str, *, recursive: bool, where: str
 ) -> list[pafs.FileInfo]:
-    try:
-        return fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
-    except OSError as exc:
-        raise StorageError(f"{where}: cannot list: {exc}") from exc
+    with storage_errors(where, "cannot list"):
+        selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+        infos: list[pafs.FileInfo] = fs.get_file_info(selector)
+    return infos
 
 
 def delete_files(fs: pafs.FileSystem, paths: list[str]) -> None:
     for path in paths:
-        try:
+        with storage_errors(path, "cannot delete", missing_ok=True):
             fs.delete_file(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"{path}: cannot delete: {exc}") from exc
 
 
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    try:
+    with storage_errors(path, "cannot delete", missing_ok=True):
         fs.delete_dir(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StorageError(f"{path}: cannot delete: {exc}") from exc
 
 
 def now_iso() -> str:

@@ -23,9 +23,17 @@ from dataclasses import asdict, dataclass
 import psutil
 import pyarrow.fs as pafs
 
-from scorer.errors import LockError, StorageError
-from scorer.pipeline.layout import LOCK, TMP, OutputLayout, delete_files, now_iso, read_json
-from scorer.storage import Location
+from scorer.errors import LockError
+from scorer.pipeline.layout import (
+    LOCK,
+    LOCK_NAME,
+    OutputLayout,
+    delete_files,
+    now_iso,
+    read_json_record,
+    temp_relpath,
+)
+from scorer.storage import Location, storage_errors
 
 
 class StaleLockWarning(UserWarning):
@@ -76,13 +84,11 @@ class OutputLock:
             started_at=now_iso(),
             pid_started=psutil.Process().create_time(),
         )
-        try:
+        with storage_errors(self.uri, "cannot take the lock"):
             if self._layout.writes_direct:
                 self._acquire_object_store(me)
             else:
                 self._acquire_local(me)
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: cannot take the lock: {exc}") from exc
         self._held = True
 
     def release(self) -> None:
@@ -99,7 +105,7 @@ class OutputLock:
 
     def _acquire_local(self, me: LockHolder) -> None:
         path = self._layout.path(LOCK)
-        staged = self._layout.path(f"{TMP}/{self._run_id}/lock.json")
+        staged = self._layout.path(temp_relpath(self._run_id, LOCK_NAME))
         os.makedirs(os.path.dirname(staged), exist_ok=True)
         with open(staged, "w") as out:
             json.dump(asdict(me), out)
@@ -141,15 +147,14 @@ class OutputLock:
             self._warn_takeover(holder)
 
     def _read(self) -> LockHolder | None:
-        try:
-            fs = self._layout.location.filesystem
-            return LockHolder(**read_json(fs, self._layout.path(LOCK)))
-        except FileNotFoundError:
-            return None
-        except (TypeError, ValueError) as exc:
-            raise LockError(
-                f"{self.uri}: unreadable ({exc}); delete it if no run is writing OUTPUT"
-            ) from exc
+        return read_json_record(
+            self._layout.location.filesystem,
+            self._layout.path(LOCK),
+            LockHolder,
+            where=self.uri,
+            error=LockError,
+            advice="delete it if no run is writing OUTPUT",
+        )
 
     def _refuse_unless_stale(self, holder: LockHolder) -> None:
         owner = _owner(holder)

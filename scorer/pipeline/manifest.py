@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -56,10 +57,12 @@ from scorer.pipeline.layout import (
     list_files,
     now_iso,
     read_json,
+    read_json_record,
     replace_durably,
+    temp_relpath,
 )
 from scorer.pipeline.plan import InputFile, Shard
-from scorer.storage import Location
+from scorer.storage import Location, storage_errors
 
 
 def record_key(shard_id: str) -> str:
@@ -67,10 +70,14 @@ def record_key(shard_id: str) -> str:
     return hashlib.sha1(shard_id.encode(), usedforsecurity=False).hexdigest()
 
 
-def options_digest(options: Mapping[str, object]) -> str:
-    """Digest of the options that change output bytes (e.g. key and kept columns)."""
-    canonical = json.dumps(options, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+def options_digest(key_column: str, keep: Iterable[str]) -> str:
+    """Digest of the options that change output bytes: the key and the kept columns.
+
+    Commit records and ``output.json`` of existing OUTPUT folders hold this exact value, so its
+    recipe (JSON of the two in this order, default separators, 16 hex digits) never changes.
+    """
+    options = {"key_column": key_column, "keep": list(keep)}
+    return hashlib.sha256(json.dumps(options).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class CommitRecord:
     committed_at: str
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> CommitRecord:
+    def from_dict(cls, data: Mapping[str, Any]) -> CommitRecord:
         return cls(**{f.name: data[f.name] for f in fields(cls)})
 
     def matches(self, fingerprint: str, model_sha256: str, options_digest: str) -> bool:
@@ -256,10 +263,8 @@ class Manifest:
         """
         fs = self.layout.location.filesystem
         for relpath in (COMMITS, SCORES):
-            try:
+            with storage_errors(self.layout.uri(relpath), "cannot delete"):
                 fs.delete_dir_contents(self.layout.path(relpath), missing_dir_ok=True)
-            except OSError as exc:
-                raise StorageError(f"{self.layout.uri(relpath)}: cannot delete: {exc}") from exc
         delete_files(fs, [self.layout.path(OUTPUT_STATE)])
         self._records.clear()
         self._by_input.clear()
@@ -338,18 +343,14 @@ class Manifest:
         fs = self.layout.location.filesystem
         final = self.layout.final_path_for(shard)
         final_uri = self.layout.uri(shard.output_relpath)
-        try:
+        temp_missing = (ShardError, "the shard's temporary output is missing")
+        with storage_errors(final_uri, "cannot commit", missing=temp_missing):
             if self.layout.writes_direct:
                 if fs.get_file_info(final).type != pafs.FileType.File:
                     raise ShardError(f"{final_uri}: missing, the shard's output was not written")
             else:
                 temp = self.layout.temp_path_for(shard, run_id)
                 replace_durably(fs, temp, final)
-        except FileNotFoundError as exc:
-            missing = f"{final_uri}: the shard's temporary output is missing: {exc}"
-            raise ShardError(missing) from exc
-        except OSError as exc:
-            raise StorageError(f"{final_uri}: cannot commit: {exc}") from exc
         record = CommitRecord(
             shard_id=shard.shard_id,
             input_path=shard.input_path,
@@ -370,7 +371,7 @@ class Manifest:
 
     def discard_temp(self, run_id: str) -> None:
         """Delete this run's temporary files (abandoned shards), at the end of a run."""
-        delete_dir(self.layout.location.filesystem, self.layout.path(f"{TMP}/{run_id}"))
+        delete_dir(self.layout.location.filesystem, self.layout.path(temp_relpath(run_id)))
 
     def _check_commit(self, shard: Shard, rows: int) -> None:
         if rows != shard.rows:
@@ -398,32 +399,29 @@ class Manifest:
         del self._by_input[record.input_relpath][record.shard_id]
 
     def _read_claim(self) -> OutputClaim | None:
-        fs = self.layout.location.filesystem
-        try:
-            return OutputClaim(**read_json(fs, self.layout.path(OUTPUT_STATE)))
-        except FileNotFoundError:
-            return None
-        except (TypeError, ValueError) as exc:
-            raise StorageError(
-                f"{self.layout.uri(OUTPUT_STATE)}: unreadable ({exc}); --overwrite replaces it"
-            ) from exc
+        return read_json_record(
+            self.layout.location.filesystem,
+            self.layout.path(OUTPUT_STATE),
+            OutputClaim,
+            where=self.layout.uri(OUTPUT_STATE),
+            error=StorageError,
+            advice="--overwrite replaces it",
+        )
 
     def _write_json(self, relpath: str, data: Mapping[str, object], run_id: str) -> None:
         """Write a small JSON file so it appears whole: temp + rename locally, one PUT elsewhere."""
         fs = self.layout.location.filesystem
         payload = json.dumps(data, indent=1, sort_keys=True).encode()
-        try:
+        with storage_errors(self.layout.uri(relpath), "cannot write"):
             if self.layout.writes_direct:
                 with fs.open_output_stream(self.layout.path(relpath)) as out:
                     out.write(payload)
                 return
-            temp = self.layout.path(f"{TMP}/{run_id}/{relpath}")
+            temp = self.layout.path(temp_relpath(run_id, relpath))
             fs.create_dir(temp.rpartition("/")[0], recursive=True)
             with open(temp, "wb") as out:
                 out.write(payload)
             replace_durably(fs, temp, self.layout.path(relpath))
-        except OSError as exc:
-            raise StorageError(f"{self.layout.uri(relpath)}: cannot write: {exc}") from exc
 
 
 def _record_relpath(shard_id: str) -> str:

@@ -30,8 +30,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, NoInputFilesError, PreflightError, StorageError
-from scorer.storage import Location
+from scorer.errors import ConfigError, NoInputFilesError, PreflightError
+from scorer.pipeline.layout import shard_output_relpath
+from scorer.storage import Location, storage_errors
 
 Partition = tuple[tuple[str, str], ...]
 """Hive partition of a file: ``(key, value)`` pairs in folder order (``dict(p)`` for lookups)."""
@@ -168,7 +169,7 @@ class Shard:
     input_bytes: int
     fingerprint: str
     output_relpath: str
-    """Below OUTPUT: ``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``."""
+    """Below OUTPUT: ``layout.shard_output_relpath`` of the file and the row-group range."""
 
     @property
     def row_groups(self) -> range:
@@ -334,13 +335,6 @@ def shard_id(relpath: str, rg_start: int, rg_stop: int) -> str:
     return f"{relpath}:{rg_start}-{rg_stop}"
 
 
-def output_relpath(relpath: str, rg_start: int, rg_stop: int) -> str:
-    folder, _, name = relpath.rpartition("/")
-    stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
-    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}.parquet"
-    return "/".join(p for p in ("scores", folder, name) if p)
-
-
 @dataclass(frozen=True)
 class _Candidate:
     path: str
@@ -353,7 +347,7 @@ class _Candidate:
 def _discover(location: Location) -> list[_Candidate]:
     fs = location.filesystem
     root = location.path.rstrip("/")
-    try:
+    with storage_errors(location.uri, "cannot list"):
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.NotFound:
             raise NoInputFilesError(f"{location.uri}: no such file or directory")
@@ -368,8 +362,6 @@ def _discover(location: Location) -> list[_Candidate]:
                 for i in fs.get_file_info(selector)
                 if i.type == pafs.FileType.File and i.path.endswith(".parquet")
             ]
-    except OSError as exc:
-        raise StorageError(f"{location.uri}: cannot list: {exc}") from exc
     prefix = _hive_tail(parent)
     candidates = []
     for info, below in listed:
@@ -381,7 +373,7 @@ def _discover(location: Location) -> list[_Candidate]:
             _Candidate(
                 path=info.path,
                 relpath="/".join(folders + parts[-1:]),
-                partition=tuple(_hive_pair(p) for p in folders if _hive_pair(p)),
+                partition=tuple(pair for p in folders if (pair := _hive_pair(p))),
                 size=info.size,
                 mtime_ns=info.mtime_ns,
             )
@@ -481,7 +473,7 @@ def _make_shard(f: InputFile, start: int, stop: int) -> Shard:
         rows=sum(f.row_group_rows[start:stop]),
         input_bytes=sum(f.row_group_bytes[start:stop]),
         fingerprint=f.fingerprint,
-        output_relpath=output_relpath(f.relpath, start, stop),
+        output_relpath=shard_output_relpath(f.relpath, start, stop),
     )
 
 

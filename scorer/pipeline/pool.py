@@ -9,50 +9,54 @@ waiting on an actor that cannot start.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from scorer.errors import ClusterError
 from scorer.pipeline.actor import ActorSettings, ScoringActor
-from scorer.pipeline.layout import OutputLayout
+from scorer.pipeline.cluster import ClusterInfo
+from scorer.pipeline.plan import Shard
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.
 PLACEMENT_TIMEOUT_S = 120.0
+
+ObjectRef = Any
+"""A Ray ``ObjectRef`` (Ray's types are not followed here: see pyproject's mypy section)."""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What the pool is asked for: what each actor is shipped, and what it takes of the cluster."""
+
+    settings: ActorSettings
+    actors: int | None = None
+    """How many; None: as many as the cluster's CPUs hold."""
+    cpus_per_actor: float = 1.0
+    memory_per_actor_mb: int | None = None
 
 
 class ActorPool:
     """The scoring actors: created together, replaced one by one when they die."""
 
-    def __init__(self, context, cluster, wanted: int) -> None:
+    def __init__(self, spec: PoolSpec, cluster: ClusterInfo, wanted: int) -> None:
         import ray
 
-        config = context.config
-        per_actor = config.ray.cpus_per_actor
-        size = config.ray.actors or max(1, int(cluster.cpus // per_actor))
+        per_actor = spec.cpus_per_actor
+        size = spec.actors or max(1, int(cluster.cpus // per_actor))
         self.size = max(1, min(size, wanted))
-        settings = ActorSettings(
-            model_files=context.model_files,
-            threads=config.threads_per_actor,
-            batch_rows=config.batch_rows,
-            key_column=context.key_column,
-            keep=config.keep,
-            label_column=context.label_column,
-            run_id=context.run_id,
-            input_location=context.input.with_credentials(),
-            layout=OutputLayout(context.output.with_credentials()),
-        )
         options: dict[str, Any] = {
             "num_cpus": per_actor,
             "max_restarts": 0,  # the pool replaces a dead actor itself and counts the attempt
             "scheduling_strategy": "SPREAD",
         }
-        if config.ray.memory_per_actor_mb:
-            options["memory"] = config.ray.memory_per_actor_mb * 1024 * 1024
-        self.settings_ref = ray.put(settings)
+        if spec.memory_per_actor_mb:
+            options["memory"] = spec.memory_per_actor_mb * 1024 * 1024
+        self.settings_ref = ray.put(spec.settings)
         self.actor_class = ray.remote(ScoringActor).options(**options)
         self.actors = [self.actor_class.remote(self.settings_ref) for _ in range(self.size)]
         self.idle = list(range(self.size))
-        self.starting: dict[Any, tuple[int, float]] = {}  # ready ref -> (index, deadline)
-        self.cpus_per_actor, self.memory_mb = per_actor, config.ray.memory_per_actor_mb
+        self.starting: dict[ObjectRef, tuple[int, float]] = {}  # ready ref -> (index, deadline)
+        self.cpus_per_actor, self.memory_mb = per_actor, spec.memory_per_actor_mb
 
     def wait_ready(self) -> None:
         """Wait for the actors to load the model; go on with those placed within the timeout."""
@@ -67,7 +71,8 @@ class ActorPool:
             self.idle.remove(refs[ref])
             self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
 
-    def submit(self, index: int, shard, attempt: int, has_label: bool):
+    def submit(self, index: int, shard: Shard, attempt: int, has_label: bool) -> ObjectRef:
+        """Send a shard to actor ``index``; the ref resolves to its ``actor.ShardOutcome``."""
         return self.actors[index].score_shard.remote(shard, attempt, has_label)
 
     def replace(self, index: int) -> None:

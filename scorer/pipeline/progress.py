@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 
 class Progress:
@@ -104,7 +107,7 @@ class RichProgress(Progress):
             console=self.console,
             transient=False,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.started = time.monotonic()
         self.rows_done = 0
         self.failed = 0
@@ -125,7 +128,8 @@ class RichProgress(Progress):
     def shard_done(self, *, shard_id: str, rows: int) -> None:
         self.rows_done += rows
         rate = self.rows_done / max(time.monotonic() - self.started, 1e-9)
-        self.bar.update(self.task, advance=rows, rate=f"{rate:,.0f} rows/s")
+        if self.task is not None:
+            self.bar.update(self.task, advance=rows, rate=f"{rate:,.0f} rows/s")
 
     def shard_failed(self, *, shard_id: str, error: str, will_retry: bool) -> None:
         if not will_retry:

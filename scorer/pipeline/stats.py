@@ -1,18 +1,31 @@
 """Throughput statistics: one row per shard attempt and one row per run (SPEC §5).
 
-Both are written as Parquet under OUTPUT/stats/{shards,runs}/run_id=<RUN_ID>/ so that DuckDB,
-Polars or pandas read every run at once with hive partitioning.
+Both are written as Parquet under OUTPUT (``layout.SHARD_STATS``, ``layout.RUN_STATS``), one
+``run_id=<RUN_ID>`` folder per run, so that DuckDB, Polars or pandas read every run at once with
+hive partitioning. What goes into the rows is kept by ``ledger.Ledger``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.arrow import RUN_ID_TYPE
+
+ShardStatus = Literal["committed", "skipped", "failed", "interrupted"]
+"""The ``status`` of a shard attempt (``skipped``: committed by an earlier run)."""
+RunStatus = Literal["completed", "failed", "interrupted", "dry-run"]
+"""The ``status`` of a run."""
+
+Stage = Literal["read", "encode", "infer", "write"]
+STAGES: tuple[Stage, ...] = get_args(Stage)
+"""The stages of a shard in an actor, in order; each has a ``<stage>_seconds`` stats column."""
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -92,21 +105,19 @@ RUN_STATS_SCHEMA = pa.schema(
 shard dispatched to last shard finished), the figure that compares with the I/O floor.
 `cpu_seconds`: the actors' CPU time over the shards committed in this run."""
 
-STAGES = ("read", "encode", "infer", "write")
-
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def stats_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+def stats_table(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> pa.Table:
     """Rows as dicts → a table of exactly `schema` (missing keys become nulls)."""
     return pa.Table.from_pylist(
         [{name: row.get(name) for name in schema.names} for row in rows], schema
     )
 
 
-def write_table(filesystem, path: str, table: pa.Table) -> int:
+def write_table(filesystem: pafs.FileSystem, path: str, table: pa.Table) -> int:
     """Write a small table as one Parquet file in one put (whole or absent on object storage)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
