@@ -146,7 +146,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
     """Check a TOML value against a field's type hint, converting where TOML has no exact type."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"'{name}' must be a table [{name}]")
         return _build(hint, value, prefix=f"{name}.")
