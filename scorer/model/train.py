@@ -363,7 +363,7 @@ def train(
 
 def recalibrate(
     data: str | Path | pa.Table | None,
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     out_dir: str | Path,
     *,
     method: str | None = None,
@@ -371,7 +371,8 @@ def recalibrate(
     since: dt.date | None = None,
     until: dt.date | None = None,
 ) -> ModelCard:
-    """Refit only the calibrator of `model_dir` on newer labelled sessions; write to `out_dir`.
+    """Refit only the calibrator of `model_dir` (None = the bundled model) on newer labelled
+    sessions; write to `out_dir`.
 
     Half of the new sessions (stratified, seeded) fit the calibrator, the other half give the
     card's holdout metrics. `method` defaults to the model's current one.
