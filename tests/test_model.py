@@ -434,6 +434,8 @@ def test_inspect_exits_2_on_checksum_mismatch(model_copy):
     result = CliRunner().invoke(cli, ["inspect", str(model_copy)])
     assert result.exit_code == 2
     assert "CHECKSUM MISMATCH" in result.output and "ChecksumError:" in result.output
+    assert result.stderr.startswith(f"ChecksumError: {graph}: sha256 ")
+    assert result.stderr.count("\n") == 1 and "does not match" in result.stderr
     result = CliRunner().invoke(cli, ["inspect", "--json", str(model_copy)])
     assert result.exit_code == 2 and '"checksum": "mismatch"' in result.output
 
@@ -442,6 +444,7 @@ def test_inspect_exits_2_on_a_broken_card(model_copy):
     (model_copy / CARD_FILE).write_text("{")
     result = CliRunner().invoke(cli, ["inspect", str(model_copy)])
     assert result.exit_code == 2 and "ModelError:" in result.output
+    assert result.stderr.startswith(f"ModelError: {model_copy / CARD_FILE}: unreadable model card")
 
 
 def _with_categorical_input_as(model_dir, elem_type) -> None:

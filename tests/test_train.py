@@ -243,6 +243,9 @@ def test_train_command_refuses_bad_data_with_exit_2(sessions, tmp_path):
     result = CliRunner().invoke(cli, ["train", str(path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert "TrainingDataError:" in result.output and "'converted' is missing" in result.output
+    assert result.stderr == (
+        f"TrainingDataError: {path}: the label column 'converted' is missing\n"
+    )
 
 
 def test_train_command_shows_the_few_rows_warning(sessions, tmp_path):
