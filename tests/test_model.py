@@ -17,14 +17,15 @@ from sklearn.frozen import FrozenEstimator
 from scorer.cli import cli
 from scorer.errors import ChecksumError, ConfigError, ModelError, ShardReadError
 from scorer.model.calibration import reference_predict
-from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card, save_card
+from scorer.model.card import CALIBRATION_METHODS, CARD_FILE, GRAPH_FILE, load_card, save_card
 from scorer.model.runtime import RESERVED_COLUMNS, default_model_dir, load_model
 from scorer.model.sessions import LABEL_COLUMN, load_bundled_sessions
 from scorer.model.train import fit, labels_of, session_inputs, train
 
 # Our method name -> CalibratedClassifierCV's.
 SKLEARN_METHODS = {"platt": "sigmoid", "temperature": "temperature", "isotonic": "isotonic"}
-METHODS = ("none", *SKLEARN_METHODS)
+METHODS = CALIBRATION_METHODS
+assert set(METHODS) == {"none", *SKLEARN_METHODS}
 
 
 @pytest.fixture(scope="module")

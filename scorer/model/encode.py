@@ -25,6 +25,7 @@ from typing import cast
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from scorer.arrow import fill_scalar, numpy_array, string_array, to_numpy
 from scorer.errors import ShardReadError
@@ -32,6 +33,9 @@ from scorer.model.card import InputSpec, ModelCard
 
 REASONS = ("missing", "not_finite", "out_of_range")
 _MISSING, _NOT_FINITE, _OUT_OF_RANGE = 1, 2, 3  # per-column reason codes; 0 = fine
+# What a column encoder returns: the reason code per row (None: all fine) and, for categoricals,
+# which rows hold a value outside the vocabulary (None: none do).
+_Encoded = tuple[NDArray[np.int32] | None, NDArray[np.bool_] | None]
 
 FEED_DTYPES = {"numeric": np.float32, "boolean": np.float32, "categorical": np.float32}
 # Feed types a graph may declare per kind: categorical indices were int64 in earlier releases.
@@ -195,7 +199,7 @@ def _null_mask(chunk: pa.Array) -> np.ndarray | None:
     return to_numpy(chunk.is_null()) if chunk.null_count else None
 
 
-def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
+def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     kind = chunk.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         raise _wrong_type(spec, chunk, "an integer or floating-point number")
@@ -261,7 +265,7 @@ def _float32_bits(bound: float) -> int:
         return int(np.array(bound, np.float32).view(np.int32))
 
 
-def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
+def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     if not pa.types.is_boolean(chunk.type):
         raise _wrong_type(spec, chunk, "bool")
     missing = _null_mask(chunk)
@@ -272,7 +276,7 @@ def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
     return missing.astype(np.int32) * _MISSING, None
 
 
-def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
+def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     kind = chunk.type
     vocabulary = spec.vocabulary
     assert vocabulary is not None  # every categorical input has one (`load_card` checks)

@@ -167,7 +167,9 @@ def read_labelled(
     return table, described
 
 
-def _days_filter(dataset: ds.Dataset, path: Path, since: dt.date | None, until: dt.date | None):
+def _days_filter(
+    dataset: ds.Dataset, path: Path, since: dt.date | None, until: dt.date | None
+) -> ds.Expression | None:
     if since is None and until is None:
         return None
     if "dt" not in dataset.schema.names:
