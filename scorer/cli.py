@@ -7,23 +7,50 @@ one-line message and its exit code (the traceback only with `--verbose`).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
 from scorer._version import __version__
+from scorer.config import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_CPUS_PER_ACTOR,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_SHARD_ROWS,
+)
 from scorer.errors import ScorerError
+from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS
 from scorer.evaluation.generate import DEFAULT_CONVERSION_RATE, DEFAULT_END_DATE, generate
+from scorer.model.card import (
+    BUNDLED_MODEL,
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION,
+    DEFAULT_SEED,
+    DEFAULT_VERSION,
+    InputSpec,
+    ModelCard,
+)
+from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
+
+if TYPE_CHECKING:
+    from scorer.pipeline.driver import RunSummary
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_F = TypeVar("_F", bound=Callable[..., object])
 
 
-def handle_errors(command):
+def handle_errors(command: Callable[_P, _R]) -> Callable[_P, _R]:
     """Turn library errors into `TypeName: message` on stderr and the error's exit code."""
 
     @functools.wraps(command)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         ctx = click.get_current_context()
         try:
             return command(*args, **kwargs)
@@ -54,7 +81,10 @@ def cli(verbose: bool) -> None:
 @click.argument("input", required=False)
 @click.argument("output", required=False)
 @click.option(
-    "--model", "model", metavar="DIR", help="Model directory. Default: the bundled intent-v1."
+    "--model",
+    "model",
+    metavar="DIR",
+    help=f"Model directory. Default: the bundled {BUNDLED_MODEL}.",
 )
 @click.option(
     "--config",
@@ -67,12 +97,14 @@ def cli(verbose: bool) -> None:
     "--actors", type=click.IntRange(min=1), help="Scoring actors. Default: CPUs of the cluster."
 )
 @click.option(
-    "--batch-rows", type=click.IntRange(min=1), help="Rows per scored batch (default 131072)."
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    help=f"Rows per scored batch (default {DEFAULT_BATCH_ROWS}).",
 )
 @click.option(
     "--shard-rows",
     type=click.IntRange(min=1),
-    help="Target rows per shard; files split on row-group boundaries (default 1000000).",
+    help=f"Target rows per shard; files split on row-group boundaries (default {DEFAULT_SHARD_ROWS}).",
 )
 @click.option(
     "--address",
@@ -82,7 +114,8 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--cpus-per-actor",
     type=click.FloatRange(min=0, min_open=True),
-    help="CPUs Ray reserves per actor (default 1); with --actors unset, actors = cluster CPUs / this.",
+    help=f"CPUs Ray reserves per actor (default {DEFAULT_CPUS_PER_ACTOR:g}); with --actors unset, "
+    "actors = cluster CPUs / this.",
 )
 @click.option(
     "--memory-per-actor-mb",
@@ -104,7 +137,11 @@ def cli(verbose: bool) -> None:
     default=None,
     help="Rescore everything, replacing shards atomically. Default: resume.",
 )
-@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per shard (default 3).")
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=1),
+    help=f"Attempts per shard (default {DEFAULT_MAX_ATTEMPTS}).",
+)
 @click.option(
     "--max-failed-shards",
     type=click.IntRange(min=1),
@@ -117,12 +154,14 @@ def cli(verbose: bool) -> None:
     help="Copy this input column to the scores (repeatable).",
 )
 @click.option(
-    "--key-column", metavar="COLUMN", help="Row key column. Default: the model card's (session_id)."
+    "--key-column",
+    metavar="COLUMN",
+    help=f"Row key column. Default: the model card's ({KEY_COLUMN}).",
 )
 @click.option(
     "--label-column",
     metavar="COLUMN",
-    help="Label column for calibration metrics. Default: the model card's (converted).",
+    help=f"Label column for calibration metrics. Default: the model card's ({LABEL_COLUMN}).",
 )
 @click.option(
     "--dry-run",
@@ -132,27 +171,27 @@ def cli(verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
 @handle_errors
 def score_command(
-    input,
-    output,
-    model,
-    config_file,
-    actors,
-    batch_rows,
-    shard_rows,
-    address,
-    cpus_per_actor,
-    memory_per_actor_mb,
-    partitions,
-    since,
-    until,
-    overwrite,
-    max_attempts,
-    max_failed_shards,
-    keep,
-    key_column,
-    label_column,
-    dry_run,
-    as_json,
+    input: str | None,
+    output: str | None,
+    model: str | None,
+    config_file: str | None,
+    actors: int | None,
+    batch_rows: int | None,
+    shard_rows: int | None,
+    address: str | None,
+    cpus_per_actor: float | None,
+    memory_per_actor_mb: int | None,
+    partitions: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    overwrite: bool | None,
+    max_attempts: int | None,
+    max_failed_shards: int | None,
+    keep: tuple[str, ...],
+    key_column: str | None,
+    label_column: str | None,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
 
@@ -204,7 +243,7 @@ def score_command(
     sys.exit(summary.exit_code)
 
 
-def _describe_run(summary) -> str:
+def _describe_run(summary: RunSummary) -> str:
     lines = [
         f"run {summary.run_id}: {summary.status}",
         f"  rows scored {summary.rows:,} in {summary.shards_committed:,} shard(s); skipped "
@@ -273,7 +312,15 @@ def _describe_run(summary) -> str:
     help="The last day. Fixed by default, so that a seed means the same data on any day.",
 )
 @handle_errors
-def generate_command(output, sessions, files, days, seed, conversion_rate, end_date) -> None:
+def generate_command(
+    output: str,
+    sessions: int,
+    files: int,
+    days: int,
+    seed: int,
+    conversion_rate: float | None,
+    end_date: dt.datetime,
+) -> None:
     """Write synthetic labelled session history to OUTPUT, hive-partitioned by dt.
 
     OUTPUT is a new or empty directory, or a URI such as
@@ -354,7 +401,7 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
 @click.option(
     "--sessions",
     type=click.IntRange(min=1),
-    default=4_000_000,
+    default=DEFAULT_SESSIONS,
     show_default=True,
     help="Rows to generate (reused from --out if already there).",
 )
@@ -366,7 +413,7 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
 @click.option(
     "--reps",
     type=click.IntRange(min=1),
-    default=3,
+    default=DEFAULT_REPS,
     show_default=True,
     help="Repetitions of each contestant, alternated.",
 )
@@ -376,11 +423,21 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
 @click.option(
     "--batch-rows",
     type=click.IntRange(min=1),
-    help="Rows per batch, for every contestant (default 131072).",
+    default=DEFAULT_BATCH_ROWS,
+    help=f"Rows per batch, for every contestant (default {DEFAULT_BATCH_ROWS}).",
 )
 @click.option("--address", metavar="ADDR", help="Run the scorer and Ray Data on this Ray cluster.")
 @handle_errors
-def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, address) -> None:
+def bench_command(
+    out_dir: Path,
+    data: str | None,
+    sessions: int,
+    files: int | None,
+    reps: int,
+    actors: str | None,
+    batch_rows: int,
+    address: str | None,
+) -> None:
     """Measure throughput against the I/O floor and Ray Data, and how it scales with actors.
 
     In one run, alternating the contestants, REPS repetitions each of: the I/O floor (plain
@@ -399,7 +456,6 @@ def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, addr
     """
     from rich.console import Console
 
-    from scorer.config import DEFAULT_BATCH_ROWS
     from scorer.evaluation.bench import render, run_bench
 
     try:
@@ -415,7 +471,7 @@ def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, addr
         files=files,
         reps=reps,
         actors=counts,
-        batch_rows=batch_rows or DEFAULT_BATCH_ROWS,
+        batch_rows=batch_rows,
         address=address,
         on_message=lambda text: click.echo(text, err=True),
     )
@@ -431,7 +487,6 @@ def bench_command(out_dir, data, sessions, files, reps, actors, batch_rows, addr
 
 # -- model commands: train, calibrate, inspect ------------------------------------------------
 
-_METHODS = ("isotonic", "platt", "temperature", "none")
 _FIGURES = (
     ("ROC AUC", "roc_auc"),
     ("Brier", "brier"),
@@ -442,35 +497,58 @@ _FIGURES = (
 )
 
 
+# Options `train` and `calibrate` share; each command words the help for what it does with them.
+# The defaults and the methods come from `scorer.model.card`, their owner.
+
+data_argument = click.argument("data", type=click.Path(exists=True, path_type=Path))
+
+
+def out_option(help: str) -> Callable[[_F], _F]:
+    """`--out DIR`: the model directory a command writes."""
+    return click.option(
+        "--out",
+        "out_dir",
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )
+
+
+def method_option(flag: str, help: str, default: str | None = None) -> Callable[[_F], _F]:
+    """A calibration method: one of `CALIBRATION_METHODS`, shown in their order."""
+    return click.option(
+        flag,
+        type=click.Choice(CALIBRATION_METHODS),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def seed_option(help: str) -> Callable[[_F], _F]:
+    """`--seed S` of the stratified split of DATA."""
+    return click.option(
+        "--seed", type=click.IntRange(min=0), default=DEFAULT_SEED, show_default=True, help=help
+    )
+
+
 @cli.command("train")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Model directory to write (model.onnx and model.json); created if needed.",
-)
-@click.option(
+@data_argument
+@out_option("Model directory to write (model.onnx and model.json); created if needed.")
+@method_option(
     "--calibration",
-    type=click.Choice(_METHODS),
-    default="isotonic",
-    show_default=True,
-    help="Calibration stage fitted on the held-out calibration split.",
+    "Calibration stage fitted on the held-out calibration split.",
+    default=DEFAULT_CALIBRATION,
 )
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the stratified train/calibration/test split.",
-)
+@seed_option("Seed of the stratified train/calibration/test split.")
 @click.option("--name", help="Model name in the card. Default: the --out folder's name.")
 @click.option(
-    "--model-version", default="1.0.0", show_default=True, help="Model version in the card."
+    "--model-version", default=DEFAULT_VERSION, show_default=True, help="Model version in the card."
 )
 @handle_errors
-def train_command(data, out_dir, calibration, seed, name, model_version) -> None:
+def train_command(
+    data: Path, out_dir: Path, calibration: str, seed: int, name: str | None, model_version: str
+) -> None:
     """Train the intent model on labelled sessions in DATA and write a model directory.
 
     DATA is a Parquet file or a folder of them (hive partitions allowed) in the session schema
@@ -501,32 +579,16 @@ def train_command(data, out_dir, calibration, seed, name, model_version) -> None
 
 
 @cli.command("calibrate")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@data_argument
 @click.option(
     "--model",
     "model_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Model directory to recalibrate. Default: the bundled model.",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Model directory to write (may be --model itself, replaced atomically).",
-)
-@click.option(
-    "--method",
-    type=click.Choice(_METHODS),
-    help="Calibration method. Default: the model's current one.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Seed of the stratified calibration/test halves of DATA.",
-)
+@out_option("Model directory to write (may be --model itself, replaced atomically).")
+@method_option("--method", "Calibration method. Default: the model's current one.")
+@seed_option("Seed of the stratified calibration/test halves of DATA.")
 @click.option(
     "--since",
     type=click.DateTime(formats=["%Y-%m-%d"]),
@@ -538,7 +600,15 @@ def train_command(data, out_dir, calibration, seed, name, model_version) -> None
     help="Only dt partitions of DATA on or before this day.",
 )
 @handle_errors
-def calibrate_command(data, model_dir, out_dir, method, seed, since, until) -> None:
+def calibrate_command(
+    data: Path,
+    model_dir: Path | None,
+    out_dir: Path,
+    method: str | None,
+    seed: int,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> None:
     """Refit only the calibration stage of a model on newer labelled sessions in DATA.
 
     Base rates drift; the ranking model need not be retrained for that. Half of DATA
@@ -610,7 +680,7 @@ def inspect_command(model_dir: Path | None, as_json: bool) -> None:
 
 
 @contextlib.contextmanager
-def _shown_warnings():
+def _shown_warnings() -> Iterator[None]:
     """Print library warnings (e.g. isotonic fitted on few rows) as one line each on stderr."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -619,7 +689,7 @@ def _shown_warnings():
         click.echo(f"Warning: {warning.message}", err=True)
 
 
-def _holdout_table(card) -> str:
+def _holdout_table(card: ModelCard) -> str:
     holdout = card.holdout
     lines = [
         f"holdout: {holdout.rows:,} rows, {holdout.positives:,} converted ({holdout.evaluated_on})",
@@ -630,8 +700,8 @@ def _holdout_table(card) -> str:
     return "\n".join(lines)
 
 
-def _card_text(model_dir: Path, card, problem: str | None) -> str:
-    def valid_range(spec) -> str:
+def _card_text(model_dir: Path, card: ModelCard, problem: str | None) -> str:
+    def valid_range(spec: InputSpec) -> str:
         if spec.min is not None and spec.max is not None:
             return f"[{spec.min:g}, {spec.max:g}]"
         if spec.min is not None:

@@ -36,8 +36,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from scorer.errors import ConfigError
 
+# The defaults of the job, read by the dataclasses below and by the CLI's help texts.
 DEFAULT_BATCH_ROWS = 131_072
 DEFAULT_SHARD_ROWS = 1_000_000
+DEFAULT_MAX_ATTEMPTS = 3  # per shard, the first included (SPEC §6)
+DEFAULT_THREADS_PER_ACTOR = 1
+DEFAULT_CPUS_PER_ACTOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class RayOptions:
 
     address: str | None = None
     actors: int | None = None
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = DEFAULT_CPUS_PER_ACTOR
     memory_per_actor_mb: int | None = None
 
 
@@ -72,12 +76,12 @@ class JobConfig:
     since: dt.date | None = None
     until: dt.date | None = None
     overwrite: bool = False
-    max_attempts: int = 3
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_failed_shards: int | None = None
     keep: tuple[str, ...] = ()
     key_column: str | None = None
     label_column: str | None = None
-    threads_per_actor: int = 1
+    threads_per_actor: int = DEFAULT_THREADS_PER_ACTOR
     ray: RayOptions = field(default_factory=RayOptions)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
@@ -146,7 +150,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 
 def _coerce(hint: Any, value: Any, name: str) -> Any:
     """Check a TOML value against a field's type hint, converting where TOML has no exact type."""
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ConfigError(f"'{name}' must be a table [{name}]")
         return _build(hint, value, prefix=f"{name}.")

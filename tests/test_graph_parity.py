@@ -22,9 +22,10 @@ from sklearn.frozen import FrozenEstimator
 from sklearn.linear_model import LogisticRegression
 
 from scorer.model.calibration import FewCalibrationRowsWarning, fit_calibrator, reference_predict
+from scorer.model.card import CALIBRATION_METHODS
 from scorer.model.graph import CalibratorParams, LinearParams, build_graph, session_options
 
-METHODS = ("none", "platt", "temperature", "isotonic")
+METHODS = CALIBRATION_METHODS
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 PASSTHROUGH = LinearParams(

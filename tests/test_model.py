@@ -17,14 +17,15 @@ from sklearn.frozen import FrozenEstimator
 from scorer.cli import cli
 from scorer.errors import ChecksumError, ConfigError, ModelError, ShardReadError
 from scorer.model.calibration import reference_predict
-from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card, save_card
+from scorer.model.card import CALIBRATION_METHODS, CARD_FILE, GRAPH_FILE, load_card, save_card
 from scorer.model.runtime import RESERVED_COLUMNS, default_model_dir, load_model
 from scorer.model.sessions import LABEL_COLUMN, load_bundled_sessions
 from scorer.model.train import fit, labels_of, session_inputs, train
 
 # Our method name -> CalibratedClassifierCV's.
 SKLEARN_METHODS = {"platt": "sigmoid", "temperature": "temperature", "isotonic": "isotonic"}
-METHODS = ("none", *SKLEARN_METHODS)
+METHODS = CALIBRATION_METHODS
+assert set(METHODS) == {"none", *SKLEARN_METHODS}
 
 
 @pytest.fixture(scope="module")
@@ -434,6 +435,8 @@ def test_inspect_exits_2_on_checksum_mismatch(model_copy):
     result = CliRunner().invoke(cli, ["inspect", str(model_copy)])
     assert result.exit_code == 2
     assert "CHECKSUM MISMATCH" in result.output and "ChecksumError:" in result.output
+    assert result.stderr.startswith(f"ChecksumError: {graph}: sha256 ")
+    assert result.stderr.count("\n") == 1 and "does not match" in result.stderr
     result = CliRunner().invoke(cli, ["inspect", "--json", str(model_copy)])
     assert result.exit_code == 2 and '"checksum": "mismatch"' in result.output
 
@@ -442,6 +445,7 @@ def test_inspect_exits_2_on_a_broken_card(model_copy):
     (model_copy / CARD_FILE).write_text("{")
     result = CliRunner().invoke(cli, ["inspect", str(model_copy)])
     assert result.exit_code == 2 and "ModelError:" in result.output
+    assert result.stderr.startswith(f"ModelError: {model_copy / CARD_FILE}: unreadable model card")
 
 
 def _with_categorical_input_as(model_dir, elem_type) -> None:

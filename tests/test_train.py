@@ -15,7 +15,7 @@ from scorer.cli import cli
 from scorer.errors import ChecksumError, TrainingDataError
 from scorer.metrics import summary
 from scorer.model.calibration import FewCalibrationRowsWarning
-from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card
+from scorer.model.card import CALIBRATION_METHODS, CARD_FILE, GRAPH_FILE, load_card
 from scorer.model.runtime import load_model
 from scorer.model.sessions import load_bundled_sessions
 from scorer.model.train import SPLITS, recalibrate, split_rows, train
@@ -147,7 +147,7 @@ def newer_sessions(sessions):
     return sessions.filter(pa.array(keep))
 
 
-@pytest.mark.parametrize("method", ["isotonic", "platt", "temperature", "none"])
+@pytest.mark.parametrize("method", CALIBRATION_METHODS)
 def test_recalibration_keeps_raw_scores_bit_identical(
     model_dir, sessions, newer_sessions, tmp_path, method
 ):
@@ -243,6 +243,9 @@ def test_train_command_refuses_bad_data_with_exit_2(sessions, tmp_path):
     result = CliRunner().invoke(cli, ["train", str(path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2
     assert "TrainingDataError:" in result.output and "'converted' is missing" in result.output
+    assert result.stderr == (
+        f"TrainingDataError: {path}: the label column 'converted' is missing\n"
+    )
 
 
 def test_train_command_shows_the_few_rows_warning(sessions, tmp_path):

@@ -209,8 +209,7 @@ def generate(
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         units = [(file, block, rows) for file in plan for block, rows in file.blocks()]
-        logits = pool.map(lambda unit: _block_logit(real, seed, *unit), units)
-        logits = list(logits)
+        logits = list(pool.map(lambda unit: _block_logit(real, seed, *unit), units))
         if conversion_rate is None:
             shift = 0.0
             conversion_rate = _mean_probability(logits, pool.map)

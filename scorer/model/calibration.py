@@ -17,7 +17,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.special import expit
+from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit  # type: ignore[import-untyped]  # scipy ships no type stubs
 
 # Private classes, but exactly the ones CalibratedClassifierCV fits (scikit-learn is pinned to
 # 1.9.x); re-implementing them would make parity a matter of luck.
@@ -25,7 +26,8 @@ from sklearn.calibration import _SigmoidCalibration, _TemperatureScaling
 from sklearn.isotonic import IsotonicRegression
 
 from scorer.errors import TrainingDataError
-from scorer.model.graph import CALIBRATION_METHODS, CalibratorParams
+from scorer.model.card import CALIBRATION_METHODS
+from scorer.model.graph import CalibratorParams
 
 # Below this many calibration rows an isotonic fit follows the noise of too few points.
 MIN_ISOTONIC_ROWS = 1000
@@ -35,7 +37,7 @@ class FewCalibrationRowsWarning(UserWarning):
     """Isotonic calibration fitted on fewer rows than it needs to be reliable."""
 
 
-def fit_calibrator(method: str, logits: np.ndarray, labels: np.ndarray) -> CalibratorParams:
+def fit_calibrator(method: str, logits: ArrayLike, labels: ArrayLike) -> CalibratorParams:
     """Fit `method` on the calibration split's logits (decision_function) and 0/1 labels."""
     if method not in CALIBRATION_METHODS:
         expected = ", ".join(CALIBRATION_METHODS)
@@ -73,7 +75,7 @@ def fit_calibrator(method: str, logits: np.ndarray, labels: np.ndarray) -> Calib
     return CalibratorParams("isotonic", x=isotonic.X_thresholds_, y=isotonic.y_thresholds_)
 
 
-def reference_predict(params: CalibratorParams, logits: np.ndarray) -> np.ndarray:
+def reference_predict(params: CalibratorParams, logits: ArrayLike) -> NDArray[np.float64]:
     """The calibrated probability of each logit, float64, computed by scikit-learn itself."""
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
     if params.method == "none":
@@ -86,6 +88,7 @@ def reference_predict(params: CalibratorParams, logits: np.ndarray) -> np.ndarra
         temperature = _TemperatureScaling()
         temperature.beta_ = np.float64(params.beta)
         return temperature.predict(logits)[:, 1]
+    assert params.x is not None and params.y is not None  # CalibratorParams checks it
     # The state a fitted IsotonicRegression unpickles from: __setstate__ rebuilds its
     # interpolation function from the thresholds.
     isotonic = IsotonicRegression(out_of_bounds="clip")

@@ -22,6 +22,17 @@ GRAPH_FILE = "model.onnx"
 
 DTYPES = ("int", "float", "string", "bool")
 KINDS = ("numeric", "categorical", "boolean")
+# The calibration stages a card can name, in the order every listing shows them (CLI choices,
+# error messages); `scorer.model.graph` builds each, `scorer.model.calibration` fits each.
+CALIBRATION_METHODS = ("isotonic", "platt", "temperature", "none")
+
+# What a new model directory gets unless told otherwise; `train`, `recalibrate` and the CLI's help
+# read these. They live here rather than in `scorer.model.train` so that the CLI can show them
+# without importing scikit-learn and onnxruntime (seconds of start-up for `scorer --help`).
+BUNDLED_MODEL = "intent-v1"  # models/<BUNDLED_MODEL>, the model used when none is named
+DEFAULT_CALIBRATION = "isotonic"
+DEFAULT_VERSION = "1.0.0"
+DEFAULT_SEED = 0  # of the stratified splits of the labelled sessions
 
 
 @dataclass(frozen=True)
@@ -183,7 +194,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def _input_to_json(spec: InputSpec) -> dict[str, Any]:
-    doc = {
+    doc: dict[str, Any] = {
         "name": spec.name,
         "dtype": spec.dtype,
         "kind": spec.kind,

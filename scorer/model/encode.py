@@ -20,10 +20,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from scorer.arrow import fill_scalar, numpy_array, string_array, to_numpy
 from scorer.errors import ShardReadError
@@ -31,6 +33,9 @@ from scorer.model.card import InputSpec, ModelCard
 
 REASONS = ("missing", "not_finite", "out_of_range")
 _MISSING, _NOT_FINITE, _OUT_OF_RANGE = 1, 2, 3  # per-column reason codes; 0 = fine
+# What a column encoder returns: the reason code per row (None: all fine) and, for categoricals,
+# which rows hold a value outside the vocabulary (None: none do).
+_Encoded = tuple[NDArray[np.int32] | None, NDArray[np.bool_] | None]
 
 FEED_DTYPES = {"numeric": np.float32, "boolean": np.float32, "categorical": np.float32}
 # Feed types a graph may declare per kind: categorical indices were int64 in earlier releases.
@@ -118,9 +123,10 @@ def encode_inputs(
                 window = status[start:stop]
                 np.copyto(window, 3 * position + reasons, where=(reasons > 0) & (window == 0))
             if unseen is not None:
-                if unseen_masks[spec.name] is None:
-                    unseen_masks[spec.name] = np.zeros(rows, dtype=bool)
-                unseen_masks[spec.name][start:stop] = unseen
+                mask = unseen_masks[spec.name]
+                if mask is None:
+                    mask = unseen_masks[spec.name] = np.zeros(rows, dtype=bool)
+                mask[start:stop] = unseen
             start = stop
 
     dictionary = _status_dictionary(inputs)
@@ -193,7 +199,7 @@ def _null_mask(chunk: pa.Array) -> np.ndarray | None:
     return to_numpy(chunk.is_null()) if chunk.null_count else None
 
 
-def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
+def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     kind = chunk.type
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         raise _wrong_type(spec, chunk, "an integer or floating-point number")
@@ -259,7 +265,7 @@ def _float32_bits(bound: float) -> int:
         return int(np.array(bound, np.float32).view(np.int32))
 
 
-def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
+def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     if not pa.types.is_boolean(chunk.type):
         raise _wrong_type(spec, chunk, "bool")
     missing = _null_mask(chunk)
@@ -270,8 +276,10 @@ def _encode_boolean(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
     return missing.astype(np.int32) * _MISSING, None
 
 
-def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
+def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     kind = chunk.type
+    vocabulary = spec.vocabulary
+    assert vocabulary is not None  # every categorical input has one (`load_card` checks)
     may_be_unseen = True
     if spec.dtype == "string":
         if pa.types.is_dictionary(kind) and _is_string(kind.value_type):
@@ -280,7 +288,7 @@ def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
         elif _is_string(kind):
             missing = _null_mask(chunk)
             index = pc.index_in(_hashable(chunk), value_set=_vocabulary_array(spec))
-            out[...] = to_numpy(index.fill_null(fill_scalar(len(spec.vocabulary), index.type)))
+            out[...] = to_numpy(index.fill_null(fill_scalar(len(vocabulary), index.type)))
         else:
             raise _wrong_type(spec, chunk, "string (or dictionary of strings)")
     elif pa.types.is_integer(kind):
@@ -291,7 +299,7 @@ def _encode_categorical(spec: InputSpec, chunk: pa.Array, out: np.ndarray):
         raise _wrong_type(spec, chunk, "an integer")
     reasons = None if missing is None else missing.astype(np.int32) * _MISSING
     # The unseen code is the largest one, so one reduction tells whether any row has it.
-    unseen_code = len(spec.vocabulary)
+    unseen_code = len(vocabulary)
     if not may_be_unseen or not len(out) or out.max() < unseen_code:
         return reasons, None
     unseen = out == unseen_code
@@ -316,10 +324,11 @@ def _encode_dictionary(
     """Encode a dictionary array into `out`; return its missing-row mask (None: no nulls) and
     whether any row can be unseen (False when every dictionary value is in the vocabulary)."""
     dictionary = chunk.dictionary
-    table = pc.index_in(_hashable(dictionary), value_set=_vocabulary_array(spec))
-    table = table.fill_null(fill_scalar(len(spec.vocabulary), table.type))
-    table = to_numpy(table).astype(out.dtype)  # in the feed's type: `np.take` then converts nothing
-    may_be_unseen = bool(len(table)) and table.max() == len(spec.vocabulary)
+    unseen_code = len(_string_vocabulary(spec))
+    index = pc.index_in(_hashable(dictionary), value_set=_vocabulary_array(spec))
+    index = index.fill_null(fill_scalar(unseen_code, index.type))
+    table = to_numpy(index).astype(out.dtype)  # in the feed's type: `np.take` then converts nothing
+    may_be_unseen = bool(len(table)) and table.max() == unseen_code
     missing = _null_mask(chunk.indices)
     indices = chunk.indices
     indices = to_numpy(
@@ -328,14 +337,24 @@ def _encode_dictionary(
     # np.take converts narrow indices at a third of its speed; one explicit widening is faster.
     np.take(table, indices.astype(np.intp), mode="clip", out=out)  # "raise" buffers `out`
     if dictionary.null_count:
-        null_entry = _null_mask(dictionary)[indices]
+        null_entry = to_numpy(dictionary.is_null())[indices]
         missing = null_entry if missing is None else missing | null_entry
     return missing, may_be_unseen
 
 
 @functools.lru_cache(maxsize=256)
 def _vocabulary_array(spec: InputSpec) -> pa.Array:
-    return string_array(spec.vocabulary)
+    return string_array(_string_vocabulary(spec))
+
+
+# `load_card` checks that a categorical's vocabulary holds values of its dtype; these only tell
+# the type checker which of the two tuple types a spec of that dtype carries.
+def _string_vocabulary(spec: InputSpec) -> tuple[str, ...]:
+    return cast("tuple[str, ...]", spec.vocabulary)
+
+
+def _integer_vocabulary(spec: InputSpec) -> tuple[int, ...]:
+    return cast("tuple[int, ...]", spec.vocabulary)
 
 
 def _lookup_integers(spec: InputSpec, values: np.ndarray, out: np.ndarray) -> None:
@@ -367,14 +386,15 @@ def _lookup_integers(spec: InputSpec, values: np.ndarray, out: np.ndarray) -> No
 def _integer_table(spec: InputSpec, dtype: np.dtype) -> tuple[np.ndarray | None, int]:
     """Dense table for a compact integer vocabulary: codes at [1, span], unseen at the ends;
     in the feed's type, so one `np.take` writes the feed without a conversion."""
-    unseen_code = len(spec.vocabulary)
-    if not spec.vocabulary:
+    vocabulary = _integer_vocabulary(spec)
+    unseen_code = len(vocabulary)
+    if not vocabulary:
         return np.full(1, unseen_code, dtype), 0
-    low, high = min(spec.vocabulary), max(spec.vocabulary)
+    low, high = min(vocabulary), max(vocabulary)
     if high - low > _MAX_LOOKUP_SPAN:
         return None, 0
     table = np.full(high - low + 3, unseen_code, dtype)
-    table[np.asarray(spec.vocabulary, np.int64) - low + 1] = np.arange(unseen_code)
+    table[np.asarray(vocabulary, np.int64) - low + 1] = np.arange(unseen_code)
     return table, low - 1
 
 

@@ -40,7 +40,10 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime
+from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
+
+from scorer.model.card import CALIBRATION_METHODS
 
 OPSET = 21
 ML_OPSET = 3
@@ -53,10 +56,8 @@ RAW_OUTPUT = "intent_raw"
 CALIBRATED_OUTPUT = "intent_calibrated"
 ROWS = "rows"
 
-CALIBRATION_METHODS = ("none", "platt", "temperature", "isotonic")
 
-
-def _float64_vector(values: Any, what: str) -> np.ndarray:
+def _float64_vector(values: Any, what: str) -> NDArray[np.float64]:
     array = np.array(values, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{what} has non-finite values")
@@ -69,13 +70,13 @@ def _float64_vector(values: Any, what: str) -> np.ndarray:
 class LinearParams:
     """A fitted logistic model in the graph's terms (log1p + StandardScaler + one-hot + LR)."""
 
-    numeric_mean: np.ndarray  # mean of log1p(x): StandardScaler.mean_ after log1p
-    numeric_scale: np.ndarray  # StandardScaler.scale_
-    numeric_coef: np.ndarray
-    boolean_coef: np.ndarray  # booleans enter as 0/1, unscaled
+    numeric_mean: NDArray[np.float64]  # mean of log1p(x): StandardScaler.mean_ after log1p
+    numeric_scale: NDArray[np.float64]  # StandardScaler.scale_
+    numeric_coef: NDArray[np.float64]
+    boolean_coef: NDArray[np.float64]  # booleans enter as 0/1, unscaled
     # One array per categorical input, len(vocabulary) + 1 long; the last entry, 0.0, is the
     # weight of an unseen value (the all-zero one-hot row).
-    categorical_coef: tuple[np.ndarray, ...]
+    categorical_coef: tuple[NDArray[np.float64], ...]
     intercept: float
 
     def __post_init__(self) -> None:
@@ -103,20 +104,21 @@ class LinearParams:
 
     def logit(
         self,
-        numeric: np.ndarray | None = None,
-        boolean: np.ndarray | None = None,
-        categorical: np.ndarray | None = None,
-    ) -> np.ndarray:
+        numeric: NDArray[np.float32] | None = None,
+        boolean: NDArray[np.float32] | None = None,
+        categorical: NDArray[np.float32] | NDArray[np.int64] | None = None,
+    ) -> NDArray[np.float64]:
         """The logit z in float64 for a feed of the graph's layout (rows on the last axis)."""
-        z = np.float64(self.intercept)
+        z: NDArray[np.float64] = np.asarray(self.intercept, np.float64)
         if len(self.numeric_coef):
-            log1p = np.log1p(np.asarray(numeric, np.float64))
+            log1p = np.log1p(np.asarray(_fed(numeric, NUMERIC_INPUT), np.float64))
             scaled = (log1p - self.numeric_mean[:, None]) / self.numeric_scale[:, None]
             z = z + self.numeric_coef @ scaled
         if len(self.boolean_coef):
-            z = z + self.boolean_coef @ np.asarray(boolean, np.float64)
+            z = z + self.boolean_coef @ np.asarray(_fed(boolean, BOOLEAN_INPUT), np.float64)
         if self.categorical_coef:
-            for coef, index in zip(self.categorical_coef, categorical):
+            indices = _fed(categorical, CATEGORICAL_INPUT)
+            for coef, index in zip(self.categorical_coef, indices, strict=False):
                 z = z + coef[np.asarray(index, np.intp)]  # whole-number float32 or int64 feed
         return z
 
@@ -143,6 +145,12 @@ class LinearParams:
         )
 
 
+def _fed(array: NDArray[Any] | None, kind: str) -> NDArray[Any]:
+    if array is None:
+        raise ValueError(f"the model has {kind} inputs, but no {kind!r} feed was given")
+    return array
+
+
 @dataclass(frozen=True, eq=False)
 class CalibratorParams:
     """A fitted calibrator of the logit z, with scikit-learn's conventions (binary case).
@@ -160,8 +168,8 @@ class CalibratorParams:
     a: float | None = None
     b: float | None = None
     beta: float | None = None
-    x: np.ndarray | None = None
-    y: np.ndarray | None = None
+    x: NDArray[np.float64] | None = None
+    y: NDArray[np.float64] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -293,8 +301,8 @@ def _raw_logit(g: _GraphBuilder, linear: LinearParams) -> tuple[str, list[onnx.V
     n_boolean = len(linear.boolean_coef)
     if n_boolean:
         inputs.append(_input(BOOLEAN_INPUT, TensorProto.FLOAT, n_boolean))
-        weight = g.const(linear.boolean_coef[None, :], np.float32, "boolean_w")
-        terms.append(g.op("MatMul", weight, BOOLEAN_INPUT))
+        boolean_w = g.const(linear.boolean_coef[None, :], np.float32, "boolean_w")
+        terms.append(g.op("MatMul", boolean_w, BOOLEAN_INPUT))
 
     n_categorical = len(linear.categorical_coef)
     if n_categorical:
@@ -332,9 +340,9 @@ def _categorical_logit(g: _GraphBuilder, coefs: tuple[np.ndarray, ...]) -> str:
 
     radix = np.zeros((len(groups), len(coefs)))
     offsets = np.zeros((len(groups), 1))
-    tables = []
+    tables: list[NDArray[np.float64]] = []
     for row, members in enumerate(groups):
-        offsets[row] = sum(len(table) for table in tables)
+        offsets[row, 0] = sum(len(table) for table in tables)
         table = np.zeros(1)
         for i in members:
             # Row-major: the last member varies fastest.
@@ -483,7 +491,9 @@ def _calibrated(g: _GraphBuilder, logit: str, raw: str, calibrator: CalibratorPa
     # Sigmoid is a vectorised approximation that can step down by one ulp between neighbouring
     # inputs, and a calibrated score must never decrease as the raw score grows. [1, N] float64
     # elementwise ops cost a few ms per million rows.
+    # CalibratorParams guarantees each method its fields; the asserts tell the type checker.
     if calibrator.method == "platt":
+        assert calibrator.a is not None and calibrator.b is not None
         # sigmoid(−(a·z + b)) = 1 / (1 + exp(a·z + b)).
         z = g.op("Cast", logit, to=TensorProto.DOUBLE)
         slope = g.const(-calibrator.a, np.float64, "platt_a")
@@ -491,10 +501,12 @@ def _calibrated(g: _GraphBuilder, logit: str, raw: str, calibrator: CalibratorPa
         scaled = g.op("Add", g.op("Mul", z, slope), offset)
         return g.op("Cast", g.op("Sigmoid", scaled), to=TensorProto.FLOAT)
     if calibrator.method == "temperature":
+        assert calibrator.beta is not None
         # softmax(beta·(−z, z))[1] = sigmoid(2·beta·z).
         z = g.op("Cast", logit, to=TensorProto.DOUBLE)
         scaled = g.op("Mul", z, g.const(2.0 * calibrator.beta, np.float64, "temperature"))
         return g.op("Cast", g.op("Sigmoid", scaled), to=TensorProto.FLOAT)
+    assert calibrator.x is not None and calibrator.y is not None
     return g.op("Cast", _isotonic(g, logit, calibrator.x, calibrator.y), to=TensorProto.FLOAT)
 
 

@@ -14,14 +14,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from scorer.arrow import numpy_array, string_array, to_numpy
 from scorer.errors import ConfigError, ModelError, ShardReadError
-from scorer.model.card import CARD_FILE, ModelCard, load_card, verify_checksum
+from scorer.model.card import BUNDLED_MODEL, CARD_FILE, ModelCard, load_card, verify_checksum
 from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
     EncodedBatch,
@@ -30,7 +32,6 @@ from scorer.model.encode import (
 )
 from scorer.model.graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 
-BUNDLED_MODEL = "intent-v1"
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
 _DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
 _NO_STRINGS = string_array([])
@@ -44,7 +45,12 @@ _SCORE_FIELDS = (
 RESERVED_COLUMNS = frozenset(field.name for field in _SCORE_FIELDS)
 # Tables larger than this are encoded and scored block by block (see `IntentModel._in_blocks`).
 _BLOCK_ROWS = 1 << 18
-_ONNX_TENSOR_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(int64)": np.dtype(np.int64)}
+# The encoded batch, raw and calibrated scores (float32), encode and infer seconds.
+_Inferred = tuple[EncodedBatch, NDArray[np.float32], NDArray[np.float32], float, float]
+_ONNX_TENSOR_TYPES: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(int64)": np.dtype(np.int64),
+}
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,9 @@ class IntentModel:
         self.session = session
         self._version = string_array([card.version])
         # As the graph declares them: categorical indices are int64 in graphs of earlier releases.
-        self.feed_dtypes = {i.name: _ONNX_TENSOR_TYPES[i.type] for i in session.get_inputs()}
+        self.feed_dtypes: dict[str, np.dtype[Any]] = {
+            i.name: _ONNX_TENSOR_TYPES[i.type] for i in session.get_inputs()
+        }
         self._buffers: dict[str, np.ndarray] = {}  # flat, grown to the largest batch seen
         self._zeros = numpy_array(np.zeros(0, np.int32), pa.int32())  # sliced, never written
 
@@ -174,7 +182,7 @@ class IntentModel:
             infer_seconds=infer_seconds,
         )
 
-    def _encode_and_infer(self, data: pa.Table | pa.RecordBatch):
+    def _encode_and_infer(self, data: pa.Table | pa.RecordBatch) -> _Inferred:
         started = time.perf_counter()
         encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
         encoded_at = time.perf_counter()
@@ -184,7 +192,7 @@ class IntentModel:
             raw = calibrated = np.empty(0, np.float32)
         return encoded, raw, calibrated, encoded_at - started, time.perf_counter() - encoded_at
 
-    def _in_blocks(self, data: pa.Table | pa.RecordBatch):
+    def _in_blocks(self, data: pa.Table | pa.RecordBatch) -> _Inferred:
         """`_encode_and_infer` block by block of `_BLOCK_ROWS` rows, results joined: the feed
         and the graph's intermediates of a block stay in cache, those of a whole large table
         do not (measured, 1M rows: 119 ms in one block, 112 ms in blocks of 2**18)."""
@@ -284,7 +292,7 @@ def _check_graph_matches_card(
     model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession
 ) -> None:
     """A card and graph from different trainings would score garbage; refuse them at load."""
-    expected = {}
+    expected: dict[str, int] = {}
     for spec in card.inputs:
         expected[spec.kind] = expected.get(spec.kind, 0) + 1
     found = {i.name: i.shape[0] for i in session.get_inputs()}

@@ -45,6 +45,10 @@ from scorer.errors import ShardReadError, TrainingDataError
 from scorer.metrics import summary
 from scorer.model.calibration import fit_calibrator
 from scorer.model.card import (
+    BUNDLED_MODEL,
+    DEFAULT_CALIBRATION,
+    DEFAULT_SEED,
+    DEFAULT_VERSION,
     GRAPH_FILE,
     Calibration,
     HistoryEntry,
@@ -74,7 +78,6 @@ from scorer.model.sessions import (
     bundled_sessions_path,
 )
 
-DEFAULT_VERSION = "1.0.0"
 BUNDLED_DESCRIPTION = "bundled real sessions (UCI Online Shoppers Purchasing Intention)"
 SPLITS = (("train", 0.6), ("calibration", 0.2), ("test", 0.2))
 CLASS_WEIGHT = "balanced"
@@ -164,7 +167,9 @@ def read_labelled(
     return table, described
 
 
-def _days_filter(dataset: ds.Dataset, path: Path, since: dt.date | None, until: dt.date | None):
+def _days_filter(
+    dataset: ds.Dataset, path: Path, since: dt.date | None, until: dt.date | None
+) -> ds.Expression | None:
     if since is None and until is None:
         return None
     if "dt" not in dataset.schema.names:
@@ -274,7 +279,8 @@ def build_pipeline(inputs: tuple[InputSpec, ...], seed: int) -> Pipeline:
             (
                 "categorical",
                 OneHotEncoder(
-                    categories=[list(s.vocabulary) for s in categorical], handle_unknown="ignore"
+                    categories=[list(s.vocabulary or ()) for s in categorical],
+                    handle_unknown="ignore",
                 ),
                 [s.name for s in categorical],
             ),
@@ -291,7 +297,7 @@ def linear_params(pipeline: Pipeline, inputs: tuple[InputSpec, ...]) -> LinearPa
     scaler = features.named_transformers_["numeric"][-1]
     coef = model.coef_[0]
     n_numeric = sum(s.kind == "numeric" for s in inputs)
-    sizes = [len(s.vocabulary) for s in inputs if s.kind == "categorical"]
+    sizes = [len(s.vocabulary or ()) for s in inputs if s.kind == "categorical"]
     bounds = np.cumsum([n_numeric, *sizes])
     categorical = tuple(
         np.append(coef[start:stop], 0.0) for start, stop in itertools.pairwise(bounds)
@@ -310,9 +316,9 @@ def train(
     data: str | Path | pa.Table | None,
     out_dir: str | Path,
     *,
-    calibration: str = "isotonic",
-    seed: int = 0,
-    name: str = "intent-v1",
+    calibration: str = DEFAULT_CALIBRATION,
+    seed: int = DEFAULT_SEED,
+    name: str = BUNDLED_MODEL,
     version: str = DEFAULT_VERSION,
 ) -> ModelCard:
     """Train a model on labelled sessions (None = the bundled ones) and write it to `out_dir`."""
@@ -359,15 +365,16 @@ def train(
 
 def recalibrate(
     data: str | Path | pa.Table | None,
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     out_dir: str | Path,
     *,
     method: str | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     since: dt.date | None = None,
     until: dt.date | None = None,
 ) -> ModelCard:
-    """Refit only the calibrator of `model_dir` on newer labelled sessions; write to `out_dir`.
+    """Refit only the calibrator of `model_dir` (None = the bundled model) on newer labelled
+    sessions; write to `out_dir`.
 
     Half of the new sessions (stratified, seeded) fit the calibrator, the other half give the
     card's holdout metrics. `method` defaults to the model's current one.
@@ -430,8 +437,8 @@ def _write_model(
         card,
         holdout=dataclasses.replace(
             card.holdout,
-            rows=raw["rows"],
-            positives=raw["positives"],
+            rows=int(raw["rows"]),
+            positives=int(raw["positives"]),
             raw={k: raw[k] for k in HOLDOUT_FIGURES},
             calibrated={k: calibrated[k] for k in HOLDOUT_FIGURES},
         ),
