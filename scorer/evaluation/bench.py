@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -93,7 +94,7 @@ class BenchResult:
         rows: dict[tuple[str, int], list[dict]] = {}
         for row in self.measurements.to_pylist():
             rows.setdefault((row["contestant"], row["actors"]), []).append(row)
-        summary = {}
+        summary: dict[tuple[str, int], dict[str, Any]] = {}
         for key, runs in rows.items():
             summary[key] = {"contestant": key[0], "actors": key[1], "runs": len(runs)}
             for name in MEASUREMENTS_SCHEMA.names[3:]:
@@ -355,6 +356,8 @@ def _floor_file(task: tuple[str, str, _Plan]) -> dict:
         rows += batch.num_rows
         seconds["write"] += time.perf_counter() - clock
     clock = time.perf_counter()
+    if writer is None:
+        raise ConfigError(f"{path}: no rows to benchmark on")
     writer.close()
     os.replace(out + ".tmp", out)
     seconds["write"] += time.perf_counter() - clock
