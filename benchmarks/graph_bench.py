@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime
 
 from scorer.model.calibration import fit_calibrator
-from scorer.model.graph import CalibratorParams, LinearParams, build_graph, session_options
+from scorer.model.graph import CalibratorParams, LinearParams, build_graph
+from scorer.model.interface import session_options
 
 VOCABULARY_SIZES = (12, 8, 13, 9, 20, 3)  # month, OS, browser, region, traffic, visitor type
 N_NUMERIC = 10

@@ -23,7 +23,8 @@ from sklearn.linear_model import LogisticRegression
 
 from scorer.model.calibration import FewCalibrationRowsWarning, fit_calibrator, reference_predict
 from scorer.model.card import CALIBRATION_METHODS
-from scorer.model.graph import CalibratorParams, LinearParams, build_graph, session_options
+from scorer.model.graph import CalibratorParams, LinearParams, build_graph
+from scorer.model.interface import session_options
 
 METHODS = CALIBRATION_METHODS
 FLOAT32_MAX = float(np.finfo(np.float32).max)

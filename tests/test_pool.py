@@ -68,7 +68,7 @@ def test_a_killed_actor_is_replaced_placed_and_scores_a_shard(pool):
     deadline = time.monotonic() + 60
     while index not in pool.idle:
         assert time.monotonic() < deadline, "the replacement was never placed"
-        pool.poll_starting(busy=0)
+        pool.poll(busy=0)
         time.sleep(0.1)
     assert not pool.starting
 

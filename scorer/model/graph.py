@@ -39,22 +39,22 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from scorer.model.card import CALIBRATION_METHODS
+from scorer.model.interface import (
+    BOOLEAN_INPUT,
+    CALIBRATED_OUTPUT,
+    CATEGORICAL_INPUT,
+    NUMERIC_INPUT,
+    RAW_OUTPUT,
+    ROWS,
+)
 
 OPSET = 21
 ML_OPSET = 3
 IR_VERSION = 10
-
-NUMERIC_INPUT = "numeric"
-BOOLEAN_INPUT = "boolean"
-CATEGORICAL_INPUT = "categorical"
-RAW_OUTPUT = "intent_raw"
-CALIBRATED_OUTPUT = "intent_calibrated"
-ROWS = "rows"
 
 
 def _float64_vector(values: Any, what: str) -> NDArray[np.float64]:
@@ -226,22 +226,6 @@ _CALIBRATOR_FIELDS: dict[str, tuple[str, ...]] = {
     "temperature": ("beta",),
     "isotonic": ("x", "y"),
 }
-
-
-def session_options(threads: int = 1) -> onnxruntime.SessionOptions:
-    """The onnxruntime settings the scorer runs these graphs with.
-
-    One intra-op thread per session by default: the scorer parallelises across Ray actors, and
-    the graph is a chain of cheap elementwise ops where threading costs more than it gives.
-    Sequential execution, for the same reason. Full graph optimisation: the parity tests run
-    with these options, so the exactness they check holds under its fusions.
-    """
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return options
 
 
 class _GraphBuilder:

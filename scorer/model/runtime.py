@@ -30,7 +30,7 @@ from scorer.model.encode import (
     encode,
     feed_shapes,
 )
-from scorer.model.graph import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
+from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
 _DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())

@@ -61,14 +61,8 @@ from scorer.model.card import (
     write_atomic,
 )
 from scorer.model.encode import encode, encode_inputs
-from scorer.model.graph import (
-    CALIBRATED_OUTPUT,
-    RAW_OUTPUT,
-    CalibratorParams,
-    LinearParams,
-    build_graph,
-    session_options,
-)
+from scorer.model.graph import CalibratorParams, LinearParams, build_graph
+from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 from scorer.model.runtime import IntentModel, load_model
 from scorer.model.sessions import (
     KEY_COLUMN,

@@ -56,7 +56,7 @@ def check_reachable(address: str | None) -> None:
     address does not answer or refuses this process's token. No-op for a private local Ray or
     when this process is already connected."""
     address = resolve_address(address)
-    if address is not None and not _ray_initialized():
+    if address is not None and not ray_connected():
         _probe(address)
 
 
@@ -72,7 +72,7 @@ def ray_session(
     started = time.perf_counter()
     address = resolve_address(address)
     opened_here = False
-    if not _ray_initialized():
+    if not ray_connected():
         with _caller_sigterm_handler_kept():
             if address is None:
                 _init_local(num_cpus)
@@ -110,7 +110,7 @@ def _caller_sigterm_handler_kept() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _ray_initialized() -> bool:
+def ray_connected() -> bool:
     # Checking without importing ray keeps the environment settable until the first real use.
     import sys
 

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import os
 import time
 import uuid
 import warnings
@@ -38,9 +39,10 @@ from scorer.errors import (
 from scorer.model.card import InputSpec
 from scorer.model.runtime import IntentModel, load_model
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
-from scorer.pipeline.cluster import check_reachable, ray_session
+from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
+from scorer.pipeline.local import InProcessWorker, in_process_note, ray_pays_off
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import (
@@ -52,9 +54,9 @@ from scorer.pipeline.plan import (
     plan_shards,
     scan_inputs,
 )
-from scorer.pipeline.pool import ActorPool, ObjectRef, PoolSpec
+from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.progress import Progress
-from scorer.pipeline.retry import Failure, commit_failure, ray_failure, will_retry
+from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
 from scorer.storage import Location, StorageOptions, resolve
 
@@ -217,10 +219,21 @@ def _prepare(config: JobConfig, input: str, output: str) -> _Context:
     )
 
 
-def _pool_spec(context: _Context) -> PoolSpec:
-    """What the actors are shipped: settings without the driver's config, credentials inside."""
+def _private_ray_optional(config: JobConfig) -> bool:
+    """Whether the run may do without Ray: no cluster named, no actor count asked for, and no
+    Ray this process is connected to (a notebook's, a test session's, a Ray job's)."""
+    return (
+        resolve_address(config.ray.address) is None
+        and config.ray.actors is None
+        and not ray_connected()
+    )
+
+
+def _actor_settings(context: _Context) -> ActorSettings:
+    """What a worker scoring shards needs: settings without the driver's config, credentials
+    inside (an actor may run on another node)."""
     config = context.config
-    settings = ActorSettings(
+    return ActorSettings(
         model_files=context.model_files,
         threads=config.threads_per_actor,
         batch_rows=config.batch_rows,
@@ -231,8 +244,13 @@ def _pool_spec(context: _Context) -> PoolSpec:
         input_location=context.input.with_credentials(),
         layout=OutputLayout(context.output.with_credentials()),
     )
+
+
+def _pool_spec(context: _Context) -> PoolSpec:
+    """What the actors are shipped, and what each takes of the cluster."""
+    config = context.config
     return PoolSpec(
-        settings,
+        _actor_settings(context),
         actors=config.ray.actors,
         cpus_per_actor=config.ray.cpus_per_actor,
         memory_per_actor_mb=config.ray.memory_per_actor_mb,
@@ -384,9 +402,15 @@ class _Run:
 
     def _score_all(self) -> None:
         config = self.context.config
+        cpus = os.cpu_count() or 1
+        if _private_ray_optional(config) and not ray_pays_off(self.plan.rows, cpus):
+            self.summary.executor = "in-process"
+            self.summary.actors, self.summary.nodes, self.summary.cpus = 1, 1, float(cpus)
+            self.progress.message(in_process_note(self.plan.rows, cpus))
+            worker = InProcessWorker(_actor_settings(self.context), self.context.model)
+            self._run_workers(worker)
+            return
         with ray_session(config.ray.address) as cluster:
-            import ray
-
             pool = ActorPool(_pool_spec(self.context), cluster, wanted=len(self.plan.shards))
             self.summary.actors, self.summary.nodes, self.summary.cpus = (
                 pool.size,
@@ -399,15 +423,20 @@ class _Run:
                 f"{pool.size} actor(s) on {cluster.nodes} node(s) ready in "
                 f"{self.summary.setup_seconds:.1f} s"
             )
-            self.progress.dispatching()
-            try:
-                self._dispatch(ray, pool)
-            finally:
-                pool.shutdown()
+            self._run_workers(pool)
 
-    def _dispatch(self, ray: Any, pool: ActorPool) -> None:
+    def _run_workers(self, workers: Workers) -> None:
+        if not self.summary.setup_seconds:
+            self.summary.setup_seconds = time.perf_counter() - self.started
+        self.progress.dispatching()
+        try:
+            self._dispatch(workers)
+        finally:
+            workers.shutdown()
+
+    def _dispatch(self, workers: Workers) -> None:
         queue: deque[tuple[Shard, int]] = deque((shard, 1) for shard in self.plan.shards)
-        in_flight: dict[ObjectRef, _Attempt] = {}
+        in_flight: dict[Any, _Attempt] = {}
         # Commits run on their own thread: their fsyncs (~30 ms per shard on local disk) would
         # otherwise hold up giving the actor, and every other actor back first, its next shard
         # (measured: ~5% of a 1M-row shard's time idle per actor).
@@ -416,9 +445,9 @@ class _Run:
         work_started = time.perf_counter()
         try:
             while queue or in_flight or committing:
-                self._submit_to_idle(pool, queue, in_flight)
+                self._submit_to_idle(workers, queue, in_flight)
                 self._settle_commits(committing, queue, block=False)
-                if not in_flight and not (queue and pool.starting):
+                if not in_flight and not (queue and workers.has_starting()):
                     if not committing:
                         break  # done, or dispatch stopped by --max-failed-shards
                     self._settle_commits(committing, queue, block=True)  # may retry a shard
@@ -426,19 +455,16 @@ class _Run:
                 # Replacement actors are waited on too: one that cannot be placed (its node is
                 # gone, the rest are full) gets no shard, and fails the run only when no actor is left.
                 timeout = _COMMIT_POLL_S if committing else 1.0
-                done, _ = ray.wait([*in_flight, *pool.starting], num_returns=1, timeout=timeout)
-                for ref in done:
-                    attempt = in_flight.pop(ref, None)
-                    if attempt is None:
-                        continue  # a replacement actor is ready: poll_starting takes it
-                    result = self._fetch(ray, pool, ref, attempt)
+                for handle in workers.wait(list(in_flight), timeout):
+                    attempt = in_flight.pop(handle)
+                    result = workers.fetch(handle, attempt.actor_index)
                     if isinstance(result, Failure):
                         if self._failed(attempt, result):
                             queue.append((attempt.shard, attempt.attempt + 1))
                     else:
                         future = committer.submit(self._commit, attempt.shard, result)
                         committing[future] = (attempt, result)
-                pool.poll_starting(busy=len(in_flight))
+                workers.poll(busy=len(in_flight))
             if queue:
                 self._not_started(len(queue))
         except KeyboardInterrupt:
@@ -451,32 +477,13 @@ class _Run:
             self.work = (work_started, time.perf_counter())
 
     def _submit_to_idle(
-        self, pool: ActorPool, queue: deque[tuple[Shard, int]], in_flight: dict[ObjectRef, _Attempt]
+        self, workers: Workers, queue: deque[tuple[Shard, int]], in_flight: dict[Any, _Attempt]
     ) -> None:
-        while queue and pool.idle and not self._stop_dispatching():
+        while queue and workers.idle and not self._stop_dispatching():
             shard, attempt = queue.popleft()
-            index = pool.idle.pop()
-            ref = pool.submit(index, shard, attempt, self._has_label(shard))
-            in_flight[ref] = _Attempt(shard, attempt, index, utc_now())
-
-    def _fetch(
-        self, ray: Any, pool: ActorPool, ref: ObjectRef, attempt: _Attempt
-    ) -> ShardOutcome | Failure:
-        """The attempt's outcome, or its failure; the actor goes back to the idle ones or, if it
-        died, is replaced."""
-        from ray.exceptions import RayError
-
-        try:
-            outcome: ShardOutcome = ray.get(ref)
-        except RayError as exc:
-            failure = ray_failure(exc)
-            if failure.actor_lost:
-                pool.replace(attempt.actor_index)
-            else:
-                pool.idle.append(attempt.actor_index)
-            return failure
-        pool.idle.append(attempt.actor_index)
-        return outcome
+            index = workers.idle.pop()
+            handle = workers.submit(index, shard, attempt, self._has_label(shard))
+            in_flight[handle] = _Attempt(shard, attempt, index, utc_now())
 
     def _commit(self, shard: Shard, outcome: ShardOutcome) -> None:
         """On the commit thread: make the shard's output visible and durable (`Manifest`)."""

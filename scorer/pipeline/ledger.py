@@ -59,6 +59,7 @@ class RunSummary:
     cpu_seconds: float = 0.0  # the actors' CPU time over committed shards (all their threads)
     rows_per_second: float = 0.0
     work_rows_per_second: float = 0.0
+    executor: str = "ray"  # "in-process": scored by the driver, Ray not started (`local`)
     actors: int = 0
     nodes: int = 0
     cpus: float = 0.0

@@ -10,18 +10,50 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from scorer.errors import ClusterError
-from scorer.pipeline.actor import ActorSettings, ScoringActor
+from scorer.pipeline.actor import ActorSettings, ScoringActor, ShardOutcome
 from scorer.pipeline.cluster import ClusterInfo
 from scorer.pipeline.plan import Shard
+from scorer.pipeline.retry import Failure, ray_failure
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.
 PLACEMENT_TIMEOUT_S = 120.0
 
 ObjectRef = Any
 """A Ray ``ObjectRef`` (Ray's types are not followed here: see pyproject's mypy section)."""
+
+
+class Workers(Protocol):
+    """What the driver's loop dispatches to: the actor pool, or the in-process worker
+    (`local.InProcessWorker`). Workers are numbered; `idle` holds those free for a shard."""
+
+    size: int
+    idle: list[int]
+
+    def has_starting(self) -> bool:
+        """Whether a worker is still being placed (it gets shards once `poll` admits it)."""
+        ...
+
+    def submit(self, index: int, shard: Shard, attempt: int, has_label: bool) -> Any:
+        """Send a shard to worker `index`; returns the attempt's handle."""
+        ...
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        """The handles among `handles` that are done, waiting at most `timeout` seconds for one
+        (a worker placed meanwhile ends the wait too)."""
+        ...
+
+    def fetch(self, handle: Any, index: int) -> ShardOutcome | Failure:
+        """The attempt's outcome or failure; its worker goes back to `idle`, or is replaced."""
+        ...
+
+    def poll(self, busy: int) -> None:
+        """Admit the workers placed since the last call."""
+        ...
+
+    def shutdown(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +107,32 @@ class ActorPool:
         """Send a shard to actor ``index``; the ref resolves to its ``actor.ShardOutcome``."""
         return self.actors[index].score_shard.remote(shard, attempt, has_label)
 
+    def has_starting(self) -> bool:
+        return bool(self.starting)
+
+    def wait(self, handles: list[ObjectRef], timeout: float) -> list[ObjectRef]:
+        import ray
+
+        # Replacement actors are waited on too: one placed meanwhile is admitted by `poll`.
+        done, _ = ray.wait([*handles, *self.starting], num_returns=1, timeout=timeout)
+        return [ref for ref in done if ref not in self.starting]
+
+    def fetch(self, handle: ObjectRef, index: int) -> ShardOutcome | Failure:
+        import ray
+        from ray.exceptions import RayError
+
+        try:
+            outcome: ShardOutcome = ray.get(handle)
+        except RayError as exc:
+            failure = ray_failure(exc)
+            if failure.actor_lost:
+                self.replace(index)
+            else:
+                self.idle.append(index)
+            return failure
+        self.idle.append(index)
+        return outcome
+
     def replace(self, index: int) -> None:
         import ray
 
@@ -86,7 +144,7 @@ class ActorPool:
             time.monotonic() + PLACEMENT_TIMEOUT_S,
         )
 
-    def poll_starting(self, busy: int) -> None:
+    def poll(self, busy: int) -> None:
         """Admit placed replacements; fail clearly when no actor is left and none can be placed."""
         import ray
         from ray.exceptions import RayActorError

@@ -44,6 +44,12 @@ def ray_failure(exc: BaseException) -> Failure:
     raise exc
 
 
+def local_failure(exc: Exception) -> Failure:
+    """What an error of a shard scored in the driver process means: as from an actor, an
+    unreadable input is not retried and anything else is."""
+    return Failure(one_line(exc), retryable=not isinstance(exc, ShardReadError))
+
+
 def commit_failure(exc: ScorerError) -> Failure:
     """A commit the manifest refused (rows out ≠ rows in, storage full): tried again."""
     return Failure(f"{type(exc).__name__}: {exc}", retryable=True)
