@@ -427,6 +427,12 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
     help=f"Rows per batch, for every contestant (default {DEFAULT_BATCH_ROWS}).",
 )
 @click.option("--address", metavar="ADDR", help="Run the scorer and Ray Data on this Ray cluster.")
+@click.option(
+    "--whole-job",
+    is_flag=True,
+    help="Instead: time whole processes, `scorer score DATA OUT` as a user types it against the "
+    "same model in Polars and in DuckDB (scripts generated from the card), outputs compared.",
+)
 @handle_errors
 def bench_command(
     out_dir: Path,
@@ -437,6 +443,7 @@ def bench_command(
     actors: str | None,
     batch_rows: int,
     address: str | None,
+    whole_job: bool,
 ) -> None:
     """Measure throughput against the I/O floor and Ray Data, and how it scales with actors.
 
@@ -449,14 +456,26 @@ def bench_command(
     writes OUT/measurements.parquet, OUT/scaling.png and OUT/stages.png. The default takes a few
     minutes on 2 cores.
 
+    With --whole-job: REPS alternating runs of three whole processes on the same data, timed
+    from start to exit: `scorer score DATA OUT --json` with no other flag, and the model in a
+    Polars and in a DuckDB script with every weight inlined from the card (written to
+    OUT/peers/). Prints medians, each wall against the faster peer's, the scorer's work window
+    and first commit, and the largest score difference from the scorer's on the same keys;
+    writes OUT/whole-job.parquet.
+
     \b
     Example:
       scorer bench --out /tmp/bench
       scorer bench --sessions 8000000 --actors 1,2 --reps 5
+      scorer bench --whole-job --sessions 4000000 --files 4000 --reps 3
     """
     from rich.console import Console
 
     from scorer.evaluation.bench import render, run_bench
+
+    if whole_job:
+        _bench_whole_job(out_dir, data, sessions, files, reps)
+        return
 
     try:
         counts = [int(n) for n in actors.split(",")] if actors else None
@@ -483,6 +502,27 @@ def bench_command(
         console.print(f"skipped {skipped}")
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
+
+
+def _bench_whole_job(
+    out_dir: Path, data: str | None, sessions: int, files: int | None, reps: int
+) -> None:
+    from rich.console import Console
+
+    from scorer.evaluation.bench import bench_data
+    from scorer.evaluation.whole_job import render, run_whole_job
+
+    def message(text: str) -> None:
+        click.echo(text, err=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = data or bench_data(out_dir, sessions, files or 32, 0, message)
+    result = run_whole_job(data, out_dir / "whole-job", reps=reps, on_message=message)
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)
+    console.print(render(result))
+    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}")
 
 
 # -- model commands: train, calibrate, inspect ------------------------------------------------

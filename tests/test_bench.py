@@ -7,6 +7,7 @@ Ray Data is replaced by its "not installed" path, which keeps the test short and
 from __future__ import annotations
 
 import pyarrow.parquet as pq
+import pytest
 from click.testing import CliRunner
 
 from scorer.cli import cli
@@ -65,3 +66,47 @@ def test_bench_rejects_bad_actor_list(tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--out", str(tmp_path), "--actors", "1,x"])
     assert result.exit_code == 2
     assert "--actors" in result.output
+
+
+def test_whole_job_times_the_scorer_and_its_peers_and_checks_they_agree(tmp_path, history):
+    from scorer.evaluation.whole_job import CONTESTANTS, render, run_whole_job
+
+    messages = []
+    result = run_whole_job(history, tmp_path / "wj", reps=1, on_message=messages.append)
+    rows = {r["contestant"]: r for r in result.measurements.to_pylist()}
+    assert set(rows) == set(CONTESTANTS)
+    assert all(r["rows"] == 24_000 and r["seconds"] > 0 for r in rows.values())
+    assert rows["scorer"]["work_seconds"] > 0 and rows["scorer"]["first_commit_seconds"] > 0
+    for peer in ("polars", "duckdb"):
+        agree = result.agreement[peer]
+        assert agree["matched"] == agree["ours"] == agree["theirs"] == 24_000
+        assert agree["max_abs_diff_raw"] < 1e-6  # float32 logits both ways
+        assert agree["max_abs_diff_calibrated"] < 1e-3  # a steep isotonic segment times that
+    medians = {r["contestant"]: r for r in result.medians()}
+    assert (
+        medians["polars"]["vs_fastest_peer"] <= 1.0 or medians["duckdb"]["vs_fastest_peer"] <= 1.0
+    )
+    assert render(result).row_count == 3
+    assert len(messages) == 3
+    assert (tmp_path / "wj" / "whole-job.parquet").is_file()
+
+
+def test_the_peers_implement_the_cards_calibrators_and_refuse_others():
+    import json
+
+    from scorer.errors import ConfigError
+    from scorer.evaluation.peers import PEERS, peer_script
+    from scorer.model.runtime import default_model_dir
+
+    card = json.loads((default_model_dir() / "model.json").read_text())
+    for method, params in (("platt", {"a": -1.5, "b": 0.25}), ("none", {})):
+        other = card | {"calibration": {"method": method, "params": {"method": method, **params}}}
+        for peer in PEERS:
+            compile(peer_script(peer, other), f"score_{peer}.py", "exec")
+    temperature = card | {"calibration": {"method": "temperature", "params": {"beta": 2.0}}}
+    with pytest.raises(
+        ConfigError, match="implements calibration isotonic, platt, none, not temperature"
+    ):
+        peer_script("polars", temperature)
+    with pytest.raises(ConfigError, match="unknown peer 'spark'"):
+        peer_script("spark", card)

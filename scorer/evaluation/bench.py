@@ -149,7 +149,7 @@ def run_bench(
     if actors[0] < 1 or reps < 1 or sessions < 1 or batch_rows < 1:
         raise ConfigError("actors, reps, sessions and batch_rows must be at least 1")
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = data or _bench_data(out_dir, sessions, files or max(8, 4 * actors[-1]), seed, on_message)
+    data = data or bench_data(out_dir, sessions, files or max(8, 4 * actors[-1]), seed, on_message)
     plan = _Plan.of(data, batch_rows)
     work = out_dir / "work"
     skipped = []
@@ -248,7 +248,10 @@ class _Plan:
         )
 
 
-def _bench_data(out_dir: Path, sessions: int, files: int, seed: int, on_message) -> str:
+def bench_data(
+    out_dir: Path, sessions: int, files: int, seed: int, on_message: Callable[[str], None]
+) -> str:
+    """`sessions` generated sessions in `files` files under `out_dir`, reused when there."""
     from scorer.evaluation.generate import generate
 
     path = out_dir / f"data-{sessions}-{files}-seed{seed}"
