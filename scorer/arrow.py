@@ -6,8 +6,10 @@ In pyarrow 26 `pa.array(...)` on NumPy or lists, `pa.scalar`, `fill_null(<python
 
 from __future__ import annotations
 
+import datetime
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,4 +68,102 @@ def string_array(values: Sequence[str]) -> pa.Array:
     np.cumsum([len(value) for value in encoded], out=offsets[1:])
     return pa.Array.from_buffers(
         pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
+def table_from_rows(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> pa.Table:
+    """Rows as dicts → a table of exactly `schema` (a missing key or None is a null).
+
+    `pa.Table.from_pylist` (like `pa.array` on a list) imports pandas: 0.6 s of every run's
+    ~1 s on a small input, to write its three small stats tables. This builds each column
+    from NumPy buffers instead; types: integers, floats, booleans, strings, timestamps,
+    dictionary<int32, string> and lists of numbers.
+    """
+    columns = [_column([row.get(f.name) for row in rows], f.type, f.name) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _column(values: list[object], kind: pa.DataType, name: str) -> pa.Array:
+    valid = np.fromiter((v is not None for v in values), bool, len(values))
+    mask = None if valid.all() else valid
+    if pa.types.is_dictionary(kind):
+        words = sorted({str(v) for v in values if v is not None})
+        index = {word: i for i, word in enumerate(words)}
+        codes = np.fromiter((index.get(str(v), 0) for v in values), np.int32, len(values))
+        indices = numpy_array(codes, pa.int32(), mask)
+        return pa.DictionaryArray.from_arrays(indices, string_array(words)).cast(kind)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return _strings([None if v is None else str(v) for v in values]).cast(kind)
+    if pa.types.is_timestamp(kind):
+        micros = np.fromiter((_micros(v) for v in values), np.int64, len(values))
+        return numpy_array(micros, pa.timestamp("us", tz=kind.tz), mask).cast(kind)
+    if pa.types.is_list(kind):
+        lists = [list(v) if v is not None else [] for v in values]  # type: ignore[call-overload]
+        offsets = np.zeros(len(lists) + 1, np.int32)
+        np.cumsum([len(v) for v in lists], out=offsets[1:])
+        flat = [x for v in lists for x in v]
+        items = _column(flat, kind.value_type, name)
+        array = pa.ListArray.from_arrays(numpy_array(offsets, pa.int32()), items)
+        return array if mask is None else _with_nulls(array, mask)
+    if pa.types.is_boolean(kind):
+        flags = np.fromiter((bool(v) for v in values), bool, len(values))
+        return _booleans(flags, mask)
+    if str(kind) in _NUMPY_TYPES:
+        dtype = _NUMPY_TYPES[str(kind)]
+        numbers: np.ndarray = np.fromiter((0 if v is None else v for v in values), dtype)
+        return numpy_array(numbers, kind, mask)
+    raise TypeError(f"table_from_rows: column {name!r} of type {kind} is not supported")
+
+
+_NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "int8": np.dtype(np.int8),
+    "int16": np.dtype(np.int16),
+    "int32": np.dtype(np.int32),
+    "int64": np.dtype(np.int64),
+    "uint8": np.dtype(np.uint8),
+    "uint16": np.dtype(np.uint16),
+    "uint32": np.dtype(np.uint32),
+    "uint64": np.dtype(np.uint64),
+    "float": np.dtype(np.float32),
+    "double": np.dtype(np.float64),
+}
+
+
+def _micros(value: object) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, datetime.datetime):
+        raise TypeError(f"expected a datetime, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(v) for v in encoded], out=offsets[1:])
+    valid = np.fromiter((v is not None for v in values), bool, len(values))
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        pa.string(),
+        len(encoded),
+        [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+    )
+
+
+def _booleans(flags: np.ndarray, mask: np.ndarray | None) -> pa.Array:
+    data = pa.py_buffer(np.packbits(flags, bitorder="little"))
+    validity = None if mask is None else pa.py_buffer(np.packbits(mask, bitorder="little"))
+    return pa.Array.from_buffers(pa.bool_(), len(flags), [validity, data])
+
+
+def _with_nulls(array: pa.Array, valid: np.ndarray) -> pa.Array:
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        array.type, len(array), [validity, *array.buffers()[1:2]], children=[array.values]
     )

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from scorer.arrow import RUN_ID_TYPE, fill_scalar, to_numpy
+from scorer.arrow import RUN_ID_TYPE, fill_scalar, table_from_rows, to_numpy
 
 ECE_BINS = 15
 # A multiple of ECE_BINS so every fine bin sits inside one equal-width bin, and a power-of-two
@@ -636,7 +636,7 @@ def calibration_table(
     overall = functools.reduce(CalibrationState.merge, states.values(), CalibrationState())
     records = [_record(run_id, "partition", key, states[key], partition_key) for key in keys]
     records.append(_record(run_id, "overall", None, overall, partition_key))
-    return pa.Table.from_pylist(records, schema=calibration_schema(partition_key))
+    return table_from_rows(records, calibration_schema(partition_key))
 
 
 def _record(run_id, scope, key, state: CalibrationState, partition_key: str) -> dict:

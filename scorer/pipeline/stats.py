@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.arrow import RUN_ID_TYPE
+from scorer.arrow import RUN_ID_TYPE, table_from_rows
 
 ShardStatus = Literal["committed", "skipped", "failed", "interrupted"]
 """The ``status`` of a shard attempt (``skipped``: committed by an earlier run)."""
@@ -112,9 +112,7 @@ def utc_now() -> dt.datetime:
 
 def stats_table(rows: Sequence[Mapping[str, object]], schema: pa.Schema) -> pa.Table:
     """Rows as dicts → a table of exactly `schema` (missing keys become nulls)."""
-    return pa.Table.from_pylist(
-        [{name: row.get(name) for name in schema.names} for row in rows], schema
-    )
+    return table_from_rows(rows, schema)
 
 
 def write_table(filesystem: pafs.FileSystem, path: str, table: pa.Table) -> int:
