@@ -101,3 +101,9 @@ class ShardError(ScorerError):
 
 class ShardReadError(ShardError):
     """A shard's input file could not be read or lacks a model column."""
+
+    def __init__(self, message: str, input_path: str | None = None) -> None:
+        super().__init__(message)
+        self.input_path = input_path
+        """The file that could not be read, where known: in a shard packing several files,
+        the driver fails that file's piece alone (it survives pickling, as instance state)."""

@@ -286,7 +286,7 @@ def test_plan_summary_is_json_and_text(tmp_path):
     assert summary["totals"] == {
         "files": 2,
         "failed_files": 0,
-        "shards": 2,
+        "shards": 1,  # a's last row group and b, packed: one folder, 10 rows
         "rows": 10,
         "bytes": plan.bytes,
         "skipped_shards": 1,
@@ -295,6 +295,8 @@ def test_plan_summary_is_json_and_text(tmp_path):
     }
     assert summary["skipped"][0]["shard_id"] == "a.parquet:0-2"
     text = plan.describe()
-    assert "to score: 2 shards, 10 rows" in text
+    assert "to score: 1 shards, 10 rows" in text and "1 of them packing several files" in text
     assert "to skip (already committed): 1 shards, 20 rows" in text
     assert "a.parquet: 25 rows in 3 row groups, 1 shards to score, 1 to skip" in text
+    assert "b.parquet: 5 rows in 1 row groups, 1 shards to score, 0 to skip" in text
+    assert [p["input_relpath"] for p in summary["shards"][0]["pieces"]] == ["a.parquet", "b.parquet"]

@@ -53,6 +53,7 @@ from scorer.pipeline.plan import (
     Shard,
     plan_shards,
     scan_inputs,
+    split_off,
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.progress import Progress
@@ -459,8 +460,7 @@ class _Run:
                     attempt = in_flight.pop(handle)
                     result = workers.fetch(handle, attempt.actor_index)
                     if isinstance(result, Failure):
-                        if self._failed(attempt, result):
-                            queue.append((attempt.shard, attempt.attempt + 1))
+                        queue.extend(self._failed(attempt, result))
                     else:
                         future = committer.submit(self._commit, attempt.shard, result)
                         committing[future] = (attempt, result)
@@ -510,14 +510,27 @@ class _Run:
             try:
                 future.result()
             except ScorerError as exc:  # the commit refused the shard
-                if self._failed(attempt, commit_failure(exc)):
-                    queue.append((attempt.shard, attempt.attempt + 1))
+                queue.extend(self._failed(attempt, commit_failure(exc)))
                 continue
             self.ledger.committed(attempt.shard, attempt.attempt, outcome)
             self.progress.shard_done(shard_id=attempt.shard.shard_id, rows=outcome.rows)
 
-    def _failed(self, attempt: _Attempt, failure: Failure) -> bool:
-        """Record a failed attempt; True if the shard goes back in line."""
+    def _failed(self, attempt: _Attempt, failure: Failure) -> list[tuple[Shard, int]]:
+        """Record a failed attempt; what goes back in line (the shard, or a packed shard's
+        files but the one that cannot be read)."""
+        shard = attempt.shard
+        poison = failure.input_path
+        if poison and not failure.retryable and poison in {p.input_path for p in shard.pieces[1:]}:
+            # A poison file fails alone; the shard's other files are scored in this run.
+            shard, rest = split_off(shard, poison)
+            self._record_failure(_Attempt(shard, attempt.attempt, 0, attempt.started_at), failure)
+            return [] if rest is None else [(rest, 1)]
+        if self._record_failure(attempt, failure):
+            return [(shard, attempt.attempt + 1)]
+        return []
+
+    def _record_failure(self, attempt: _Attempt, failure: Failure) -> bool:
+        """Tell the ledger and the progress; True if the shard is tried again."""
         shard = attempt.shard
         retry = will_retry(failure, attempt.attempt, self.context.config.max_attempts)
         self.ledger.failed(
@@ -539,4 +552,6 @@ class _Run:
 
     def _has_label(self, shard: Shard) -> bool:
         label = self.context.label_column
-        return bool(label) and label in self.files[shard.input_relpath].schema.names
+        return bool(label) and all(
+            label in self.files[piece.input_relpath].schema.names for piece in shard.pieces
+        )

@@ -3,6 +3,8 @@
 Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowhere else::
 
     scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs (``shard_output_relpath``)
+    scores/<folder>/<stem>-rg<start>-<stop>-and-<n>-more-<digest>.parquet
+                                                      a shard packing n + 1 files
     stats/shards/run_id=<run_id>/part-0.parquet       one row per shard attempt (``SHARD_STATS``)
     stats/runs/run_id=<run_id>/part-0.parquet         one row per run (``RUN_STATS``)
     calibration/run_id=<run_id>/part-0.parquet        labelled runs only (``CALIBRATION``)
@@ -67,11 +69,22 @@ def report_folder(run_id: str) -> str:
     return f"{REPORTS}/{run_id}"
 
 
-def shard_output_relpath(relpath: str, rg_start: int, rg_stop: int) -> str:
-    """``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet`` for row groups of an input."""
+def shard_output_relpath(
+    relpath: str, rg_start: int, rg_stop: int, *, more: int = 0, digest: str = ""
+) -> str:
+    """A shard's score file: ``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``.
+
+    ``relpath``, ``rg_start`` and ``rg_stop`` are the shard's first piece (all of a shard of one
+    file, whose name is unchanged since before shards packed files, so older OUTPUT folders
+    resume as they are). A shard that packs ``more`` files after its first is
+    ``<stem>-rg<start:05d>-<stop:05d>-and-<more>-more-<digest>.parquet``, ``digest`` being
+    ``plan.pieces_digest`` (12 hex digits of the sha1 of its piece ids): derived from the pieces
+    alone, so the same input planned with the same ``--shard-rows`` gets the same names.
+    """
     folder, _, name = relpath.rpartition("/")
     stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
-    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}.parquet"
+    packed = f"-and-{more}-more-{digest}" if more else ""
+    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}{packed}.parquet"
     return "/".join(p for p in (SCORES, folder, name) if p)
 
 

@@ -256,6 +256,7 @@ class Ledger:
             "input_path": shard.input_path,
             "row_group_start": shard.rg_start,
             "row_group_stop": shard.rg_stop,
+            "input_files": shard.files,
             "output_path": shard.output_relpath,
             "rows": shard.rows,
             "input_bytes": shard.input_bytes,

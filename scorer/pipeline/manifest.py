@@ -1,7 +1,11 @@
 """Exactly-once output: commit records, atomic commits and orphan cleanup (where files go: `layout`).
 
 The commit record is the commit point: a shard is committed when its record exists and matches
-the input file's fingerprint, the model's sha256 and the digest of the output options.
+the model's sha256 and the digest of the output options, and each of its pieces (row groups of
+one input file; a shard may pack several files of one folder) matches that file's fingerprint.
+A record is the one commit point of the shard's one output file, whatever the number of files.
+Records written before shards packed files name one file in flat fields (``input_path``,
+``rg_start``, ...); they load as a record of one piece, so older OUTPUT folders resume.
 
 Local filesystem: the actor writes the shard under ``_scorer/tmp/<run_id>/``; ``commit_shard``
 flushes it to disk, renames it onto its final name (an atomic replace), then writes the record
@@ -23,7 +27,9 @@ of the next run):
   record; on object storage it was already visible, whole): deleted, because the rerun may plan
   other boundaries (another ``--shard-rows``) and its rows would then be there twice;
 - a changed input file: ``Manifest.supersede`` deletes its records first, then its outputs, so a
-  crash in between leaves only unreferenced files (above), never a record without its file.
+  crash in between leaves only unreferenced files (above), never a record without its file. A
+  record packing that file with others goes whole (its one output file holds them all): the
+  other files of that shard are simply rescored with it.
 
 ``Manifest.reset`` (``--overwrite``) deletes in the same order: every record, then ``scores/``,
 then ``output.json``; ``Manifest.claim`` then records the new model. Old and new rows of an
@@ -81,15 +87,30 @@ def options_digest(key_column: str, keep: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True)
-class CommitRecord:
-    """What committed one shard: ``_scorer/commits/<record_key(shard_id)>.json``."""
+class CommittedPiece:
+    """The row groups of one input file that a commit record covers."""
 
-    shard_id: str
-    input_path: str
     input_relpath: str
+    input_path: str
     rg_start: int
     rg_stop: int
     input_fingerprint: str
+    rows: int
+
+    def overlaps(self, rg_start: int, rg_stop: int) -> bool:
+        return self.rg_start < rg_stop and rg_start < self.rg_stop
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """What committed one shard: ``_scorer/commits/<record_key(shard_id)>.json``.
+
+    ``input_path``, ``input_relpath``, ``rg_start``, ``rg_stop`` and ``input_fingerprint`` are
+    its first piece's (all of it for a shard of one file).
+    """
+
+    shard_id: str
+    pieces: tuple[CommittedPiece, ...]
     model_sha256: str
     options_digest: str
     output_relpath: str
@@ -99,13 +120,53 @@ class CommitRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CommitRecord:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        if "pieces" in data:
+            pieces = tuple(CommittedPiece(**piece) for piece in data["pieces"])
+        else:  # written before shards packed files: the one file in flat fields
+            flat = [f.name for f in fields(CommittedPiece) if f.name != "rows"]
+            pieces = (CommittedPiece(**{name: data[name] for name in flat}, rows=data["rows"]),)
+        if not pieces:
+            raise ValueError("a commit record without pieces")
+        values = {f.name: data[f.name] for f in fields(cls) if f.name != "pieces"}
+        return cls(pieces=pieces, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def input_path(self) -> str:
+        return self.pieces[0].input_path
+
+    @property
+    def input_relpath(self) -> str:
+        return self.pieces[0].input_relpath
+
+    @property
+    def rg_start(self) -> int:
+        return self.pieces[0].rg_start
+
+    @property
+    def rg_stop(self) -> int:
+        return self.pieces[0].rg_stop
+
+    @property
+    def input_fingerprint(self) -> str:
+        return self.pieces[0].input_fingerprint
+
+    def produced_by(self, model_sha256: str, options_digest: str) -> bool:
+        return (self.model_sha256, self.options_digest) == (model_sha256, options_digest)
 
     def matches(self, fingerprint: str, model_sha256: str, options_digest: str) -> bool:
-        return (self.input_fingerprint, self.model_sha256, self.options_digest) == (
-            fingerprint,
-            model_sha256,
-            options_digest,
+        """This model and options, and ``fingerprint`` for its first file."""
+        return self.input_fingerprint == fingerprint and self.produced_by(
+            model_sha256, options_digest
+        )
+
+    def stale(self, fingerprints: Mapping[str, str]) -> bool:
+        """Whether a file of its pieces changed: ``fingerprints`` by relpath, of files now listed."""
+        return any(
+            fingerprints.get(p.input_relpath, p.input_fingerprint) != p.input_fingerprint
+            for p in self.pieces
         )
 
 
@@ -193,19 +254,36 @@ class Manifest:
     def is_committed(
         self, shard: Shard | str, fingerprint: str, model_sha256: str, options_digest: str
     ) -> bool:
-        """Whether ``shard`` (or a shard id) has a record for this input, model and options."""
+        """Whether ``shard`` (or a shard id) has a record for this input, model and options;
+        ``fingerprint`` is its first file's (a `Shard`'s other pieces are checked too)."""
         record = self._records.get(shard.shard_id if isinstance(shard, Shard) else shard)
-        return record is not None and record.matches(fingerprint, model_sha256, options_digest)
+        if record is None or not record.matches(fingerprint, model_sha256, options_digest):
+            return False
+        if isinstance(shard, Shard):
+            return not record.stale({p.input_relpath: p.fingerprint for p in shard.pieces})
+        return True
 
     def committed_ranges(
         self, files: Iterable[InputFile], *, model_sha256: str, options_digest: str
-    ) -> dict[str, list[tuple[int, int]]]:
-        """For ``plan_shards``: each file's committed row-group ranges at its fingerprint now."""
-        ranges: dict[str, list[tuple[int, int]]] = {}
+    ) -> dict[str, list[tuple[int, int, str]]]:
+        """For ``plan_shards``: each file's committed ``(rg_start, rg_stop, shard_id)`` ranges.
+
+        A record counts when it is of this model and options and none of its files changed
+        (``supersede`` drops those; a dry run, which does not, plans them as a run would).
+        """
+        files = list(files)
+        fingerprints = {f.relpath: f.fingerprint for f in files}
+        ranges: dict[str, list[tuple[int, int, str]]] = {}
         for f in files:
             for record in self._by_input.get(f.relpath, {}).values():
-                if record.matches(f.fingerprint, model_sha256, options_digest):
-                    ranges.setdefault(f.relpath, []).append((record.rg_start, record.rg_stop))
+                if record.produced_by(model_sha256, options_digest) and not record.stale(
+                    fingerprints
+                ):
+                    ranges.setdefault(f.relpath, []).extend(
+                        (p.rg_start, p.rg_stop, record.shard_id)
+                        for p in record.pieces
+                        if p.input_relpath == f.relpath
+                    )
         return {relpath: sorted(found) for relpath, found in ranges.items()}
 
     def check(self, *, model_name: str, model_sha256: str, options_digest: str) -> None:
@@ -310,20 +388,22 @@ class Manifest:
     def supersede(self, files: Iterable[InputFile]) -> tuple[CommitRecord, ...]:
         """Forget the shards of inputs that changed (fingerprint differs), so they are rescored.
 
-        Records are deleted before outputs: see the module docstring for why that order.
+        A record any of whose files changed goes whole: the other files it packed are rescored
+        with the changed one. Records are deleted before outputs: see the module docstring.
         """
-        stale = [
-            record
-            for f in files
-            for record in self._by_input.get(f.relpath, {}).values()
-            if record.input_fingerprint != f.fingerprint
-        ]
+        fingerprints = {f.relpath: f.fingerprint for f in files}
+        stale = {
+            record.shard_id: record
+            for relpath in fingerprints
+            for record in self._by_input.get(relpath, {}).values()
+            if record.stale(fingerprints)
+        }
         fs = self.layout.location.filesystem
-        delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in stale])
-        for record in stale:
+        delete_files(fs, [self.layout.path(_record_relpath(r)) for r in stale])
+        for record in stale.values():
             self._forget(record)
-        delete_files(fs, [self.layout.path(r.output_relpath) for r in stale])
-        return tuple(stale)
+        delete_files(fs, [self.layout.path(r.output_relpath) for r in stale.values()])
+        return tuple(stale.values())
 
     def commit_shard(
         self,
@@ -353,11 +433,17 @@ class Manifest:
                 replace_durably(fs, temp, final)
         record = CommitRecord(
             shard_id=shard.shard_id,
-            input_path=shard.input_path,
-            input_relpath=shard.input_relpath,
-            rg_start=shard.rg_start,
-            rg_stop=shard.rg_stop,
-            input_fingerprint=shard.fingerprint,
+            pieces=tuple(
+                CommittedPiece(
+                    input_relpath=p.input_relpath,
+                    input_path=p.input_path,
+                    rg_start=p.rg_start,
+                    rg_stop=p.rg_stop,
+                    input_fingerprint=p.fingerprint,
+                    rows=p.rows,
+                )
+                for p in shard.pieces
+            ),
             model_sha256=model_sha256,
             options_digest=options_digest,
             output_relpath=shard.output_relpath,
@@ -365,7 +451,7 @@ class Manifest:
             run_id=run_id,
             committed_at=now_iso(),
         )
-        self._write_json(_record_relpath(shard.shard_id), asdict(record), run_id)
+        self._write_json(_record_relpath(shard.shard_id), record.to_dict(), run_id)
         self._remember(record)
         return record
 
@@ -378,25 +464,33 @@ class Manifest:
             raise ShardError(
                 f"{shard.shard_id}: wrote {rows:,} rows, expected {shard.rows:,}; not committed"
             )
-        for other in self._by_input.get(shard.input_relpath, {}).values():
-            if other.shard_id == shard.shard_id:
-                continue
-            # Either would make rows visible twice; supersede() and plan reuse rule both out.
-            if other.input_fingerprint != shard.fingerprint:
-                raise ShardError(
-                    f"{shard.shard_id}: {other.shard_id} of an older version of the input "
-                    "is still committed (supersede() was not called)"
-                )
-            if other.rg_start < shard.rg_stop and shard.rg_start < other.rg_stop:
-                raise ShardError(f"{shard.shard_id}: overlaps committed shard {other.shard_id}")
+        for piece in shard.pieces:
+            for other in self._by_input.get(piece.input_relpath, {}).values():
+                if other.shard_id == shard.shard_id:
+                    continue
+                # Either would make rows visible twice; supersede() and plan reuse rule both out.
+                for theirs in other.pieces:
+                    if theirs.input_relpath != piece.input_relpath:
+                        continue
+                    if theirs.input_fingerprint != piece.fingerprint:
+                        raise ShardError(
+                            f"{shard.shard_id}: {other.shard_id} of an older version of the input "
+                            f"{piece.input_relpath} is still committed (supersede() was not called)"
+                        )
+                    if theirs.overlaps(piece.rg_start, piece.rg_stop):
+                        raise ShardError(
+                            f"{shard.shard_id}: overlaps committed shard {other.shard_id}"
+                        )
 
     def _remember(self, record: CommitRecord) -> None:
         self._records[record.shard_id] = record
-        self._by_input.setdefault(record.input_relpath, {})[record.shard_id] = record
+        for piece in record.pieces:
+            self._by_input.setdefault(piece.input_relpath, {})[record.shard_id] = record
 
     def _forget(self, record: CommitRecord) -> None:
         del self._records[record.shard_id]
-        del self._by_input[record.input_relpath][record.shard_id]
+        for piece in record.pieces:
+            self._by_input[piece.input_relpath].pop(record.shard_id, None)
 
     def _read_claim(self) -> OutputClaim | None:
         return read_json_record(

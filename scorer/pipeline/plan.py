@@ -7,10 +7,15 @@ footer in a thread pool (on object storage each footer costs round trips, so lat
 A file whose footer cannot be read does not stop the plan: it becomes a ``FailedInput``, which
 the driver reports as a failed shard naming the file and the reason.
 
-``plan_shards`` splits each file on row-group boundaries into shards of about ``shard_rows``
-rows. Row groups a previous run committed for the same file fingerprint keep their boundaries
-(they are the ``skipped`` shards); only the row groups they leave uncovered are split with the
-current ``shard_rows``. So changing ``--shard-rows`` on a rerun never plans a row twice.
+``plan_shards`` cuts the row groups of each output folder (a file's hive folder) into shards of
+about ``shard_rows`` rows. A shard is a tuple of *pieces*, each a run of consecutive row groups
+of one file: a big file splits on row-group boundaries into shards of one piece, and the small
+files that streaming ingestion writes by the thousand are packed, in relpath order, several to
+a shard (per-shard costs, ~2 ms a stage, would otherwise outweigh their rows). Files of
+different folders never share a shard, so every score file stays in its input's partition.
+Row groups a previous run committed for the same file fingerprint keep their boundaries, per
+piece (they are the ``skipped`` shards); only the row groups they leave uncovered are packed
+with the current ``shard_rows``. So changing ``--shard-rows`` on a rerun never plans a row twice.
 
 A file's identity in the plan and in the output is its *relpath*: its path below INPUT, led by
 INPUT's own trailing ``key=value`` folders, so that scoring ``sessions/dt=2026-11-27`` and
@@ -155,25 +160,89 @@ class FailedInput:
 
 
 @dataclass(frozen=True)
-class Shard:
-    """A run of whole row groups ``[rg_start, rg_stop)`` of one input file: the unit of work."""
+class Piece:
+    """Consecutive row groups ``[rg_start, rg_stop)`` of one input file: a part of a shard."""
 
-    shard_id: str
-    """Stable across runs: ``<relpath>:<rg_start>-<rg_stop>``."""
     input_path: str
     input_relpath: str
-    partition: Partition
     rg_start: int
     rg_stop: int
     rows: int
     input_bytes: int
     fingerprint: str
-    output_relpath: str
-    """Below OUTPUT: ``layout.shard_output_relpath`` of the file and the row-group range."""
+
+    @property
+    def piece_id(self) -> str:
+        """``<relpath>:<rg_start>-<rg_stop>``, the id a shard of this piece alone has."""
+        return shard_id(self.input_relpath, self.rg_start, self.rg_stop)
 
     @property
     def row_groups(self) -> range:
         return range(self.rg_start, self.rg_stop)
+
+    def to_dict(self) -> dict:
+        return {
+            "input_path": self.input_path,
+            "input_relpath": self.input_relpath,
+            "rg_start": self.rg_start,
+            "rg_stop": self.rg_stop,
+            "rows": self.rows,
+            "input_bytes": self.input_bytes,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The unit of work: pieces of one or more files of one output folder, one output file.
+
+    ``input_path``, ``input_relpath``, ``rg_start``, ``rg_stop``, ``fingerprint`` and
+    ``row_groups`` are the first piece's: all of the shard when it has one piece.
+    """
+
+    shard_id: str
+    """Stable across runs and derived from the pieces alone (``packed_shard_id``)."""
+    partition: Partition
+    pieces: tuple[Piece, ...]
+    output_relpath: str
+    """Below OUTPUT: ``layout.shard_output_relpath`` of the pieces."""
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.pieces)
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(p.input_bytes for p in self.pieces)
+
+    @property
+    def files(self) -> int:
+        """How many input files the shard reads."""
+        return len(self.pieces)
+
+    @property
+    def input_path(self) -> str:
+        return self.pieces[0].input_path
+
+    @property
+    def input_relpath(self) -> str:
+        return self.pieces[0].input_relpath
+
+    @property
+    def rg_start(self) -> int:
+        return self.pieces[0].rg_start
+
+    @property
+    def rg_stop(self) -> int:
+        return self.pieces[0].rg_stop
+
+    @property
+    def fingerprint(self) -> str:
+        return self.pieces[0].fingerprint
+
+    @property
+    def row_groups(self) -> range:
+        return self.pieces[0].row_groups
 
     def to_dict(self) -> dict:
         return {
@@ -187,6 +256,7 @@ class Shard:
             "input_bytes": self.input_bytes,
             "fingerprint": self.fingerprint,
             "output_relpath": self.output_relpath,
+            "pieces": [p.to_dict() for p in self.pieces],
         }
 
 
@@ -254,15 +324,17 @@ class Plan:
         """Human-readable plan (``--dry-run``): totals, then one line per file."""
         todo: dict[str, list[Shard]] = {}
         done: dict[str, list[Shard]] = {}
-        for shard in self.shards:
-            todo.setdefault(shard.input_relpath, []).append(shard)
-        for shard in self.skipped:
-            done.setdefault(shard.input_relpath, []).append(shard)
+        for shards, by_file in ((self.shards, todo), (self.skipped, done)):
+            for shard in shards:
+                for relpath in dict.fromkeys(p.input_relpath for p in shard.pieces):
+                    by_file.setdefault(relpath, []).append(shard)
+        packed = sum(1 for s in self.shards if s.files > 1)
         lines = [
             f"{len(self.files)} input files, {sum(f.rows for f in self.files):,} rows, "
             f"{_human_bytes(sum(f.bytes for f in self.files))} compressed; "
             f"shards of at most {self.shard_rows:,} rows (or one larger row group)",
-            f"to score: {len(self.shards)} shards, {self.rows:,} rows, {_human_bytes(self.bytes)}",
+            f"to score: {len(self.shards)} shards, {self.rows:,} rows, {_human_bytes(self.bytes)}"
+            + (f" ({packed} of them packing several files)" if packed else ""),
             f"to skip (already committed): {len(self.skipped)} shards, {self.skipped_rows:,} rows",
         ]
         if self.failed:
@@ -299,40 +371,117 @@ def scan_inputs(
 def plan_shards(
     inputs: Sequence[InputFile | FailedInput],
     shard_rows: int,
-    committed_ranges: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    committed_ranges: Mapping[str, Sequence[CommittedRange]] | None = None,
 ) -> Plan:
-    """Split the files into shards of at most ``shard_rows`` rows on row-group boundaries.
+    """Pack the files' row groups into shards of at most ``shard_rows`` rows, folder by folder.
 
     ``committed_ranges`` maps a file's relpath to the ``(rg_start, rg_stop)`` ranges already
-    committed *for its current fingerprint* (``Manifest.committed_ranges`` filters them): those
-    keep their boundaries and are returned as ``skipped``; only the rest is split anew. Row
-    groups are added to a shard while it stays within ``shard_rows``; a row group larger than
-    that is a shard of its own.
+    committed *for its current fingerprint* (``Manifest.committed_ranges`` filters them), each
+    optionally followed by the id of the shard that committed it: those keep their boundaries
+    and are returned as ``skipped`` (the ranges of one shard id as one shard); only the rest is
+    planned anew. Within a folder, files in relpath order, row groups are added to a shard while
+    it stays within ``shard_rows``; a row group larger than that is a shard of its own.
     """
     if shard_rows < 1:
         raise ConfigError(f"--shard-rows must be at least 1, got {shard_rows}")
     committed_ranges = committed_ranges or {}
     files = tuple(f for f in inputs if isinstance(f, InputFile))
-    shards: list[Shard] = []
-    skipped: list[Shard] = []
+    folders: dict[str, list[InputFile]] = {}
     for f in files:
-        done = _checked_ranges(f, committed_ranges.get(f.relpath, ()))
-        skipped += [_make_shard(f, start, stop) for start, stop in done]
-        for gap_start, gap_stop in _gaps(done, len(f.row_group_rows)):
-            bounds = _split(f.row_group_rows, gap_start, gap_stop, shard_rows)
-            shards += [_make_shard(f, start, stop) for start, stop in bounds]
+        folders.setdefault(f.folder, []).append(f)
+    shards: list[Shard] = []
+    skipped: dict[str, list[Piece]] = {}
+    for folder_files in folders.values():
+        packer = _Packer(shard_rows)
+        for f in sorted(folder_files, key=lambda f: f.relpath):
+            done = _checked_ranges(f, committed_ranges.get(f.relpath, ()))
+            for start, stop, committed_id in done:
+                skipped.setdefault(committed_id, []).append(_piece(f, start, stop))
+            for gap_start, gap_stop in _gaps(done, len(f.row_group_rows)):
+                for group in range(gap_start, gap_stop):
+                    packer.add(f, group)
+        shards += [_make_shard(pieces, partition) for pieces, partition in packer.finish()]
     shards.sort(key=lambda s: (s.input_relpath, s.rg_start))
+    partitions = {f.relpath: f.partition for f in files}
     return Plan(
         shard_rows=shard_rows,
         files=files,
         failed=tuple(f for f in inputs if isinstance(f, FailedInput)),
         shards=tuple(shards),
-        skipped=tuple(skipped),
+        skipped=tuple(
+            _make_shard(tuple(pieces), partitions[pieces[0].input_relpath])
+            for pieces in skipped.values()
+        ),
+    )
+
+
+def split_off(shard: Shard, input_path: str) -> tuple[Shard, Shard | None]:
+    """A packed shard's pieces of one file (its poison file) as a shard of their own, and the
+    rest of the pieces as another (None when nothing is left); names follow the pieces."""
+    alone = tuple(p for p in shard.pieces if p.input_path == input_path)
+    rest = tuple(p for p in shard.pieces if p.input_path != input_path)
+    if not alone:
+        raise ValueError(f"{shard.shard_id}: no piece of {input_path}")
+    return (
+        _make_shard(alone, shard.partition),
+        _make_shard(rest, shard.partition) if rest else None,
     )
 
 
 def shard_id(relpath: str, rg_start: int, rg_stop: int) -> str:
     return f"{relpath}:{rg_start}-{rg_stop}"
+
+
+def packed_shard_id(pieces: Sequence[Piece]) -> str:
+    """A one-piece shard is its piece (``<relpath>:<a>-<b>``, as before shards packed files);
+    a packed one is ``<first piece id>+<n-1>:<digest of every piece id>``."""
+    if len(pieces) == 1:
+        return pieces[0].piece_id
+    return f"{pieces[0].piece_id}+{len(pieces) - 1}:{pieces_digest(pieces)}"
+
+
+def pieces_digest(pieces: Sequence[Piece]) -> str:
+    """12 hex digits of the sha1 of the piece ids, one a line: names a packed shard's file."""
+    text = "\n".join(p.piece_id for p in pieces)
+    return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+CommittedRange = tuple[int, int] | tuple[int, int, str]
+"""``(rg_start, rg_stop)`` of a file committed before, optionally with the committing shard's id."""
+
+
+class _Packer:
+    """Fills shards of one folder row group by row group, in the order they are added."""
+
+    def __init__(self, shard_rows: int) -> None:
+        self.shard_rows = shard_rows
+        self.shards: list[tuple[list[Piece], Partition]] = []
+        self.rows = 0
+        self.groups = 0  # in the shard being filled
+
+    def add(self, f: InputFile, group: int) -> None:
+        rows = f.row_group_rows[group]
+        current = self.shards[-1][0] if self.shards else []
+        last = current[-1] if current else None
+        same_file = last is not None and last.input_relpath == f.relpath
+        # A shard holds one piece per file: a committed range inside a file ends the shard.
+        if (
+            not self.shards
+            or (self.groups and self.rows + rows > self.shard_rows)
+            or (same_file and last is not None and last.rg_stop != group)
+        ):
+            current, last, same_file = [], None, False
+            self.rows, self.groups = 0, 0
+            self.shards.append((current, f.partition))
+        if same_file and last is not None:
+            current[-1] = _piece(f, last.rg_start, group + 1)
+        else:
+            current.append(_piece(f, group, group + 1))
+        self.rows += rows
+        self.groups += 1
+
+    def finish(self) -> list[tuple[tuple[Piece, ...], Partition]]:
+        return [(tuple(pieces), partition) for pieces, partition in self.shards]
 
 
 @dataclass(frozen=True)
@@ -427,53 +576,59 @@ def _read_footer(fs: pafs.FileSystem, c: _Candidate) -> InputFile | FailedInput:
     )
 
 
-def _checked_ranges(f: InputFile, ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Committed ranges sorted; overlapping or out-of-file ranges mean a corrupt manifest."""
-    ordered = sorted((int(a), int(b)) for a, b in ranges)
+def _checked_ranges(f: InputFile, ranges: Sequence[CommittedRange]) -> list[tuple[int, int, str]]:
+    """Committed ranges sorted, with their shard ids; overlapping or out-of-file ranges mean a
+    corrupt manifest."""
+    ordered = sorted(
+        (int(r[0]), int(r[1]), str(r[2]) if len(r) > 2 else shard_id(f.relpath, r[0], r[1]))
+        for r in ranges
+    )
     end = 0
-    for start, stop in ordered:
+    for start, stop, _ in ordered:
         if start < end or not 0 <= start < stop <= len(f.row_group_rows):
             raise ValueError(
-                f"{f.relpath}: committed row-group ranges {ordered} overlap or exceed its "
-                f"{len(f.row_group_rows)} row groups"
+                f"{f.relpath}: committed row-group ranges {[r[:2] for r in ordered]} overlap or "
+                f"exceed its {len(f.row_group_rows)} row groups"
             )
         end = stop
     return ordered
 
 
-def _gaps(done: Sequence[tuple[int, int]], n_groups: int) -> list[tuple[int, int]]:
+def _gaps(done: Sequence[tuple[int, int, str]], n_groups: int) -> list[tuple[int, int]]:
     gaps, cursor = [], 0
-    for start, stop in [*done, (n_groups, n_groups)]:
+    for start, stop, _ in [*done, (n_groups, n_groups, "")]:
         if start > cursor:
             gaps.append((cursor, start))
         cursor = stop
     return gaps
 
 
-def _split(rows: Sequence[int], start: int, stop: int, target: int) -> list[tuple[int, int]]:
-    bounds, first, total = [], start, 0
-    for i in range(start, stop):
-        if i > first and total + rows[i] > target:
-            bounds.append((first, i))
-            first, total = i, 0
-        total += rows[i]
-    if first < stop:
-        bounds.append((first, stop))
-    return bounds
-
-
-def _make_shard(f: InputFile, start: int, stop: int) -> Shard:
-    return Shard(
-        shard_id=shard_id(f.relpath, start, stop),
+def _piece(f: InputFile, start: int, stop: int) -> Piece:
+    return Piece(
         input_path=f.path,
         input_relpath=f.relpath,
-        partition=f.partition,
         rg_start=start,
         rg_stop=stop,
         rows=sum(f.row_group_rows[start:stop]),
         input_bytes=sum(f.row_group_bytes[start:stop]),
         fingerprint=f.fingerprint,
-        output_relpath=shard_output_relpath(f.relpath, start, stop),
+    )
+
+
+def _make_shard(pieces: tuple[Piece, ...], partition: Partition) -> Shard:
+    first = pieces[0]
+    more = len(pieces) - 1
+    return Shard(
+        shard_id=packed_shard_id(pieces),
+        partition=partition,
+        pieces=pieces,
+        output_relpath=shard_output_relpath(
+            first.input_relpath,
+            first.rg_start,
+            first.rg_stop,
+            more=more,
+            digest=pieces_digest(pieces) if more else "",
+        ),
     )
 
 

@@ -21,6 +21,8 @@ class Failure:
     retryable: bool
     actor_lost: bool = False
     """The actor (its worker or its node) is gone: the pool replaces it."""
+    input_path: str | None = None
+    """The input file that could not be read (`ShardReadError.input_path`), where known."""
 
 
 def will_retry(failure: Failure, attempt: int, max_attempts: int) -> bool:
@@ -36,7 +38,7 @@ def ray_failure(exc: BaseException) -> Failure:
         return Failure(f"actor died: {first_line(exc)}", retryable=True, actor_lost=True)
     if isinstance(exc, RayTaskError):
         cause = exc.cause if isinstance(exc.cause, BaseException) else exc.as_instanceof_cause()
-        return Failure(one_line(cause), retryable=not isinstance(cause, ShardReadError))
+        return local_failure(cause)
     if isinstance(
         exc, RayError
     ):  # its worker or node died otherwise (OutOfMemoryError, NodeDiedError)
@@ -44,10 +46,13 @@ def ray_failure(exc: BaseException) -> Failure:
     raise exc
 
 
-def local_failure(exc: Exception) -> Failure:
-    """What an error of a shard scored in the driver process means: as from an actor, an
-    unreadable input is not retried and anything else is."""
-    return Failure(one_line(exc), retryable=not isinstance(exc, ShardReadError))
+def local_failure(exc: BaseException) -> Failure:
+    """What an error of a shard scored in the driver process (or raised in an actor) means: an
+    unreadable input is not retried, and names its file; anything else is retried."""
+    if isinstance(exc, ShardReadError):
+        path = getattr(exc, "input_path", None)  # absent on Ray's as_instanceof_cause copies
+        return Failure(one_line(exc), retryable=False, input_path=path)
+    return Failure(one_line(exc), retryable=True)
 
 
 def commit_failure(exc: ScorerError) -> Failure:

@@ -36,6 +36,7 @@ SHARD_STATS_SCHEMA = pa.schema(
         ("input_path", pa.string()),
         ("row_group_start", pa.int32()),
         ("row_group_stop", pa.int32()),
+        ("input_files", pa.int32()),
         ("output_path", pa.string()),
         ("rows", pa.int64()),
         ("rows_ok", pa.int64()),
@@ -62,6 +63,9 @@ SHARD_STATS_SCHEMA = pa.schema(
     ]
 )
 """`status`: committed, skipped (committed by an earlier run), failed, interrupted.
+`input_path`, `row_group_start/stop`: the shard's first file and its row groups; `input_files`:
+how many files the shard read (a shard packs the small files of one folder; null in the rows of
+runs before shards packed files, which DuckDB reads alongside with ``union_by_name``).
 `peak_rss_bytes`: the actor process's peak resident memory when it finished the shard.
 `*_seconds` of a stage: the wall time of that stage's thread (the stages overlap, so they add up
 to more than `total_seconds`). `cpu_seconds`: the actor process's CPU time, all threads, while
