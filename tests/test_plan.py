@@ -299,4 +299,7 @@ def test_plan_summary_is_json_and_text(tmp_path):
     assert "to skip (already committed): 1 shards, 20 rows" in text
     assert "a.parquet: 25 rows in 3 row groups, 1 shards to score, 1 to skip" in text
     assert "b.parquet: 5 rows in 1 row groups, 1 shards to score, 0 to skip" in text
-    assert [p["input_relpath"] for p in summary["shards"][0]["pieces"]] == ["a.parquet", "b.parquet"]
+    assert [p["input_relpath"] for p in summary["shards"][0]["pieces"]] == [
+        "a.parquet",
+        "b.parquet",
+    ]
