@@ -520,7 +520,8 @@ class _Run:
         files but the one that cannot be read)."""
         shard = attempt.shard
         poison = failure.input_path
-        if poison and not failure.retryable and poison in {p.input_path for p in shard.pieces[1:]}:
+        pieces = {p.input_path for p in shard.pieces}
+        if poison in pieces and len(pieces) > 1 and not failure.retryable:
             # A poison file fails alone; the shard's other files are scored in this run.
             shard, rest = split_off(shard, poison)
             self._record_failure(_Attempt(shard, attempt.attempt, 0, attempt.started_at), failure)
