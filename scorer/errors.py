@@ -5,6 +5,7 @@ ScorerError                      root: the CLI prints "TypeName: message"
 ├── PreflightError               the job as a whole cannot be right (exit 2)
 │   ├── NoInputFilesError        INPUT matched no Parquet file
 │   ├── MissingColumnError       a model column is in no input file
+│   ├── ColumnTypeConflictError  the key (or a kept column) has types readers cannot union
 │   └── OutputConflictError      OUTPUT inside INPUT, or holds another model's scores
 ├── ModelError                   a model directory is unusable
 │   └── ChecksumError            model.onnx does not match its card's sha256
@@ -43,6 +44,10 @@ class NoInputFilesError(PreflightError):
 
 class MissingColumnError(PreflightError):
     """A column the model needs is absent from every input file."""
+
+
+class ColumnTypeConflictError(PreflightError):
+    """A column copied to the scores has types in two input files that readers cannot union."""
 
 
 class OutputConflictError(PreflightError):
