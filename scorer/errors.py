@@ -14,7 +14,8 @@ ScorerError                      root: the CLI prints "TypeName: message"
 ├── ClusterError                 Ray could not be started or joined
 ├── StorageError                 a filesystem URI could not be opened
 ├── ReportError                  OUTPUT holds no run, or not the one asked for
-├── Interrupted                  SIGINT/SIGTERM: in-flight shards abandoned (exit 130)
+├── Interrupted                  SIGINT: in-flight shards abandoned (exit 130)
+│   └── Terminated               SIGTERM, the same abandon (exit 143 = 128 + 15)
 └── ShardError                   one shard failed (the run goes on)
     └── ShardReadError           its input could not be read or has a wrong schema
 """
@@ -98,6 +99,12 @@ class Interrupted(ScorerError):
     """The run was interrupted; in-flight shards were abandoned cleanly, rerun to resume."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The run was stopped by SIGTERM; abandoned as on SIGINT, exit 128 + 15 as schedulers read it."""
+
+    exit_code = 143
 
 
 class ShardError(ScorerError):

@@ -391,14 +391,18 @@ def test_sigint_and_sigterm_abandon_in_flight_shards_and_the_rerun_completes(tmp
     interrupted_runs = []
     with _ScoresWatcher(out) as watcher:
         # Ctrl-C reaches the whole foreground process group; a scheduler's SIGTERM the driver.
-        for signum, group in ((signal.SIGINT, True), (signal.SIGTERM, False)):
+        # Ctrl-C exits 130; SIGTERM 143 (128 + 15), what schedulers read as "terminated".
+        for signum, group, exit_code, error in (
+            (signal.SIGINT, True, 130, "Interrupted"),
+            (signal.SIGTERM, False, 143, "Terminated"),
+        ):
             before = _commits(out)
             driver = drivers.start(*command)
             _wait_for(lambda before=before: _commits(out) > before, 180, "a commit")
             drivers.signal_mid_run(driver, signum, out, group=group)
             code, _, stderr = drivers.wait(driver, 60)
-            assert code == 130, stderr
-            assert "Interrupted: " in stderr and "rerun the same command" in stderr
+            assert code == exit_code, stderr
+            assert f"{error}: run " in stderr and "rerun the same command" in stderr
             run_id = re.search(r"run (\S+) interrupted", stderr).group(1)
             interrupted_runs.append(run_id)
             assert _run_stats(out, run_id)["status"] == "interrupted"
@@ -428,6 +432,39 @@ def test_an_interrupt_before_the_run_starts_is_exit_130_too(tmp_path, monkeypatc
     assert result.exit_code == 130, result.output
     assert result.output.startswith("Interrupted: ") and "rerun the same command" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sigterm_before_the_run_starts_is_exit_143_and_the_handler_is_put_back(
+    tmp_path, monkeypatch
+):
+    history = make_history(tmp_path / "in", sessions=200, files=1, days=1)
+
+    def terminated_scan(context):
+        os.kill(os.getpid(), signal.SIGTERM)  # as if a scheduler stopped the job mid-scan
+        raise AssertionError("SIGTERM did not interrupt the scan")
+
+    monkeypatch.setattr("scorer.pipeline.driver._scan", terminated_scan)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli, ["score", str(history), str(tmp_path / "out")])
+    assert result.exit_code == 143, result.output
+    assert result.output.startswith("Terminated: ") and "rerun the same command" in result.output
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_library_raises_interrupted_whatever_the_signal(tmp_path, monkeypatch):
+    from scorer.errors import Interrupted, Terminated
+
+    history = make_history(tmp_path / "in", sessions=200, files=1, days=1)
+
+    def interrupted_scan(context):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("scorer.pipeline.driver._scan", interrupted_scan)
+    with pytest.raises(Interrupted) as caught:
+        score(str(history), str(tmp_path / "out"))
+    assert type(caught.value) is Interrupted and caught.value.exit_code == 130
+    assert issubclass(Terminated, Interrupted) and Terminated.exit_code == 143
 
 
 # -- broken input ------------------------------------------------------------------------------
