@@ -24,7 +24,7 @@ from scorer.config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARD_ROWS,
 )
-from scorer.errors import ScorerError
+from scorer.errors import Interrupted, ScorerError, Terminated
 from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS
 from scorer.evaluation.generate import DEFAULT_CONVERSION_RATE, DEFAULT_END_DATE, generate
 from scorer.model.card import (
@@ -200,10 +200,10 @@ def score_command(
     atomically. Rerunning the same command resumes: committed shards are skipped.
 
     Exit codes: 0 all shards committed or skipped, 1 some shards failed, 2 usage, config or
-    preflight error, 130 interrupted.
+    preflight error, 130 interrupted by SIGINT (Ctrl-C), 143 stopped by SIGTERM (a scheduler);
+    on either, in-flight shards are abandoned cleanly and a rerun resumes.
     """
     import json
-    import signal
 
     from scorer.config import load_config, parse_date, parse_partitions
     from scorer.pipeline.driver import score
@@ -229,10 +229,11 @@ def score_command(
     )
     interactive = sys.stderr.isatty() and not as_json
     progress = RichProgress() if interactive else LogProgress()
-    # SIGTERM (a scheduler stopping the job) gets the same clean abandon as Ctrl-C.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Ray prints cluster events (a node died) to stdout; with --json stdout is the summary's alone.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with (
+        contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),
+        _sigterm_interrupts(),
+    ):
         summary = score(input, output, config=config, progress=progress, dry_run=dry_run)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), default=str, indent=2))
@@ -241,6 +242,29 @@ def score_command(
     else:
         click.echo(_describe_run(summary), err=not as_json)
     sys.exit(summary.exit_code)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job) gets the same clean abandon as Ctrl-C, and the
+    exit code schedulers read as "stopped by SIGTERM": 143 (128 + 15), Ctrl-C keeping 130."""
+    import signal
+
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt  # the library abandons in-flight shards on it, then `Interrupted`
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except Interrupted as exc:
+        if received and not isinstance(exc, Terminated):
+            raise Terminated(str(exc)) from exc
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _describe_run(summary: RunSummary) -> str:

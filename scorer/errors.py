@@ -5,6 +5,7 @@ ScorerError                      root: the CLI prints "TypeName: message"
 ├── PreflightError               the job as a whole cannot be right (exit 2)
 │   ├── NoInputFilesError        INPUT matched no Parquet file
 │   ├── MissingColumnError       a model column is in no input file
+│   ├── ColumnTypeConflictError  the key (or a kept column) has types readers cannot union
 │   └── OutputConflictError      OUTPUT inside INPUT, or holds another model's scores
 ├── ModelError                   a model directory is unusable
 │   └── ChecksumError            model.onnx does not match its card's sha256
@@ -13,7 +14,8 @@ ScorerError                      root: the CLI prints "TypeName: message"
 ├── ClusterError                 Ray could not be started or joined
 ├── StorageError                 a filesystem URI could not be opened
 ├── ReportError                  OUTPUT holds no run, or not the one asked for
-├── Interrupted                  SIGINT/SIGTERM: in-flight shards abandoned (exit 130)
+├── Interrupted                  SIGINT: in-flight shards abandoned (exit 130)
+│   └── Terminated               SIGTERM, the same abandon (exit 143 = 128 + 15)
 └── ShardError                   one shard failed (the run goes on)
     └── ShardReadError           its input could not be read or has a wrong schema
 """
@@ -43,6 +45,10 @@ class NoInputFilesError(PreflightError):
 
 class MissingColumnError(PreflightError):
     """A column the model needs is absent from every input file."""
+
+
+class ColumnTypeConflictError(PreflightError):
+    """A column copied to the scores has types in two input files that readers cannot union."""
 
 
 class OutputConflictError(PreflightError):
@@ -93,6 +99,12 @@ class Interrupted(ScorerError):
     """The run was interrupted; in-flight shards were abandoned cleanly, rerun to resume."""
 
     exit_code = 130
+
+
+class Terminated(Interrupted):
+    """The run was stopped by SIGTERM; abandoned as on SIGINT, exit 128 + 15 as schedulers read it."""
+
+    exit_code = 143
 
 
 class ShardError(ScorerError):

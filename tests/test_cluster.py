@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from test_faults import _stopped_writing_a_shard, _wait_for
 
 from scorer.evaluation.generate import generate
 
@@ -203,6 +204,16 @@ def _score(cluster, sessions, out, *extra, env=None, timeout=180):
     )
 
 
+def _scoring_actors_under(raylet: psutil.Process) -> list[psutil.Process]:
+    """The scoring actors of one node: Ray starts a node's workers as children of its raylet."""
+    found = []
+    for process in raylet.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if " ".join(process.cmdline()).startswith("ray::ScoringActor"):
+                found.append(process)
+    return found
+
+
 def _exactly_once(sessions, out):
     keys = ds.dataset(out / "scores", format="parquet").to_table(columns=["session_id"])[
         "session_id"
@@ -372,30 +383,43 @@ def test_losing_the_worker_node_mid_run_retries_its_shard_on_the_head(cluster, s
     """Last in the module: the worker node does not come back."""
     out = tmp_path / "out"
     raylet = cluster.worker_raylet()
-    driver = cluster.popen(
-        BIN / "scorer",
-        "score",
-        sessions,
-        out,
-        "--address",
-        ADDRESS,
-        "--json",
-        "--shard-rows",
-        "200",
-        "--batch-rows",
-        "5",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    log = tmp_path / "driver.err"  # read at the end: a pipe left unread could fill and stall it
+    with open(log, "w") as err:
+        driver = cluster.popen(
+            BIN / "scorer",
+            "score",
+            sessions,
+            out,
+            "--address",
+            ADDRESS,
+            "--json",
+            "--shard-rows",
+            "200",
+            "--batch-rows",
+            "2",  # 100 batches a shard: each stays in flight long enough to be seen
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+
+    def worker_node_actors() -> list[psutil.Process]:
+        if driver.poll() is not None:
+            raise AssertionError("the run ended before a shard was seen on the worker node")
+        return _scoring_actors_under(raylet)
+
+    # The node is lost while one of its actors is seen writing a shard (stopped there, so the
+    # shard cannot finish first): its raylet and every process under it die at once.
+    _wait_for(
+        lambda: _stopped_writing_a_shard(out, worker_node_actors),
+        120,
+        "a shard in flight on the worker node",
     )
-    lines = []
-    for line in driver.stderr:  # kill once the actors are busy
-        lines.append(line)
-        if "ready in" in line:
-            time.sleep(1.5)
-            raylet.send_signal(signal.SIGKILL)
-            break
-    stdout, stderr = driver.communicate(timeout=150)
-    assert driver.returncode == 0 and stdout, ("".join(lines) + stderr)[-3000:]
+    node = [raylet, *raylet.children(recursive=True)]
+    for process in node:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    stdout, _ = driver.communicate(timeout=150)
+    stderr = log.read_text()
+    assert driver.returncode == 0 and stdout, stderr[-3000:]
     summary = json.loads(stdout)
     assert summary["shards_failed"] == 0 and summary["shards_committed"] == 40
     stats = _shard_stats(out, summary["run_id"])

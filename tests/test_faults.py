@@ -148,16 +148,34 @@ def _scoring_actors() -> list[psutil.Process]:
     return found
 
 
-def _actor_writing_a_shard(out: Path):
-    """(actor process, temp file) of an actor that has a shard's temporary output open."""
-    temp = str(out / "_scorer" / "tmp")
-    for actor in _scoring_actors():
+def _writing_a_shard(out: Path, processes: list[psutil.Process]):
+    """(process, temp file) of one of `processes` that has a shard's temporary output open."""
+    temp = str(out.resolve() / "_scorer" / "tmp")
+    for process in processes:
         try:
-            for opened in actor.open_files():
+            for opened in process.open_files():
                 if opened.path.startswith(temp) and opened.path.endswith(".parquet"):
-                    return actor, opened.path
+                    return process, opened.path
         except psutil.NoSuchProcess:
             continue
+    return None
+
+
+def _stopped_writing_a_shard(out: Path, processes=_scoring_actors):
+    """(process, temp file) of a process caught writing a shard, stopped (SIGSTOP) with that
+    file still open: it cannot finish the shard (close the file, hand back its outcome) before
+    the test acts on it. `processes` is called for the candidates at each look."""
+    found = _writing_a_shard(out, processes())
+    if found is None:
+        return None
+    process, path = found
+    try:
+        process.suspend()
+        if any(opened.path == path for opened in process.open_files()):
+            return found
+        process.resume()  # it closed the file between the two looks: look again
+    except psutil.NoSuchProcess:
+        pass
     return None
 
 
@@ -209,6 +227,20 @@ class _Drivers:
             os.killpg(proc.pid, signum)
         else:
             os.kill(proc.pid, signum)
+
+    def signal_mid_run(
+        self, proc: subprocess.Popen, signum: int, out: Path, *, group: bool = False
+    ) -> int:
+        """Deliver `signum` while the run is seen unfinished, however fast the machine: stop the
+        driver (its commit thread with it), count the commits, signal, let it go on. Returns
+        the commits it had made."""
+        self.signal(proc, signal.SIGSTOP, group=group)
+        committed = _commits(out)
+        assert committed < TOTAL_SHARDS, "the run ended before the signal could land mid-run"
+        self.signal(proc, signum, group=group)
+        if signum != signal.SIGKILL:
+            self.signal(proc, signal.SIGCONT, group=group)
+        return committed
 
     def wait(self, proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
         try:
@@ -262,9 +294,9 @@ def test_an_actor_killed_mid_shard_costs_a_retry_not_the_run(tmp_path):
     with _ScoresWatcher(out) as watcher, ThreadPoolExecutor(1) as background:
         run = background.submit(score, str(history), str(out), **SLOW)
         victim, temp_file = _wait_for(
-            lambda: _actor_writing_a_shard(out), 120, "an actor writing a shard"
+            lambda: _stopped_writing_a_shard(out), 120, "an actor writing a shard"
         )
-        os.kill(victim.pid, signal.SIGKILL)
+        victim.kill()  # stopped mid-shard: the kill lands while the shard is in flight
         summary = run.result(timeout=180)
 
     assert summary.exit_code == 0 and summary.shards_failed == 0
@@ -328,11 +360,10 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, drivers):
         assert second.exit_code == 2, second.output
         assert "LockError" in second.output and f"pid {first.pid}" in second.output
 
-        drivers.signal(first, signal.SIGKILL)
+        committed_before = drivers.signal_mid_run(first, signal.SIGKILL, out)
         code, _, _ = drivers.wait(first, 30)
         assert code == -signal.SIGKILL
-        committed_before = _commits(out)
-        assert 1 <= committed_before < TOTAL_SHARDS, "the kill did not land mid-run"
+        assert _commits(out) == committed_before >= 1
         _assert_scores_whole(history, out)
 
         # Its Ray agents are still alive, holding their ports: the rerun must not care.
@@ -360,14 +391,18 @@ def test_sigint_and_sigterm_abandon_in_flight_shards_and_the_rerun_completes(tmp
     interrupted_runs = []
     with _ScoresWatcher(out) as watcher:
         # Ctrl-C reaches the whole foreground process group; a scheduler's SIGTERM the driver.
-        for signum, group in ((signal.SIGINT, True), (signal.SIGTERM, False)):
+        # Ctrl-C exits 130; SIGTERM 143 (128 + 15), what schedulers read as "terminated".
+        for signum, group, exit_code, error in (
+            (signal.SIGINT, True, 130, "Interrupted"),
+            (signal.SIGTERM, False, 143, "Terminated"),
+        ):
             before = _commits(out)
             driver = drivers.start(*command)
             _wait_for(lambda before=before: _commits(out) > before, 180, "a commit")
-            drivers.signal(driver, signum, group=group)
+            drivers.signal_mid_run(driver, signum, out, group=group)
             code, _, stderr = drivers.wait(driver, 60)
-            assert code == 130, stderr
-            assert "Interrupted: " in stderr and "rerun the same command" in stderr
+            assert code == exit_code, stderr
+            assert f"{error}: run " in stderr and "rerun the same command" in stderr
             run_id = re.search(r"run (\S+) interrupted", stderr).group(1)
             interrupted_runs.append(run_id)
             assert _run_stats(out, run_id)["status"] == "interrupted"
@@ -397,6 +432,39 @@ def test_an_interrupt_before_the_run_starts_is_exit_130_too(tmp_path, monkeypatc
     assert result.exit_code == 130, result.output
     assert result.output.startswith("Interrupted: ") and "rerun the same command" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sigterm_before_the_run_starts_is_exit_143_and_the_handler_is_put_back(
+    tmp_path, monkeypatch
+):
+    history = make_history(tmp_path / "in", sessions=200, files=1, days=1)
+
+    def terminated_scan(context):
+        os.kill(os.getpid(), signal.SIGTERM)  # as if a scheduler stopped the job mid-scan
+        raise AssertionError("SIGTERM did not interrupt the scan")
+
+    monkeypatch.setattr("scorer.pipeline.driver._scan", terminated_scan)
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli, ["score", str(history), str(tmp_path / "out")])
+    assert result.exit_code == 143, result.output
+    assert result.output.startswith("Terminated: ") and "rerun the same command" in result.output
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_library_raises_interrupted_whatever_the_signal(tmp_path, monkeypatch):
+    from scorer.errors import Interrupted, Terminated
+
+    history = make_history(tmp_path / "in", sessions=200, files=1, days=1)
+
+    def interrupted_scan(context):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("scorer.pipeline.driver._scan", interrupted_scan)
+    with pytest.raises(Interrupted) as caught:
+        score(str(history), str(tmp_path / "out"))
+    assert type(caught.value) is Interrupted and caught.value.exit_code == 130
+    assert issubclass(Terminated, Interrupted) and Terminated.exit_code == 143
 
 
 # -- broken input ------------------------------------------------------------------------------
