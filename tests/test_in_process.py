@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from conftest import make_history
@@ -140,3 +143,89 @@ def test_a_broken_file_fails_alone_in_process_and_is_named(tmp_path, drivers):
     assert [f["input"] for f in summary["failures"]] == [str(broken)]
     assert f"shard {day.name}/{broken.name} failed: {broken}" in stderr
     assert summary["rows"] == 2_000  # the other two files, whole
+
+
+def test_actors_started_beside_the_in_process_worker_join_its_queue(ray_cluster, tmp_path):
+    """`InProcessThenActors` on the test session's Ray: once the actors are placed they take
+    the shards, and the in-process worker takes no further one."""
+    from scorer.model.runtime import default_model_dir, load_model
+    from scorer.pipeline.actor import ActorSettings, ShardOutcome
+    from scorer.pipeline.layout import OutputLayout
+    from scorer.pipeline.local import InProcessThenActors, InProcessWorker, RayInBackground
+    from scorer.pipeline.plan import plan_shards, scan_inputs
+    from scorer.pipeline.pool import PoolSpec
+    from scorer.storage import resolve
+
+    source = make_history(tmp_path / "in", sessions=4_000, files=1, days=1)
+    model = load_model()
+    settings = ActorSettings(
+        model_files={
+            n: (default_model_dir() / n).read_bytes() for n in ("model.onnx", "model.json")
+        },
+        threads=1,
+        batch_rows=1_000,
+        key_column=model.card.key_column,
+        keep=(),
+        label_column=model.card.label_column,
+        run_id="run-hybrid",
+        input_location=resolve(source),
+        layout=OutputLayout(resolve(tmp_path / "out")),
+    )
+    first, second = plan_shards(scan_inputs(resolve(source)), 2_000).shards
+    ray = RayInBackground(PoolSpec(settings, actors=1), wanted=2)
+    workers = InProcessThenActors(InProcessWorker(settings, model), ray)
+    try:
+        assert workers.idle == [0] and workers.has_starting()
+        handle = workers.submit(workers.idle.pop(), first, 1, True)  # in-process, at once
+        _wait_for(lambda: workers.wait([handle], 0.1), 60, "the in-process shard")
+        outcome = workers.fetch(handle, 0)
+        assert isinstance(outcome, ShardOutcome) and outcome.actor_id == "in-process"
+        assert outcome.rows == first.rows
+
+        def joined() -> bool:
+            workers.wait([], 0.05)
+            workers.poll(busy=0)
+            return ray.joined
+
+        _wait_for(joined, 120, "the actors to join")
+        assert ray.error is None and workers.idle == [1]  # the in-process worker is retired
+        handle = workers.submit(workers.idle.pop(), second, 1, True)
+        _wait_for(lambda: workers.wait([handle], 0.1), 60, "the actor's shard")
+        outcome = workers.fetch(handle, 1)
+        assert isinstance(outcome, ShardOutcome) and outcome.actor_id not in ("", "in-process")
+        assert workers.idle == [1]
+    finally:
+        workers.shutdown()
+    assert not ray.starting and ray.pool is not None
+
+
+@pytest.mark.slow
+def test_a_run_where_ray_pays_off_scores_from_the_first_second_exactly_once(tmp_path, drivers):
+    """The decision forced (this machine never makes it): the in-process worker starts at once
+    and a private Ray starts beside it; whether its actors join before the end or not, every
+    session is scored once and no Ray process outlives the run."""
+    import psutil
+
+    history = make_history(tmp_path / "in", **SLOW_HISTORY)
+    out = tmp_path / "out"
+    forced = (
+        "import scorer.pipeline.driver as d; d.ray_pays_off = lambda rows, cpus: True; "
+        "from scorer.cli import main; main()"
+    )
+    command = ["score", str(history), str(out), *IN_PROCESS_OPTIONS, "--json"]
+    started = time.time()
+    process = subprocess.run(
+        [sys.executable, "-c", forced, *command], capture_output=True, text=True, timeout=300
+    )
+    assert process.returncode == 0, process.stderr
+    summary = json.loads(process.stdout)
+    assert summary["executor"] in ("in-process", "in-process+ray")
+    assert "scoring in-process while a private Ray" in process.stderr
+    assert summary["shards_committed"] == TOTAL_SHARDS
+    _assert_exactly_once(history, out)
+    left = [
+        p.info["name"]
+        for p in psutil.process_iter(["name", "create_time"])
+        if p.info["name"] in ("gcs_server", "raylet") and p.info["create_time"] >= started
+    ]
+    assert not left, f"Ray processes of the run outlived it: {left}"

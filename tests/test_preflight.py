@@ -125,10 +125,6 @@ def test_readers_fail_on_a_key_that_is_a_number_in_one_file_and_text_in_another(
             read()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: driver._preflight_columns does not call check_column_types_agree yet",
-)
 def test_scorer_score_refuses_a_key_of_two_types_with_exit_2_and_writes_nothing(tmp_path):
     history = make_history(tmp_path / "in", sessions=400, files=2, days=1, row_group_rows=100)
     first, second = sorted(history.rglob("*.parquet"))

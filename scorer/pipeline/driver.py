@@ -42,7 +42,13 @@ from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
-from scorer.pipeline.local import InProcessWorker, in_process_note, ray_pays_off
+from scorer.pipeline.local import (
+    InProcessThenActors,
+    InProcessWorker,
+    RayInBackground,
+    in_process_note,
+    ray_pays_off,
+)
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import (
@@ -56,6 +62,7 @@ from scorer.pipeline.plan import (
     split_off,
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
+from scorer.pipeline.preflight import check_column_types_agree
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
@@ -298,6 +305,8 @@ def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInpu
                 f"{context.input.uri}: column '{name}' has type {types[0]} in every file; the "
                 f"model needs a {spec.kind} column of {spec.dtype}"
             )
+    # Copied into every score file: of two types across files, readers could not union them.
+    check_column_types_agree(_readable(items), [context.key_column, *context.config.keep])
 
 
 def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
@@ -403,13 +412,8 @@ class _Run:
 
     def _score_all(self) -> None:
         config = self.context.config
-        cpus = os.cpu_count() or 1
-        if _private_ray_optional(config) and not ray_pays_off(self.plan.rows, cpus):
-            self.summary.executor = "in-process"
-            self.summary.actors, self.summary.nodes, self.summary.cpus = 1, 1, float(cpus)
-            self.progress.message(in_process_note(self.plan.rows, cpus))
-            worker = InProcessWorker(_actor_settings(self.context), self.context.model)
-            self._run_workers(worker)
+        if _private_ray_optional(config):
+            self._score_in_process_first()
             return
         with ray_session(config.ray.address) as cluster:
             pool = ActorPool(_pool_spec(self.context), cluster, wanted=len(self.plan.shards))
@@ -425,6 +429,44 @@ class _Run:
                 f"{self.summary.setup_seconds:.1f} s"
             )
             self._run_workers(pool)
+
+    def _score_in_process_first(self) -> None:
+        """No cluster, no actor count, no Ray connected: the driver scores from the first
+        second; a private Ray starts beside it only where it pays off (`local`)."""
+        cpus = os.cpu_count() or 1
+        summary = self.summary
+        summary.executor = "in-process"
+        summary.actors, summary.nodes, summary.cpus = 1, 1, float(cpus)
+        worker = InProcessWorker(_actor_settings(self.context), self.context.model)
+        if not ray_pays_off(self.plan.rows, cpus):
+            self.progress.message(in_process_note(self.plan.rows, cpus))
+            self._run_workers(worker)
+            return
+        self.progress.message(
+            f"scoring in-process while a private Ray and {cpus} actor(s) start beside it"
+        )
+        ray = RayInBackground(_pool_spec(self.context), wanted=len(self.plan.shards))
+        try:
+            self._run_workers(InProcessThenActors(worker, ray))
+        finally:
+            self._note_ray(ray)
+
+    def _note_ray(self, ray: RayInBackground) -> None:
+        summary = self.summary
+        if ray.error is not None:
+            self.progress.message(f"Ray could not start ({ray.error}): scored in-process")
+        elif ray.pool is not None and ray.cluster is not None and ray.joined:
+            summary.executor = "in-process+ray"
+            summary.actors = 1 + ray.pool.size
+            summary.nodes, summary.cpus = ray.cluster.nodes, ray.cluster.cpus
+            self.progress.message(
+                f"{ray.pool.size} actor(s) joined the in-process worker after "
+                f"{ray.ready_after:.1f} s"
+            )
+        else:
+            self.progress.message(
+                "the job ended before the private Ray was up: scored in-process alone"
+            )
 
     def _run_workers(self, workers: Workers) -> None:
         if not self.summary.setup_seconds:

@@ -18,12 +18,14 @@ that buys below ~90M rows. On a 16-core machine the balance turns at a few milli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scorer.pipeline.actor import (
     ActorSettings,
@@ -33,7 +35,9 @@ from scorer.pipeline.actor import (
     StageThreads,
     stream_shard,
 )
+from scorer.pipeline.cluster import ClusterInfo, ray_session
 from scorer.pipeline.plan import Shard
+from scorer.pipeline.pool import ActorPool, PoolSpec
 from scorer.pipeline.retry import Failure, local_failure
 
 if TYPE_CHECKING:
@@ -133,3 +137,130 @@ class InProcessWorker:
         self.threads.shutdown()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=30)
+
+
+class RayInBackground:
+    """A private Ray and its actor pool, started on a thread while the driver already scores.
+
+    Used where `ray_pays_off`: the in-process worker takes shards from the first second, and
+    the actors join the same queue once Ray has placed them. If Ray cannot start, the run goes
+    on in-process and `error` says why.
+    """
+
+    def __init__(self, spec: PoolSpec, wanted: int, num_cpus: int | None = None) -> None:
+        self._spec, self._wanted, self._num_cpus = spec, wanted, num_cpus
+        self._stack = contextlib.ExitStack()
+        self._closing = threading.Event()
+        self.joined = False  # set by `InProcessThenActors` once the actors take shards
+        self.pool: ActorPool | None = None
+        self.cluster: ClusterInfo | None = None
+        self.error: str | None = None
+        self.ready_after: float | None = None  # seconds after `__init__`
+        self._started = time.perf_counter()
+        # A daemon: it must never keep an interrupted process alive; `close` joins it.
+        self._thread = threading.Thread(target=self._start, name="ray-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        # The thread that starts Ray must live as long as Ray: Ray's processes die with the
+        # thread that spawned them (Linux PR_SET_PDEATHSIG follows the parent *thread*), so it
+        # waits here for `close` and stops Ray itself.
+        with self._stack:
+            try:
+                cluster = self._stack.enter_context(ray_session(num_cpus=self._num_cpus))
+                pool = ActorPool(self._spec, cluster, wanted=self._wanted)
+                pool.wait_ready()
+            except Exception as exc:  # Ray's own errors are bare RuntimeErrors too
+                self.error = f"{type(exc).__name__}: {exc}"
+                return
+            self.cluster, self.ready_after = cluster, time.perf_counter() - self._started
+            self.pool = pool  # last: the driver's thread reads it without a lock
+            self._closing.wait()
+            pool.shutdown()
+
+    @property
+    def starting(self) -> bool:
+        return self.pool is None and self.error is None and self._thread.is_alive()
+
+    def close(self) -> None:
+        """Stop the actors and the private Ray, once it has started (a job that ended before
+        that waits for it here: Ray's processes must not outlive the run)."""
+        self._closing.set()
+        self._thread.join()
+
+
+class InProcessThenActors:
+    """`driver.Workers` over the in-process worker (index 0) and, once Ray is up, its actors
+    (indices 1..N). When the actors join, the in-process worker takes no further shard: the
+    driver goes back to dispatching and committing only."""
+
+    def __init__(self, local: InProcessWorker, ray: RayInBackground) -> None:
+        self.local, self.ray = local, ray
+        self.size = 1
+        self.idle: list[int] = [0]
+        self._joined = False
+
+    def has_starting(self) -> bool:
+        pool = self.ray.pool
+        return self.ray.starting or (pool is not None and pool.has_starting())
+
+    def submit(self, index: int, shard: Shard, attempt: int, has_label: bool) -> Any:
+        if index == 0:
+            self.local.idle.remove(0)
+            return self.local.submit(0, shard, attempt, has_label)
+        pool = self._pool()
+        pool.idle.remove(index - 1)
+        return pool.submit(index - 1, shard, attempt, has_label)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        deadline = time.perf_counter() + timeout
+        local = [h for h in handles if isinstance(h, Future)]
+        refs = [h for h in handles if not isinstance(h, Future)]
+        while True:
+            done = [h for h in local if h.done()]
+            if self.ray.pool is not None and (refs or self.ray.pool.has_starting()):
+                done += self.ray.pool.wait(refs, timeout=0.0 if done else _WAIT_SLICE_S)
+            elif not done:
+                done = self.local.wait(local, _WAIT_SLICE_S) if local else []
+                if not local:
+                    time.sleep(_WAIT_SLICE_S)
+            if done or time.perf_counter() >= deadline or self._joinable():
+                return done
+
+    def fetch(self, handle: Any, index: int) -> ShardOutcome | Failure:
+        result = (
+            self.local.fetch(handle, 0) if index == 0 else self._pool().fetch(handle, index - 1)
+        )
+        self._sync()
+        return result
+
+    def poll(self, busy: int) -> None:
+        if self._joinable():
+            self._joined = self.ray.joined = True
+            pool = self._pool()
+            self.size = 1 + pool.size
+        if self._joined:
+            self._pool().poll(busy)
+        self._sync()
+
+    def shutdown(self) -> None:
+        try:
+            self.local.shutdown()
+        finally:
+            self.ray.close()
+
+    def _joinable(self) -> bool:
+        return not self._joined and self.ray.pool is not None
+
+    def _pool(self) -> ActorPool:
+        assert self.ray.pool is not None, "an actor index before the actors joined"
+        return self.ray.pool
+
+    def _sync(self) -> None:
+        # Once the actors are in, the in-process worker is given nothing more.
+        local = [0] if 0 in self.local.idle and not self._joined else []
+        actors = [1 + i for i in self.ray.pool.idle] if self._joined and self.ray.pool else []
+        self.idle = local + actors
+
+
+_WAIT_SLICE_S = 0.01  # how often a wait over both kinds of worker looks at each
