@@ -94,7 +94,10 @@ def cli(verbose: bool) -> None:
     help="TOML job config (see configs/); flags override its keys.",
 )
 @click.option(
-    "--actors", type=click.IntRange(min=1), help="Scoring actors. Default: CPUs of the cluster."
+    "--actors",
+    type=click.IntRange(min=1),
+    help="Scoring actors on Ray (a private local Ray unless --address). Default: CPUs of the "
+    "cluster, or none on one machine when the driver alone is faster.",
 )
 @click.option(
     "--batch-rows",
@@ -109,7 +112,7 @@ def cli(verbose: bool) -> None:
 @click.option(
     "--address",
     metavar="ADDR",
-    help="Join this Ray cluster (also RAY_ADDRESS). Default: a private local Ray.",
+    help="Join this Ray cluster (also RAY_ADDRESS). Default: this machine (see above).",
 )
 @click.option(
     "--cpus-per-actor",
@@ -195,9 +198,13 @@ def score_command(
 ) -> None:
     """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
 
-    Plans shards from the Parquet footers, starts a private local Ray (or joins --address),
-    scores every row with raw and calibrated intent on async actors, and commits each shard
-    atomically. Rerunning the same command resumes: committed shards are skipped.
+    Plans shards from the Parquet footers (small files of one folder packed together), scores
+    every row with raw and calibrated intent, and commits each shard atomically. With
+    --address it joins that Ray cluster; with --actors N it starts a private local Ray with N
+    actors. Otherwise the driver scores in its own process from the first second, and starts a
+    private Ray beside it only where its actors would finish the job sooner (many cores, many
+    rows); the summary says which. Rerunning the same command resumes: committed shards are
+    skipped.
 
     Exit codes: 0 all shards committed or skipped, 1 some shards failed, 2 usage, config or
     preflight error, 130 interrupted by SIGINT (Ctrl-C), 143 stopped by SIGTERM (a scheduler);
