@@ -18,6 +18,7 @@ ScorerError                      root: the CLI prints "TypeName: message"
 │   └── Terminated               SIGTERM, the same abandon (exit 143 = 128 + 15)
 └── ShardError                   one shard failed (the run goes on)
     └── ShardReadError           its input could not be read or has a wrong schema
+        └── InputChangedError    its input is not the version planned (changed or removed)
 """
 
 
@@ -119,3 +120,8 @@ class ShardReadError(ShardError):
         self.input_path = input_path
         """The file that could not be read, where known: in a shard packing several files,
         the driver fails that file's piece alone (it survives pickling, as instance state)."""
+
+
+class InputChangedError(ShardReadError):
+    """A shard's input file changed or was removed since the run planned it; never retried (the
+    run would mix versions), the next run plans the version now there."""

@@ -4,6 +4,7 @@ run in this process on a generated file written into a local layout."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_history
 
-from scorer.errors import ShardReadError
+from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline.actor import (
     ActorSettings,
@@ -108,6 +109,53 @@ def test_batches_are_at_most_batch_rows_within_each_row_group(model, source, tmp
     assert sum(b.num_rows for b in batches) == shard.rows
     # Row groups of 2,000 rows in batches of 700: 700, 700, 600 per row group.
     assert [b.num_rows for b in batches[:3]] == [700, 700, 600]
+
+
+def test_a_file_of_one_row_group_is_streamed_in_batches_and_scored_once(model, tmp_path):
+    # As pandas' to_parquet writes a small file: one row group, one shard, many batches.
+    source = make_history(
+        tmp_path / "in", sessions=300_000, files=1, days=1, row_group_rows=300_000
+    )
+    scorer = _scorer(model, source, tmp_path / "out", batch_rows=4_096)
+    (shard,) = _shards(source, shard_rows=1_000_000)
+    assert len(shard.row_groups) == 1
+    opened = scorer.open(shard, has_label=True)
+    assert opened.streamed  # pages read as needed, the group's column chunks not loaded whole
+    sizes = [b.num_rows for b in scorer.batches(opened, shard)]
+    assert len(sizes) > 1 and max(sizes) <= 4_096 and sum(sizes) == 300_000
+
+    outcome = _stream(scorer, shard)
+    written = pq.read_table(scorer.settings.layout.temp_path_for(shard, RUN_ID))
+    key = model.card.key_column
+    assert outcome.rows == written.num_rows == 300_000
+    assert written[key].to_pylist() == pq.read_table(shard.input_path)[key].to_pylist()
+
+
+def test_a_file_changed_after_planning_fails_as_input_changed_naming_both_versions(model, tmp_path):
+    source = make_history(tmp_path / "in", sessions=4_000, files=1, days=1, row_group_rows=1_000)
+    scorer = _scorer(model, source, tmp_path / "out")
+    shard = _shards(source, shard_rows=2_000)[1]
+    path = shard.input_path
+    pq.write_table(pq.read_table(path).slice(0, 3_000), path, row_group_size=1_000)
+    with pytest.raises(InputChangedError) as caught:
+        scorer.open(shard, has_label=True)
+    found = str(caught.value).rpartition("found ")[2].rstrip(")")
+    assert str(caught.value).startswith(
+        f"input changed during the run: {path} (planned {shard.fingerprint}, found "
+    )
+    assert found != shard.fingerprint and found.split("-")[0] != shard.fingerprint.split("-")[0]
+    assert caught.value.input_path == path
+
+    Path(path).unlink()
+    with pytest.raises(InputChangedError, match=r"found no file\)$") as caught:
+        scorer.open(shard, has_label=True)
+    assert caught.value.input_path == path
+
+
+def test_an_unchanged_file_opens_with_the_fingerprint_it_was_planned_with(model, source, tmp_path):
+    scorer = _scorer(model, source, tmp_path)
+    for shard in _shards(source):
+        scorer.open(shard, has_label=True)  # no InputChangedError: the same recipe both sides
 
 
 def test_score_adds_its_stage_seconds(model, source, tmp_path):

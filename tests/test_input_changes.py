@@ -24,12 +24,7 @@ import pytest
 from conftest import make_history
 from test_faults import _commits, _Drivers, _wait_for
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xfail(
-        strict=True, reason="issue 12: shards are not yet checked against their planned fingerprint"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 ROWS, ROW_GROUP_ROWS, SHARDS = 50_000, 5_000, 10
 OPTIONS = ["--shard-rows", "5000", "--batch-rows", "50", "--json"]

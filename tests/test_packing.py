@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,15 @@ import pytest
 from conftest import make_history
 from hypothesis import given
 from hypothesis import strategies as st
-from test_faults import _assert_exactly_once, _commits, _Drivers, _shard_stats, _zero_data_pages
+from test_faults import (
+    _assert_exactly_once,
+    _commits,
+    _Drivers,
+    _shard_stats,
+    _wait_for,
+    _zero_data_pages,
+)
+from test_input_changes import _replace_with_a_new_version
 from test_plan import synthetic
 
 from scorer.errors import ShardReadError
@@ -297,6 +306,41 @@ def test_a_poison_file_in_a_packed_shard_fails_alone_and_the_rest_commits(tmp_pa
     pq.write_table(data.slice(0, 100), poison, row_group_size=50)  # repaired
     repaired, _ = _run(drivers, history, out, *PACKED)
     assert repaired["shards_committed"] == 1 and repaired["rows"] == 100
+
+
+def test_a_file_changed_mid_run_in_a_packed_shard_fails_alone_and_the_rest_commits(
+    tmp_path, drivers
+):
+    history = make_history(tmp_path / "in", **SMALL_FILES)
+    victim = sorted((history / "dt=2026-11-27").glob("*.parquet"))[24]  # in the last shard
+    out = tmp_path / "out"
+    # Batches of 10 rows: slow enough that the run is stopped after its first commit, long
+    # before the last shard's files are opened.
+    driver = drivers.start(
+        str(history), str(out), "--shard-rows", "1000", "--batch-rows", "10", "--json"
+    )
+    _wait_for(lambda: _commits(out) >= 1, 120, "the first commit")
+    drivers.signal(driver, signal.SIGSTOP)
+    assert _commits(out) < PACKED_SHARDS - 1, "the run got to the last shard before the change"
+    _replace_with_a_new_version(victim)
+    drivers.signal(driver, signal.SIGCONT)
+    code, stdout, stderr = drivers.wait(driver, 180)
+    assert code == 1, stderr
+    assert f"input changed during the run: {victim}" in stderr
+    summary = json.loads(stdout)
+    assert [f["input"] for f in summary["failures"]] == [str(victim)]
+    assert summary["rows"] == 5_900
+    stats = _shard_stats(out, summary["run_id"])
+    (failed,) = [r for r in stats if r["status"] == "failed"]
+    assert failed["input_path"] == str(victim) and failed["input_files"] == 1
+    assert failed["error"].startswith(f"input changed during the run: {victim}")
+    committed = [r for r in stats if r["status"] == "committed"]
+    assert len(committed) == PACKED_SHARDS  # the victim's shard less the victim, too
+    assert sum(r["rows"] for r in committed) == 5_900
+
+    rerun, _ = _run(drivers, history, out, *PACKED)
+    assert rerun["shards_committed"] == 1 and rerun["rows"] == 100  # the new version alone
+    _assert_exactly_once(history, out)  # and no row of the old one
 
 
 def test_a_mix_of_big_and_small_files_in_one_folder(tmp_path, drivers):

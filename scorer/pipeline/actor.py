@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import AbstractContextManager
@@ -35,12 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ShardReadError
+from scorer.errors import InputChangedError, ShardReadError
 from scorer.metrics import CalibrationState
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import Piece, Shard
+from scorer.pipeline.plan import Piece, Shard, file_fingerprint
 from scorer.pipeline.stats import STAGES, utc_now
 from scorer.storage import Location
 
@@ -54,6 +55,16 @@ StageSeconds = dict[str, float]
 # Measured on 2 cores, 1,000-row files: 1.6-2.0 ms a file read one by one, 0.9-1.3 ms with 2-3
 # in flight (pyarrow releases the GIL while it opens and decodes).
 READ_AHEAD = 3
+
+# A row group of more than this many batches is streamed page by page: pre-buffering (pyarrow's
+# default) loads the whole group's column chunks before its first batch, and a file written as
+# one row group (pandas' `to_parquet`, many Spark jobs) made an actor's memory grow with the file
+# (measured, one group: 2M rows peak 520 MB, 10M rows 1.9 GB). Smaller groups keep pre-buffering:
+# on object storage it fetches a group's column chunks in a few coalesced ranged reads instead of
+# one read per buffer per column, and its memory is a few batches' anyway.
+STREAM_ROW_GROUP_BATCHES = 8
+# Read buffer per column chunk while streaming: what a streamed group holds of its file at once.
+STREAM_BUFFER_BYTES = 1 << 20
 
 
 class Identity(TypedDict):
@@ -108,6 +119,8 @@ class ShardSource:
 
     parquet: pq.ParquetFile
     columns: list[str]
+    streamed: bool = False
+    """Its row groups are read page by page (`STREAM_ROW_GROUP_BATCHES`), not pre-buffered."""
 
 
 @dataclass(frozen=True)
@@ -138,25 +151,68 @@ class ShardScorer:
         return self._open(shard.pieces[0], list(dict.fromkeys(wanted)))
 
     def _open(self, piece: Piece, columns: list[str]) -> ShardSource:
+        """The piece's file, opened once: checked against its planned fingerprint before any row
+        is read, and every read of the piece goes through this handle, so a shard never holds
+        rows of a version other than the one planned."""
         path = piece.input_path
         try:
-            source = self.settings.input_location.filesystem.open_input_file(path)
-            metadata = pq.read_metadata(source)
+            source, size, mtime_ns = self._open_version(path)
+        except FileNotFoundError as exc:
+            raise InputChangedError(_changed(piece, "no file"), input_path=path) from exc
         except Exception as exc:
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
+        try:
+            metadata = pq.read_metadata(source)
+        except Exception as exc:
+            if not piece.fingerprint.startswith(f"{size}-{mtime_ns}-"):
+                found = f"{size}-{mtime_ns}-(unreadable footer)"
+                raise InputChangedError(_changed(piece, found), input_path=path) from exc
+            raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
+        found = file_fingerprint(size, mtime_ns, metadata)
+        if found != piece.fingerprint:
+            raise InputChangedError(_changed(piece, found), input_path=path)
         names = metadata.schema.to_arrow_schema().names
         # Checked before the reader is made: given a dictionary column the file lacks, pyarrow
         # fails with a bare KeyError (b'month') that names neither the problem nor the file.
         missing = [c for c in columns if c not in names]
         if missing:
             raise ShardReadError(f"{path}: missing column(s) {', '.join(missing)}", input_path=path)
+        group_rows = piece.rows / len(piece.row_groups) if piece.row_groups else 0
+        streamed = group_rows > STREAM_ROW_GROUP_BATCHES * self.settings.batch_rows
         try:
             parquet = pq.ParquetFile(
-                source, metadata=metadata, read_dictionary=self.model.categorical_string_columns
+                source,
+                metadata=metadata,
+                read_dictionary=self.model.categorical_string_columns,
+                pre_buffer=not streamed,
+                buffer_size=STREAM_BUFFER_BYTES if streamed else 0,
             )
         except Exception as exc:
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
-        return ShardSource(parquet, columns)
+        return ShardSource(parquet, columns, streamed)
+
+    def _open_version(self, path: str) -> tuple[pa.NativeFile, int, int | None]:
+        """An input file opened, with the size and mtime of what was opened.
+
+        Locally they are the open descriptor's own (`fstat`): a file replaced after the open is
+        still the version checked. On object storage the size is the opened object's and the
+        mtime a HEAD's after the open (a replacement in between is seen as a change). Ranged
+        reads there are not pinned to the object version that was checked: an ETag with
+        `If-Match` would pin them, but pyarrow's S3 filesystem offers neither (see
+        `plan.file_fingerprint`).
+        """
+        location = self.settings.input_location
+        if location.is_local:
+            local = pa.OSFile(path)
+            stat = os.fstat(local.fileno())
+            return local, stat.st_size, stat.st_mtime_ns
+        fs = location.filesystem
+        source = fs.open_input_file(path)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            source.close()
+            raise FileNotFoundError(path)
+        return source, source.size(), info.mtime_ns
 
     def batches(self, source: ShardSource, shard: Shard) -> Iterator[pa.RecordBatch | pa.Table]:
         """The shard's rows in batches of at most `batch_rows` (`sourced_batches` without
@@ -175,8 +231,8 @@ class ShardScorer:
         """
         if len(shard.pieces) == 1:
             piece = shard.pieces[0]
-            reads: Iterator[tuple[Piece, list[pa.RecordBatch]]] = (
-                (piece, self._read_row_group(source, piece, group)) for group in piece.row_groups
+            reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]] = (
+                (piece, self._row_group_batches(source, piece, group)) for group in piece.row_groups
             )
         else:
             reads = self._read_ahead(source, shard)
@@ -189,17 +245,22 @@ class ShardScorer:
         group: int,
         after: Future[list[pa.RecordBatch]] | None = None,
     ) -> list[pa.RecordBatch]:
+        """A row group's batches at once (read ahead, on `read_pool`)."""
         opened = source.result() if isinstance(source, Future) else source
         if after is not None:  # a file's reader is not thread-safe: its row groups in turn
             futures_wait([after])
+        return list(self._row_group_batches(opened, piece, group))
+
+    def _row_group_batches(
+        self, opened: ShardSource, piece: Piece, group: int
+    ) -> Iterator[pa.RecordBatch]:
+        """A row group's batches, one at a time as they are decoded."""
         try:
-            return list(
-                opened.parquet.iter_batches(
-                    batch_size=self.settings.batch_rows,
-                    row_groups=[group],
-                    columns=opened.columns,
-                    use_threads=False,
-                )
+            yield from opened.parquet.iter_batches(
+                batch_size=self.settings.batch_rows,
+                row_groups=[group],
+                columns=opened.columns,
+                use_threads=False,
             )
         except Exception as exc:
             raise ShardReadError(
@@ -258,7 +319,7 @@ class ShardScorer:
                 read.cancel()
 
     def _coalesced(
-        self, reads: Iterator[tuple[Piece, list[pa.RecordBatch]]]
+        self, reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]
     ) -> Iterator[SourcedBatch]:
         """Consecutive batches joined up to `batch_rows` rows (never split, so a shard of one
         big file keeps its batches); a change of schema between files ends a batch."""
@@ -477,6 +538,13 @@ class ShardSink:
         finally:
             with contextlib.suppress(RuntimeError):
                 self.context.__exit__(RuntimeError, abandoned, None)
+
+
+def _changed(piece: Piece, found: str) -> str:
+    return (
+        f"input changed during the run: {piece.input_path} "
+        f"(planned {piece.fingerprint}, found {found})"
+    )
 
 
 def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch | pa.Table:

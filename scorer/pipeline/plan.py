@@ -553,26 +553,49 @@ def _read_footer(fs: pafs.FileSystem, c: _Candidate) -> InputFile | FailedInput:
     except (OSError, ValueError, pa.ArrowException) as exc:
         reason = f"unreadable Parquet footer: {exc}"
         return FailedInput(c.path, c.relpath, c.partition, c.size, reason)
-    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
-    rows = tuple(g.num_rows for g in groups)
-    sizes = tuple(
-        sum(g.column(j).total_compressed_size for j in range(g.num_columns)) for g in groups
-    )
-    columns = [meta.schema.column(j) for j in range(meta.num_columns)]
-    layout = [
-        (c.path, c.physical_type, str(c.logical_type), c.max_definition_level) for c in columns
-    ]
-    digest = hashlib.sha256(repr((layout, rows, sizes)).encode()).hexdigest()[:16]
     return InputFile(
         path=c.path,
         relpath=c.relpath,
         partition=c.partition,
         size=c.size,
         mtime_ns=c.mtime_ns,
-        fingerprint=f"{c.size}-{c.mtime_ns}-{digest}",
-        row_group_rows=rows,
-        row_group_bytes=sizes,
+        fingerprint=file_fingerprint(c.size, c.mtime_ns, meta),
+        row_group_rows=_row_group_rows(meta),
+        row_group_bytes=_row_group_bytes(meta),
         schema=schema,
+    )
+
+
+def file_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData) -> str:
+    """``{size}-{mtime_ns}-{digest}``: what identifies a version of an input file, computed alike
+    when a run plans it and when an actor opens it (``actor.ShardScorer``), where a mismatch is
+    ``InputChangedError``. The digest covers the footer's schema layout, row counts and sizes.
+
+    On object storage ``size`` and ``mtime_ns`` are the object's ``Content-Length`` and
+    ``Last-Modified`` (seconds, alike in a listing and a HEAD, so an unchanged object keeps its
+    fingerprint). An ETag (or a GCS generation) would name the version exactly, even one
+    rewritten within the same second with the same footer, and would let reads be pinned to it
+    (``If-Match``); pyarrow's filesystems expose neither, so it is not used: the footer digest
+    is what tells such rewrites apart.
+    """
+    columns = [metadata.schema.column(j) for j in range(metadata.num_columns)]
+    layout = [
+        (c.path, c.physical_type, str(c.logical_type), c.max_definition_level) for c in columns
+    ]
+    footer = (layout, _row_group_rows(metadata), _row_group_bytes(metadata))
+    digest = hashlib.sha256(repr(footer).encode()).hexdigest()[:16]
+    return f"{size}-{mtime_ns}-{digest}"
+
+
+def _row_group_rows(metadata: pq.FileMetaData) -> tuple[int, ...]:
+    return tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+
+
+def _row_group_bytes(metadata: pq.FileMetaData) -> tuple[int, ...]:
+    """Compressed bytes per row group."""
+    groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+    return tuple(
+        sum(g.column(j).total_compressed_size for j in range(g.num_columns)) for g in groups
     )
 
 
