@@ -134,31 +134,16 @@ class CommitRecord:
         return asdict(self)
 
     @property
-    def input_path(self) -> str:
-        return self.pieces[0].input_path
-
-    @property
     def input_relpath(self) -> str:
+        """The first piece's file (a one-file shard's only one)."""
         return self.pieces[0].input_relpath
-
-    @property
-    def rg_start(self) -> int:
-        return self.pieces[0].rg_start
-
-    @property
-    def rg_stop(self) -> int:
-        return self.pieces[0].rg_stop
-
-    @property
-    def input_fingerprint(self) -> str:
-        return self.pieces[0].input_fingerprint
 
     def produced_by(self, model_sha256: str, options_digest: str) -> bool:
         return (self.model_sha256, self.options_digest) == (model_sha256, options_digest)
 
     def matches(self, fingerprint: str, model_sha256: str, options_digest: str) -> bool:
         """This model and options, and ``fingerprint`` for its first file."""
-        return self.input_fingerprint == fingerprint and self.produced_by(
+        return self.pieces[0].input_fingerprint == fingerprint and self.produced_by(
             model_sha256, options_digest
         )
 
