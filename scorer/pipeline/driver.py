@@ -285,9 +285,12 @@ def _scan(context: _Context) -> list[InputFile | FailedInput]:
 def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInput]) -> None:
     """A model column missing (or mistyped) in *every* readable file makes the whole job wrong;
     one bad file only fails its own shards."""
-    schemas = [item.schema for item in _readable(items)]
-    if not schemas:
+    readable = _readable(items)
+    if not readable:
         return  # every footer unreadable: each file fails as its own shard, exit 1
+    # Files of one export share a schema: checking each distinct one once keeps this loop from
+    # costing 0.5 s on 4,000 small files.
+    schemas = list(dict.fromkeys(item.schema for item in readable))
     card = context.model.card
     wanted: list[tuple[str, InputSpec | None]] = [(spec.name, spec) for spec in card.inputs]
     wanted += [(context.key_column, None)] + [(name, None) for name in context.config.keep]
@@ -295,7 +298,7 @@ def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInpu
         types = [schema.field(name).type for schema in schemas if name in schema.names]
         if not types:
             raise MissingColumnError(
-                f"{context.input.uri}: column '{name}' is in none of the {len(schemas)} input "
+                f"{context.input.uri}: column '{name}' is in none of the {len(readable)} input "
                 f"file(s) (the model {card.name} {card.version} needs it)"
                 if spec is not None
                 else f"{context.input.uri}: column '{name}' (key or kept) is in none of the input files"
