@@ -187,18 +187,15 @@ def sessions(tmp_path_factory):
     return root
 
 
+def _score_command(sessions, out, *extra):
+    """`scorer score` on the cluster, 40 shards of 200 rows."""
+    return [BIN / "scorer", "score", sessions, out, "--address", ADDRESS, "--json",
+            "--shard-rows", "200", *extra]  # fmt: skip
+
+
 def _score(cluster, sessions, out, *extra, env=None, timeout=180):
     return cluster.run(
-        BIN / "scorer",
-        "score",
-        sessions,
-        out,
-        "--address",
-        ADDRESS,
-        "--json",
-        "--shard-rows",
-        "200",
-        *extra,
+        *_score_command(sessions, out, *extra),
         env=env,
         timeout=timeout,
     )
@@ -385,18 +382,9 @@ def test_losing_the_worker_node_mid_run_retries_its_shard_on_the_head(cluster, s
     raylet = cluster.worker_raylet()
     log = tmp_path / "driver.err"  # read at the end: a pipe left unread could fill and stall it
     with open(log, "w") as err:
+        # 100 batches a shard: each stays in flight long enough to be seen.
         driver = cluster.popen(
-            BIN / "scorer",
-            "score",
-            sessions,
-            out,
-            "--address",
-            ADDRESS,
-            "--json",
-            "--shard-rows",
-            "200",
-            "--batch-rows",
-            "2",  # 100 batches a shard: each stays in flight long enough to be seen
+            *_score_command(sessions, out, "--batch-rows", "2"),
             stdout=subprocess.PIPE,
             stderr=err,
         )

@@ -17,7 +17,6 @@ they compute the same scores.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -119,7 +118,7 @@ def _segments(x: Sequence[float], y: Sequence[float]) -> list[tuple[float, float
     ]
 
 
-def _read_write_note(card: dict[str, Any]) -> str:
+def _provenance(card: dict[str, Any]) -> str:
     return (
         f"# {card['name']} {card['version']} (sha256 {card['sha256'][:12]}), "
         "every weight inlined from its model.json.\n"
@@ -146,7 +145,7 @@ def _polars_script(card: dict[str, Any]) -> str:
     else:
         calibrated = "1.0 / (1.0 + (-pl.col('z')).exp())"
     return f'''"""Score INPUT into OUTPUT with Polars: python score_polars.py INPUT OUTPUT"""
-{_read_write_note(card)}
+{_provenance(card)}
 import sys
 
 import numpy as np
@@ -232,10 +231,8 @@ def _duckdb_script(card: dict[str, Any]) -> str:
         calibrated = f"1.0 / (1.0 + exp(z * {calibration['a']!r} + {calibration['b']!r}))"
     else:
         calibrated = "1.0 / (1.0 + exp(-z))"
-    if not math.isfinite(terms["intercept"]):
-        raise ConfigError(f"model {card['name']}: intercept is not finite")
     return f'''"""Score INPUT into OUTPUT with DuckDB: python score_duckdb.py INPUT OUTPUT"""
-{_read_write_note(card)}
+{_provenance(card)}
 import os
 import sys
 

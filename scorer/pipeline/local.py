@@ -149,7 +149,6 @@ class RayInBackground:
 
     def __init__(self, spec: PoolSpec, wanted: int, num_cpus: int | None = None) -> None:
         self._spec, self._wanted, self._num_cpus = spec, wanted, num_cpus
-        self._stack = contextlib.ExitStack()
         self._closing = threading.Event()
         self.joined = False  # set by `InProcessThenActors` once the actors take shards
         self.pool: ActorPool | None = None
@@ -165,9 +164,9 @@ class RayInBackground:
         # The thread that starts Ray must live as long as Ray: Ray's processes die with the
         # thread that spawned them (Linux PR_SET_PDEATHSIG follows the parent *thread*), so it
         # waits here for `close` and stops Ray itself.
-        with self._stack:
+        with contextlib.ExitStack() as stack:
             try:
-                cluster = self._stack.enter_context(ray_session(num_cpus=self._num_cpus))
+                cluster = stack.enter_context(ray_session(num_cpus=self._num_cpus))
                 pool = ActorPool(self._spec, cluster, wanted=self._wanted)
                 pool.wait_ready()
             except Exception as exc:  # Ray's own errors are bare RuntimeErrors too
@@ -198,7 +197,6 @@ class InProcessThenActors:
         self.local, self.ray = local, ray
         self.size = 1
         self.idle: list[int] = [0]
-        self._joined = False
 
     def has_starting(self) -> bool:
         pool = self.ray.pool
@@ -236,10 +234,10 @@ class InProcessThenActors:
 
     def poll(self, busy: int) -> None:
         if self._joinable():
-            self._joined = self.ray.joined = True
+            self.ray.joined = True
             pool = self._pool()
             self.size = 1 + pool.size
-        if self._joined:
+        if self.ray.joined:
             self._pool().poll(busy)
         self._sync()
 
@@ -250,7 +248,7 @@ class InProcessThenActors:
             self.ray.close()
 
     def _joinable(self) -> bool:
-        return not self._joined and self.ray.pool is not None
+        return not self.ray.joined and self.ray.pool is not None
 
     def _pool(self) -> ActorPool:
         assert self.ray.pool is not None, "an actor index before the actors joined"
@@ -258,8 +256,8 @@ class InProcessThenActors:
 
     def _sync(self) -> None:
         # Once the actors are in, the in-process worker is given nothing more.
-        local = [0] if 0 in self.local.idle and not self._joined else []
-        actors = [1 + i for i in self.ray.pool.idle] if self._joined and self.ray.pool else []
+        local = [0] if 0 in self.local.idle and not self.ray.joined else []
+        actors = [1 + i for i in self.ray.pool.idle] if self.ray.joined and self.ray.pool else []
         self.idle = local + actors
 
 
