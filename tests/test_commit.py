@@ -24,7 +24,7 @@ from scorer.errors import LockError, OutputConflictError, ShardError
 from scorer.pipeline.layout import LOCK, OutputLayout
 from scorer.pipeline.lock import OutputLock, StaleLockWarning
 from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest, record_key
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.plan import legacy_fingerprint, plan_shards, scan_inputs
 from scorer.storage import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +78,7 @@ def start_run(out, inputs, shard_rows, run_id, sha=SHA_A, overwrite=False):
     )
     manifest.cleanup(run_id)
     files = [i for i in inputs if hasattr(i, "fingerprint")]
+    manifest.adopt_legacy_fingerprints(files)
     manifest.supersede(files)
     ranges = manifest.committed_ranges(files, model_sha256=sha, options_digest=OPTS)
     return manifest, plan_shards(inputs, shard_rows, ranges)
@@ -259,6 +260,36 @@ def test_a_changed_input_is_rescored_and_its_old_shards_removed(job):
     assert {s.input_relpath for s in plan.shards} == {"dt=2026-11-27/a.parquet"}
     assert {s.input_relpath for s in plan.skipped} == {"dt=2026-11-28/b.parquet"}
     score(manifest, plan, "run2")
+    assert scored_ids(out_dir) == sorted(list(range(70)) + list(range(50)))
+
+
+def _as_written_by_0_1(out_dir, inp):
+    """Rewrite every commit record with the fingerprints release 0.1.0 recorded."""
+    for path in (out_dir / "_scorer" / "commits").glob("*.json"):
+        record = json.loads(path.read_text())
+        for piece in record["pieces"]:
+            f = inp.parent / "in" / piece["input_relpath"]
+            stat = f.stat()
+            legacy = legacy_fingerprint(stat.st_size, stat.st_mtime_ns, pq.read_metadata(f))
+            assert legacy != piece["input_fingerprint"]
+            piece["input_fingerprint"] = legacy
+        path.write_text(json.dumps(record))
+
+
+def test_records_of_release_0_1_resume_and_a_changed_file_is_still_rescored(job):
+    inp, out_dir = job
+    out = resolve(out_dir)
+    manifest, plan = start_run(out, scan_inputs(resolve(inp)), 30, "run1")
+    score(manifest, plan, "run1")
+    _as_written_by_0_1(out_dir, inp)
+
+    manifest, plan = start_run(out, scan_inputs(resolve(inp)), 30, "run2")
+    assert plan.shards == () and len(plan.skipped) == 6
+
+    write_sessions(inp / "dt=2026-11-27" / "a.parquet", 70, 7)
+    manifest, plan = start_run(out, scan_inputs(resolve(inp)), 30, "run3")
+    assert {s.input_relpath for s in plan.shards} == {"dt=2026-11-27/a.parquet"}
+    score(manifest, plan, "run3")
     assert scored_ids(out_dir) == sorted(list(range(70)) + list(range(50)))
 
 

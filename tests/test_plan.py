@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from scorer.errors import ConfigError, NoInputFilesError, PreflightError
 from scorer.pipeline.plan import (
+    FOOTER_TAIL_BYTES,
     FailedInput,
     InputFile,
     PartitionFilter,
@@ -182,6 +183,25 @@ def test_footer_facts_and_fingerprint(tmp_path):
 
     write_sessions(path, 23, 5)  # same rows, other row groups: another file
     assert scan_inputs(resolve(tmp_path))[0].fingerprint != item.fingerprint
+
+
+def test_a_footer_longer_than_one_tail_read_is_read_whole(tmp_path):
+    # 3,000 columns: a footer of several hundred KB, more than `FOOTER_TAIL_BYTES`.
+    table = pa.table({f"c{i}": pa.array([i, i + 1], pa.int64()) for i in range(3000)})
+    pq.write_table(table, tmp_path / "wide.parquet")
+    assert pq.read_metadata(tmp_path / "wide.parquet").serialized_size > FOOTER_TAIL_BYTES
+    (item,) = scan_inputs(resolve(tmp_path))
+    assert isinstance(item, InputFile) and item.rows == 2 and len(item.schema) == 3000
+    assert scan_inputs(resolve(tmp_path))[0].fingerprint == item.fingerprint
+
+
+def test_files_with_one_schema_share_its_arrow_schema_and_others_keep_theirs(tmp_path):
+    write_sessions(tmp_path / "a.parquet", 4, 2)
+    write_sessions(tmp_path / "b.parquet", 4, 2)
+    pq.write_table(pa.table({"session_id": pa.array([1], pa.int32())}), tmp_path / "c.parquet")
+    a, b, c = scan_inputs(resolve(tmp_path))
+    assert a.schema is b.schema
+    assert c.schema == pa.schema([("session_id", pa.int32())])
 
 
 def test_unreadable_footer_is_a_failed_item_not_a_failed_plan(tmp_path):

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import AbstractContextManager
@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.metrics import CalibrationState
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import Piece, Shard, file_fingerprint
+from scorer.pipeline.plan import Piece, Shard, file_fingerprint, read_footer
 from scorer.pipeline.stats import STAGES, utc_now
 from scorer.storage import Location
 
@@ -65,6 +65,10 @@ READ_AHEAD = 3
 STREAM_ROW_GROUP_BATCHES = 8
 # Read buffer per column chunk while streaming: what a streamed group holds of its file at once.
 STREAM_BUFFER_BYTES = 1 << 20
+# A local file up to this size is read whole, in one read, and decoded from memory: a small
+# file's reads were otherwise one per column chunk (19 for the session schema), and its
+# footer one more. Bounded: at most `READ_AHEAD` such files are held at once.
+WHOLE_FILE_BYTES = 8 << 20
 
 
 class Identity(TypedDict):
@@ -137,9 +141,16 @@ class ShardScorer:
     Each call runs where it is made; `stream_shard` runs them on the actor's stage threads.
     """
 
-    def __init__(self, settings: ActorSettings, model: IntentModel) -> None:
+    def __init__(
+        self,
+        settings: ActorSettings,
+        model: IntentModel,
+        known_footers: Mapping[str, pq.FileMetaData] | None = None,
+    ) -> None:
         self.settings = settings
         self.model = model
+        self.known_footers = known_footers
+        """Footers already parsed, by digest: the plan's, for a worker in the driver process."""
         self._read_pool: ThreadPoolExecutor | None = None
 
     def open(self, shard: Shard, has_label: bool) -> ShardSource:
@@ -152,8 +163,8 @@ class ShardScorer:
 
     def _open(self, piece: Piece, columns: list[str]) -> ShardSource:
         """The piece's file, opened once: checked against its planned fingerprint before any row
-        is read, and every read of the piece goes through this handle, so a shard never holds
-        rows of a version other than the one planned."""
+        is read, and every read of the piece goes through this handle (or the file's bytes read
+        at once), so a shard never holds rows of a version other than the one planned."""
         path = piece.input_path
         try:
             source, size, mtime_ns = self._open_version(path)
@@ -161,22 +172,32 @@ class ShardScorer:
             raise InputChangedError(_changed(piece, "no file"), input_path=path) from exc
         except Exception as exc:
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
+        in_memory = self.settings.input_location.is_local and size <= WHOLE_FILE_BYTES
         try:
-            metadata = pq.read_metadata(source)
+            if in_memory:
+                with source:
+                    source = pa.BufferReader(source.read_buffer())
+            footer = read_footer(source, size, self.known_footers)
         except Exception as exc:
             if not piece.fingerprint.startswith(f"{size}-{mtime_ns}-"):
                 found = f"{size}-{mtime_ns}-(unreadable footer)"
                 raise InputChangedError(_changed(piece, found), input_path=path) from exc
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
-        found = file_fingerprint(size, mtime_ns, metadata)
+        found = file_fingerprint(size, mtime_ns, footer)
         if found != piece.fingerprint:
             raise InputChangedError(_changed(piece, found), input_path=path)
-        names = metadata.schema.to_arrow_schema().names
+        metadata = footer.metadata
         # Checked before the reader is made: given a dictionary column the file lacks, pyarrow
         # fails with a bare KeyError (b'month') that names neither the problem nor the file.
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ShardReadError(f"{path}: missing column(s) {', '.join(missing)}", input_path=path)
+        # Leaf names answer for flat columns; the Arrow schema only where a name is not a leaf.
+        leaves = set(metadata.schema.names)
+        if any(c not in leaves for c in columns):
+            names = metadata.schema.to_arrow_schema().names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise ShardReadError(
+                    f"{path}: missing column(s) {', '.join(missing)}", input_path=path
+                )
         group_rows = piece.rows / len(piece.row_groups) if piece.row_groups else 0
         streamed = group_rows > STREAM_ROW_GROUP_BATCHES * self.settings.batch_rows
         try:
@@ -184,7 +205,7 @@ class ShardScorer:
                 source,
                 metadata=metadata,
                 read_dictionary=self.model.categorical_string_columns,
-                pre_buffer=not streamed,
+                pre_buffer=not (streamed or in_memory),
                 buffer_size=STREAM_BUFFER_BYTES if streamed else 0,
             )
         except Exception as exc:

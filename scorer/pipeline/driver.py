@@ -57,6 +57,7 @@ from scorer.pipeline.plan import (
     PartitionFilter,
     Plan,
     Shard,
+    footers_by_digest,
     plan_shards,
     scan_inputs,
     split_off,
@@ -144,6 +145,7 @@ def score(
 
     if dry_run:
         manifest = Manifest.load(context.output)
+        manifest.adopt_legacy_fingerprints(_readable(items))
         if not config.overwrite:
             manifest.check(
                 model_name=context.model.card.name,
@@ -174,6 +176,7 @@ def score(
                 f"cleaned up after an earlier crash: {len(report.orphans)} unreferenced score "
                 f"file(s), {len(report.temp_runs)} temporary folder(s)"
             )
+        manifest.adopt_legacy_fingerprints(_readable(items))
         manifest.supersede(_readable(items))
         plan = _plan(context, items, manifest)
         run = _Run(context, plan, manifest, progress, started_wall, started)
@@ -440,7 +443,9 @@ class _Run:
         summary = self.summary
         summary.executor = "in-process"
         summary.actors, summary.nodes, summary.cpus = 1, 1, float(cpus)
-        worker = InProcessWorker(_actor_settings(self.context), self.context.model)
+        worker = InProcessWorker(
+            _actor_settings(self.context), self.context.model, footers_by_digest(self.plan.files)
+        )
         if not ray_pays_off(self.plan.rows, cpus):
             self.progress.message(in_process_note(self.plan.rows, cpus))
             self._run_workers(worker)

@@ -41,6 +41,10 @@ from scorer.pipeline.pool import ActorPool, PoolSpec
 from scorer.pipeline.retry import Failure, local_failure
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import pyarrow.parquet as pq
+
     from scorer.model.runtime import IntentModel
 
 # Measured with `scorer bench` on this 2-core machine (medians, 8M rows): one worker in the
@@ -80,8 +84,14 @@ class InProcessWorker:
     process to lose): bad input is not retried, any other error is, as with actors.
     """
 
-    def __init__(self, settings: ActorSettings, model: IntentModel) -> None:
-        self.scorer = ShardScorer(settings, model)
+    def __init__(
+        self,
+        settings: ActorSettings,
+        model: IntentModel,
+        known_footers: Mapping[str, pq.FileMetaData] | None = None,
+    ) -> None:
+        # The plan's footers: the worker shares the driver's process, so it need not parse them.
+        self.scorer = ShardScorer(settings, model, known_footers)
         self.threads = StageThreads.start()
         self.identity: Identity = {
             "actor_id": "in-process",

@@ -41,6 +41,7 @@ A ``Manifest`` is not thread-safe: the driver commits from one thread.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import warnings
@@ -67,7 +68,7 @@ from scorer.pipeline.layout import (
     replace_durably,
     temp_relpath,
 )
-from scorer.pipeline.plan import InputFile, Shard
+from scorer.pipeline.plan import InputFile, Shard, adopt_legacy
 from scorer.storage import Location, storage_errors
 
 
@@ -188,6 +189,7 @@ class Manifest:
             manifest.claim(model_name=..., model_sha256=..., options_digest=..., run_id=run_id,
                            overwrite=overwrite)
             manifest.cleanup(run_id)
+            manifest.adopt_legacy_fingerprints(files)  # records of releases up to 0.1.0
             manifest.supersede(files)
             plan = plan_shards(inputs, shard_rows, manifest.committed_ranges(files, ...))
             ...  # actors write through manifest.layout.open_shard_sink(shard, run_id)
@@ -369,6 +371,25 @@ class Manifest:
         )
         self._bad_records = ()
         return report
+
+    def adopt_legacy_fingerprints(self, files: Iterable[InputFile]) -> int:
+        """Read records of older releases with today's fingerprints where they name the same file
+        version (`plan.adopt_legacy`), so that their OUTPUT resumes instead of rescoring. In
+        memory only: the records on disk keep what was written. Returns the pieces adopted."""
+        adopted = 0
+        for f in files:
+            for record in list(self._by_input.get(f.relpath, {}).values()):
+                pieces = tuple(
+                    dataclasses.replace(p, input_fingerprint=f.fingerprint)
+                    if p.input_relpath == f.relpath and adopt_legacy(f, p.input_fingerprint)
+                    else p
+                    for p in record.pieces
+                )
+                if pieces != record.pieces:
+                    adopted += sum(a != b for a, b in zip(pieces, record.pieces))
+                    self._forget(record)
+                    self._remember(dataclasses.replace(record, pieces=pieces))
+        return adopted
 
     def supersede(self, files: Iterable[InputFile]) -> tuple[CommitRecord, ...]:
         """Forget the shards of inputs that changed (fingerprint differs), so they are rescored.

@@ -3,7 +3,7 @@
 ``scan_inputs`` finds the input files (a single file, or every ``*.parquet`` below a directory,
 skipping names that start with ``_`` or ``.`` such as ``_scorer``), parses hive ``key=value``
 folders into a partition, applies ``--partition`` / ``--since`` / ``--until``, and reads each
-footer in a thread pool (on object storage each footer costs round trips, so latency dominates).
+footer from one read of its tail (in a thread pool on object storage, where latency dominates).
 A file whose footer cannot be read does not stop the plan: it becomes a ``FailedInput``, which
 the driver reports as a failed shard naming the file and the reason.
 
@@ -124,6 +124,8 @@ class InputFile:
     row_group_bytes: tuple[int, ...]
     """Compressed bytes per row group."""
     schema: pa.Schema = field(compare=False, repr=False)
+    metadata: pq.FileMetaData | None = field(default=None, compare=False, repr=False)
+    """The parsed footer, kept for this process (the in-process worker opens files with it)."""
 
     @property
     def folder(self) -> str:
@@ -364,8 +366,12 @@ def scan_inputs(
     if not candidates:
         why = f" selected by {selection.describe()}" if selection else ""
         raise NoInputFilesError(f"{location.uri}: no Parquet file{why}")
+    schemas = _SchemaCache()
+    if location.is_local:
+        # Locally a footer is ~0.2 ms of mostly Python (measured): threads only queue on the GIL.
+        return [_read_footer(location.filesystem, c, schemas) for c in candidates]
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(candidates)))) as pool:
-        return list(pool.map(lambda c: _read_footer(location.filesystem, c), candidates))
+        return list(pool.map(lambda c: _read_footer(location.filesystem, c, schemas), candidates))
 
 
 def plan_shards(
@@ -545,31 +551,84 @@ def _hive_tail(path: str) -> list[str]:
     return tail
 
 
-def _read_footer(fs: pafs.FileSystem, c: _Candidate) -> InputFile | FailedInput:
+def _read_footer(
+    fs: pafs.FileSystem, c: _Candidate, schemas: _SchemaCache
+) -> InputFile | FailedInput:
     try:
         with fs.open_input_file(c.path) as source:
-            meta = pq.read_metadata(source)
-        schema = meta.schema.to_arrow_schema()
+            footer = read_footer(source, c.size)
+        schema = schemas.arrow_schema(footer.metadata)
     except (OSError, ValueError, pa.ArrowException) as exc:
         reason = f"unreadable Parquet footer: {exc}"
         return FailedInput(c.path, c.relpath, c.partition, c.size, reason)
+    meta = footer.metadata
     return InputFile(
         path=c.path,
         relpath=c.relpath,
         partition=c.partition,
         size=c.size,
         mtime_ns=c.mtime_ns,
-        fingerprint=file_fingerprint(c.size, c.mtime_ns, meta),
+        fingerprint=file_fingerprint(c.size, c.mtime_ns, footer),
         row_group_rows=_row_group_rows(meta),
         row_group_bytes=_row_group_bytes(meta),
         schema=schema,
+        metadata=meta,
     )
 
 
-def file_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData) -> str:
-    """``{size}-{mtime_ns}-{digest}``: what identifies a version of an input file, computed alike
-    when a run plans it and when an actor opens it (``actor.ShardScorer``), where a mismatch is
-    ``InputChangedError``. The digest covers the footer's schema layout, row counts and sizes.
+FOOTER_TAIL_BYTES = 64 * 1024
+"""Read from a file's end in one request: the whole footer of nearly every file (pyarrow's own
+reader reads as much), and on object storage one round trip instead of two."""
+
+FOOTER_DIGEST_TAG = "footer:"
+"""Marks a fingerprint digest of the serialized footer; older releases digested a summary of it
+(`legacy_fingerprint`), and their commit records are matched by `adopt_legacy`."""
+
+
+@dataclass(frozen=True)
+class Footer:
+    """A file's parsed footer and the digest of its serialized bytes."""
+
+    metadata: pq.FileMetaData
+    digest: str
+
+
+def read_footer(
+    source: pa.NativeFile, size: int, known: Mapping[str, pq.FileMetaData] | None = None
+) -> Footer:
+    """The footer of an open Parquet file of ``size`` bytes, from one read of its tail (two when
+    the footer is longer than `FOOTER_TAIL_BYTES`); parsed unless ``known`` (footers by digest)
+    holds the parse of the same bytes.
+
+    The digest covers the footer's bytes: schema, row groups, sizes, statistics and key-value
+    metadata, so a file rewritten with another footer gets another fingerprint. Hashing the
+    bytes costs microseconds where walking the parsed footer in Python cost ~0.3 ms a file
+    (measured, 19 columns), which planning 4,000 small files paid twice (plan and open).
+    """
+    tail_bytes = min(size, FOOTER_TAIL_BYTES)
+    source.seek(size - tail_bytes)
+    tail = source.read(tail_bytes)
+    if len(tail) < 12 or tail[-4:] != b"PAR1":
+        raise ValueError("not a Parquet file (no PAR1 magic at its end)")
+    footer_bytes = int.from_bytes(tail[-8:-4], "little")
+    if footer_bytes + 12 > size:
+        raise ValueError(f"footer length {footer_bytes} exceeds the file ({size} bytes)")
+    if footer_bytes + 8 <= tail_bytes:
+        serialized = tail[-8 - footer_bytes : -8]
+    else:
+        source.seek(size - 8 - footer_bytes)
+        serialized = source.read(footer_bytes)
+    digest = hashlib.sha256(serialized).hexdigest()[:16]
+    metadata = known.get(digest) if known is not None else None
+    if metadata is None:
+        metadata = pq.read_metadata(pa.BufferReader(serialized + tail[-8:]))
+    return Footer(metadata, digest)
+
+
+def file_fingerprint(size: int, mtime_ns: int | None, footer: Footer) -> str:
+    """``{size}-{mtime_ns}-footer:{digest}``: what identifies a version of an input file,
+    computed alike when a run plans it and when an actor opens it (``actor.ShardScorer``), where
+    a mismatch is ``InputChangedError``.
 
     On object storage ``size`` and ``mtime_ns`` are the object's ``Content-Length`` and
     ``Last-Modified`` (seconds, alike in a listing and a HEAD, so an unchanged object keeps its
@@ -578,6 +637,12 @@ def file_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData)
     (``If-Match``); pyarrow's filesystems expose neither, so it is not used: the footer digest
     is what tells such rewrites apart.
     """
+    return f"{size}-{mtime_ns}-{FOOTER_DIGEST_TAG}{footer.digest}"
+
+
+def legacy_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData) -> str:
+    """The fingerprint releases up to 0.1.0 recorded: a digest of the footer's schema layout,
+    row counts and sizes. Kept so that their OUTPUT folders resume (`adopt_legacy`)."""
     columns = [metadata.schema.column(j) for j in range(metadata.num_columns)]
     layout = [
         (c.path, c.physical_type, str(c.logical_type), c.max_definition_level) for c in columns
@@ -585,6 +650,42 @@ def file_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData)
     footer = (layout, _row_group_rows(metadata), _row_group_bytes(metadata))
     digest = hashlib.sha256(repr(footer).encode()).hexdigest()[:16]
     return f"{size}-{mtime_ns}-{digest}"
+
+
+def footers_by_digest(files: Iterable[InputFile]) -> dict[str, pq.FileMetaData]:
+    """The parsed footers a plan holds, for `read_footer`'s ``known`` in the same process."""
+    return {
+        f.fingerprint.rpartition(FOOTER_DIGEST_TAG)[2]: f.metadata
+        for f in files
+        if f.metadata is not None
+    }
+
+
+def adopt_legacy(f: InputFile, recorded: str) -> bool:
+    """Whether ``recorded``, a fingerprint an older release wrote, names ``f``'s current version."""
+    if FOOTER_DIGEST_TAG in recorded or not recorded.startswith(f"{f.size}-{f.mtime_ns}-"):
+        return False
+    return f.metadata is not None and legacy_fingerprint(f.size, f.mtime_ns, f.metadata) == recorded
+
+
+class _SchemaCache:
+    """Arrow schemas by Parquet schema: the files of one dataset share a handful, and deriving
+    one costs ~85 µs a file (measured) that a comparison of the Parquet schemas saves."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, bytes | None], list[tuple[pq.ParquetSchema, pa.Schema]]] = {}
+
+    def arrow_schema(self, metadata: pq.FileMetaData) -> pa.Schema:
+        kv = metadata.metadata or {}
+        # The stored Arrow schema (types Parquet cannot say, such as timezones) is part of the key.
+        key = (metadata.num_columns, kv.get(b"ARROW:schema"))
+        known = self._known.setdefault(key, [])
+        for parquet_schema, arrow_schema in known:
+            if parquet_schema.equals(metadata.schema):
+                return arrow_schema
+        arrow_schema = metadata.schema.to_arrow_schema()
+        known.append((metadata.schema, arrow_schema))
+        return arrow_schema
 
 
 def _row_group_rows(metadata: pq.FileMetaData) -> tuple[int, ...]:
