@@ -435,13 +435,19 @@ def generate_command(
 )
 @handle_errors
 def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
-    """Calibration and throughput report of one run in a scored OUTPUT.
+    """Calibration and throughput report of one run, and drift and calibration over time.
 
     Prints the run summary, calibration of raw and calibrated scores overall and per dt (ROC AUC,
     Brier, log loss, ECE over 15 equal-width and 15 equal-mass bins), time per stage and per
     actor, and failed shards. Writes PNG plots: reliability diagram with bin counts, score
     histogram, calibration per day, and throughput per stage and actor. Calibration needs a run
     whose input carried the label column. Reads OUTPUT's Parquet with DuckDB only.
+
+    Over time, from every run in OUTPUT (the newest run's figures win for each dt): drift per dt
+    (the columns of highest PSI against the model card's reference, unseen and missing shares;
+    drift_psi.png, a heatmap of PSI per column and dt) and calibration per dt from labelled score
+    runs and `scorer evaluate` (ECE and observed against predicted rate;
+    calibration_over_time.png).
 
     \b
     Example:
