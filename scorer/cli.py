@@ -26,7 +26,12 @@ from scorer.config import (
 )
 from scorer.errors import Interrupted, ScorerError, Terminated
 from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS
-from scorer.evaluation.generate import DEFAULT_CONVERSION_RATE, DEFAULT_END_DATE, generate
+from scorer.evaluation.generate import (
+    DEFAULT_CONVERSION_RATE,
+    DEFAULT_END_DATE,
+    Break,
+    generate,
+)
 from scorer.model.card import (
     BUNDLED_MODEL,
     CALIBRATION_METHODS,
@@ -305,6 +310,22 @@ def _describe_run(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+class BreakParam(click.ParamType):
+    """``--break DATE:KIND=COLUMN[:AMOUNT]`` as a `Break`."""
+
+    name = "break"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Break:
+        if isinstance(value, Break):
+            return value
+        try:
+            return Break.parse(str(value))
+        except ScorerError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 @cli.command("generate")
 @click.argument("output")
 @click.option(
@@ -342,6 +363,17 @@ def _describe_run(summary: RunSummary) -> str:
     show_default=True,
     help="The last day. Fixed by default, so that a seed means the same data on any day.",
 )
+@click.option(
+    "--break",
+    "breaks",
+    type=BreakParam(),
+    multiple=True,
+    metavar="DATE:KIND=COLUMN[:AMOUNT]",
+    help="Break a column on one generated day (repeatable), as a tracking bug would: "
+    "zero=COLUMN (all 0), shift=COLUMN:FACTOR (times FACTOR), null=COLUMN[:SHARE] (missing), "
+    "unseen=CATEGORY[:SHARE] (a value outside the model's vocabulary). Labels stay those of "
+    "the unbroken day. E.g. 2026-11-20:zero=page_value, 2026-11-21:unseen=browser:0.3.",
+)
 @handle_errors
 def generate_command(
     output: str,
@@ -351,6 +383,7 @@ def generate_command(
     seed: int,
     conversion_rate: float | None,
     end_date: dt.datetime,
+    breaks: tuple[Break, ...],
 ) -> None:
     """Write synthetic labelled session history to OUTPUT, hive-partitioned by dt.
 
@@ -359,7 +392,13 @@ def generate_command(
     bundled real sessions of the same calendar month, jittered, in the session schema; the label
     `converted` is drawn from a known ground-truth probability (see
     scorer.evaluation.generate.ground_truth_probability), so that the calibration of any model can be
-    measured on them.
+    measured on them. --break makes broken days for drift tests and demos; the labels and every
+    other column stay exactly those of the same command without it.
+
+    \b
+    Example:
+      scorer generate history --sessions 400000 --files 8 --days 8 --seed 42 \\
+        --break 2026-11-25:zero=page_value --break 2026-11-26:unseen=browser:0.3
     """
     summary = generate(
         output,
@@ -369,12 +408,14 @@ def generate_command(
         seed=seed,
         conversion_rate=conversion_rate,
         end_date=end_date.date(),
+        breaks=breaks,
     )
+    broken = f"; broken: {', '.join(map(str, summary.breaks))}" if summary.breaks else ""
     click.echo(
         f"generated {summary.rows:,} sessions in {summary.files} files over {summary.days} days"
         f" ({summary.first_day}..{summary.last_day}) in {summary.output}:"
         f" {summary.positive_rate:.2%} converted (ground truth {summary.conversion_rate:.2%}),"
-        f" {summary.seconds:.1f} s"
+        f" {summary.seconds:.1f} s{broken}"
     )
 
 
@@ -394,13 +435,19 @@ def generate_command(
 )
 @handle_errors
 def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
-    """Calibration and throughput report of one run in a scored OUTPUT.
+    """Calibration and throughput report of one run, and drift and calibration over time.
 
     Prints the run summary, calibration of raw and calibrated scores overall and per dt (ROC AUC,
     Brier, log loss, ECE over 15 equal-width and 15 equal-mass bins), time per stage and per
     actor, and failed shards. Writes PNG plots: reliability diagram with bin counts, score
     histogram, calibration per day, and throughput per stage and actor. Calibration needs a run
     whose input carried the label column. Reads OUTPUT's Parquet with DuckDB only.
+
+    Over time, from every run in OUTPUT (the newest run's figures win for each dt): drift per dt
+    (the columns of highest PSI against the model card's reference, unseen and missing shares;
+    drift_psi.png, a heatmap of PSI per column and dt) and calibration per dt from labelled score
+    runs and `scorer evaluate` (ECE and observed against predicted rate;
+    calibration_over_time.png).
 
     \b
     Example:

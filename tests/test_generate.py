@@ -16,7 +16,16 @@ from click.testing import CliRunner
 
 from scorer.cli import cli
 from scorer.errors import ConfigError, OutputConflictError
-from scorer.evaluation.generate import METADATA_KEY, generate, ground_truth_probability
+from scorer.evaluation.generate import (
+    METADATA_KEY,
+    UNSEEN_INT,
+    UNSEEN_STRING,
+    Break,
+    generate,
+    ground_truth_probability,
+)
+from scorer.model.card import load_card
+from scorer.model.runtime import default_model_dir
 from scorer.model.sessions import MONTHS, SESSION_SCHEMA, load_bundled_sessions
 
 # 3 days ending on a Sunday: Fri 2026-11-27 .. Sun 2026-11-29.
@@ -271,6 +280,139 @@ def test_refuses_a_non_empty_output(tmp_path):
         generate(tmp_path / "data" / "old.parquet", **SMALL)
 
 
+# Broken days.
+
+FRI, SAT, SUN = "2026-11-27", "2026-11-28", "2026-11-29"
+
+
+def on_day(table: pa.Table, day: str) -> pa.Table:
+    return table.filter(pc.equal(table["dt"], day))
+
+
+def off_day(table: pa.Table, day: str) -> pa.Table:
+    return table.filter(pc.not_equal(table["dt"], day))
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unbroken") / "data"
+    return generate(root, **SMALL), read(root)
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken") / "data"
+    breaks = [
+        Break.parse(f"{SAT}:zero=page_value"),
+        Break.parse(f"{SUN}:unseen=browser:0.3"),
+        Break.parse(f"{SUN}:unseen=visitor_type:0.1"),
+        Break.parse(f"{SUN}:null=exit_rate:0.2"),
+        Break.parse(f"{FRI}:shift=product_pages:2"),
+    ]
+    return generate(root, **SMALL, breaks=breaks), read(root), root
+
+
+def test_a_zeroed_column_is_zero_on_its_day_and_untouched_elsewhere(broken, unbroken):
+    _, table, _ = broken
+    _, clean = unbroken
+    assert pc.all(pc.equal(on_day(table, SAT)["page_value"], 0.0)).as_py()
+    assert pc.any(pc.greater(on_day(clean, SAT)["page_value"], 0.0)).as_py()
+    assert off_day(table, SAT)["page_value"].equals(off_day(clean, SAT)["page_value"])
+    # Every other column of the broken day is the unbroken day's.
+    others = [name for name in table.column_names if name != "page_value"]
+    assert on_day(table, SAT).select(others).equals(on_day(clean, SAT).select(others))
+
+
+def test_an_unseen_flood_takes_its_share_with_values_outside_the_vocabulary(broken, unbroken):
+    _, table, _ = broken
+    _, clean = unbroken
+    card = {spec.name: spec for spec in load_card(default_model_dir()).inputs}
+    real = load_bundled_sessions()
+    assert UNSEEN_INT not in {*card["browser"].vocabulary, *real["browser"].to_pylist()}
+    assert UNSEEN_STRING not in card["visitor_type"].vocabulary
+    sunday, clean_sunday = on_day(table, SUN), on_day(clean, SUN)
+    for column, value, share in (
+        ("browser", UNSEEN_INT, 0.3),
+        ("visitor_type", UNSEEN_STRING, 0.1),
+    ):
+        flooded = pc.equal(sunday[column], value).to_numpy(zero_copy_only=False)
+        assert abs(flooded.mean() - share) < four_sigma(share, len(flooded)), column
+        # Rows not flooded keep their value.
+        kept = pa.array(~flooded)
+        assert sunday[column].filter(kept).equals(clean_sunday[column].filter(kept))
+        assert off_day(table, SUN)[column].equals(off_day(clean, SUN)[column])
+
+
+def test_null_and_shift_breaks(broken, unbroken):
+    _, table, _ = broken
+    _, clean = unbroken
+    exit_rate = on_day(table, SUN)["exit_rate"]
+    assert abs(exit_rate.null_count / len(exit_rate) - 0.2) < four_sigma(0.2, len(exit_rate))
+    valid = pc.is_valid(exit_rate)
+    assert exit_rate.filter(valid).equals(on_day(clean, SUN)["exit_rate"].filter(valid))
+    doubled = pc.multiply(on_day(clean, FRI)["product_pages"], 2).cast(pa.int32())
+    assert on_day(table, FRI)["product_pages"].equals(doubled)
+    assert table.schema.equals(clean.schema)
+
+
+def test_breaks_keep_the_labels_and_the_truth_of_the_unbroken_generation(broken, unbroken):
+    summary, table, root = broken
+    clean_summary, clean = unbroken
+    assert table["converted"].equals(clean["converted"])
+    assert table["session_id"].equals(clean["session_id"])
+    assert (summary.positives, summary.shift, summary.conversion_rate) == (
+        clean_summary.positives,
+        clean_summary.shift,
+        clean_summary.conversion_rate,
+    )
+    # The truth is the unbroken features'; the breaks are recorded beside it.
+    provenance = json.loads(pq.read_schema(files_of(root)[0]).metadata[METADATA_KEY])
+    assert provenance["breaks"] == [str(b) for b in summary.breaks]
+    assert provenance["shift"] == clean_summary.shift
+
+
+def test_breaks_are_deterministic_on_any_number_of_threads(tmp_path):
+    breaks = [Break.parse(f"{SUN}:unseen=traffic_type:0.5"), Break.parse(f"{SAT}:null=month:0.3")]
+    generate(tmp_path / "a", **SMALL, breaks=breaks, workers=1)
+    generate(tmp_path / "b", **SMALL, breaks=breaks, workers=3)
+    a, b = files_of(tmp_path / "a"), files_of(tmp_path / "b")
+    assert all(pa_.read_bytes() == pb.read_bytes() for pa_, pb in zip(a, b, strict=True))
+
+
+def test_a_break_outside_the_generated_days_names_the_date(tmp_path):
+    with pytest.raises(ConfigError, match=r"2026-11-26 is not a generated day \(2026-11-27\.\."):
+        generate(tmp_path / "data", **SMALL, breaks=[Break.parse("2026-11-26:zero=page_value")])
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("2026-11-28:zero=pagevalue", "column 'pagevalue' cannot take a zero break"),
+        ("2026-11-28:zero=browser", "column 'browser' cannot take a zero break"),
+        ("2026-11-28:unseen=page_value", "column 'page_value' cannot take a unseen break"),
+        ("2026-11-28:zap=page_value", "unknown kind 'zap'"),
+        ("2026-11-28:shift=exit_rate", "shift needs a factor"),
+        ("2026-11-28:shift=exit_rate:0", "shift needs a factor"),
+        ("2026-11-28:null=exit_rate:1.5", "share must be in"),
+        ("2026-11-28:zero=exit_rate:2", "zero takes no amount"),
+        ("2026-11-28:null=exit_rate:lots", "amount 'lots' is not a number"),
+        ("2026-11-28:null=exit_rate:nan", "not a finite number"),
+        ("28/11/2026:zero=page_value", "'28/11/2026' is not a date"),
+        ("2026-11-28", "expected DATE:KIND=COLUMN"),
+    ],
+)
+def test_a_bad_break_is_an_error_naming_what_is_wrong(text, message):
+    with pytest.raises(ConfigError, match=message):
+        Break.parse(text)
+
+
+def test_parse_and_str_round_trip():
+    for text in ("2026-11-20:zero=page_value", "2026-11-21:unseen=browser:0.3"):
+        assert str(Break.parse(text)) == text
+    assert Break.parse("2026-11-21:null=weekend") == Break(dt.date(2026, 11, 21), "null", "weekend")
+
+
 # The command line.
 
 
@@ -331,10 +473,41 @@ def test_cli_refuses_a_non_empty_output(tmp_path):
     assert "OutputConflictError:" in result.output and "not empty" in result.output
 
 
+def test_cli_breaks_days(tmp_path):
+    result = invoke(
+        str(tmp_path / "data"), "--sessions", "3000", "--files", "3", "--days", "3", "--seed", "9",
+        "--break", "2026-11-26:zero=page_value", "--break", "2026-11-27:unseen=region:0.5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "broken: 2026-11-26:zero=page_value, 2026-11-27:unseen=region:0.5" in result.output
+    table = read(tmp_path / "data")
+    assert pc.all(pc.equal(on_day(table, "2026-11-26")["page_value"], 0.0)).as_py()
+    assert pc.any(pc.equal(on_day(table, "2026-11-27")["region"], UNSEEN_INT)).as_py()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2026-12-01:zero=page_value", "ConfigError: break 2026-12-01:zero=page_value: 2026-12-01"),
+        ("2026-11-26:zero=nope", "Invalid value for '--break': break 2026-11-26:zero=nope: column"),
+        ("nonsense", "Invalid value for '--break': break 'nonsense': expected"),
+    ],
+)
+def test_cli_rejects_a_bad_break(tmp_path, value, message):
+    result = invoke(
+        str(tmp_path / "data"), "--sessions", "100", "--files", "3", "--days", "3", "--seed", "1",
+        "--break", value,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "data").exists()
+
+
 def test_cli_help():
     result = invoke("--help")
     assert result.exit_code == 0
-    for option in ("--sessions", "--files", "--days", "--seed", "--conversion-rate", "--end-date"):
+    options = ("--sessions", "--files", "--days", "--seed", "--conversion-rate", "--end-date")
+    for option in (*options, "--break"):
         assert option in result.output
 
 

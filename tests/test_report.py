@@ -2,7 +2,9 @@
 
 `make_output_tree` writes scores, shard stats, run stats and the calibration table of two runs
 (the latest labelled, with drift over three days; an older one unlabelled), so the report's
-numbers can be recomputed here from the same data.
+numbers can be recomputed here from the same data. `add_monitoring` adds what the report reads
+over time: hand-made drift tables of both runs (the agreed drift schema, as `scorer score`
+writes it) and the calibration table of a later `scorer evaluate` run.
 """
 
 from __future__ import annotations
@@ -20,13 +22,23 @@ import pytest
 from click.testing import CliRunner
 
 from scorer import metrics
+from scorer.arrow import RUN_ID_TYPE
 from scorer.cli import cli
-from scorer.evaluation.report import HISTOGRAM_BINS, STAGES, ReportError, build_report, read_report
+from scorer.evaluation.report import (
+    ECE_THRESHOLD,
+    HISTOGRAM_BINS,
+    PSI_THRESHOLD,
+    STAGES,
+    ReportError,
+    build_report,
+    read_report,
+)
 from scorer.metrics import CalibrationState
 from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
 
 RUN = "20261128T010203Z-a1b2c3"
 OLD_RUN = "20261127T010203Z-d4e5f6"
+EVAL_RUN = "20261130T090000Z-e7f8a9"  # a `scorer evaluate` run: calibration, no run stats
 DAYS = ("2026-11-01", "2026-11-02", "2026-11-03")
 DRIFT = (1.0, 0.6, 0.3)  # the conversion rate falls each day: calibrated scores grow too high
 SHARDS_PER_DAY = 2
@@ -212,6 +224,76 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
     return FakeOutput(root, pa.concat_tables(scored), shards)
 
 
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("run_id", RUN_ID_TYPE),
+        ("scope", pa.string()),
+        ("dt", pa.string()),
+        ("column", pa.string()),
+        ("kind", pa.string()),
+        ("reference", pa.string()),
+        ("rows", pa.int64()),
+        ("psi", pa.float64()),
+        ("share_missing", pa.float64()),
+        ("share_invalid", pa.float64()),
+        ("share_unseen", pa.float64()),
+        ("mean", pa.float64()),
+        ("reference_mean", pa.float64()),
+    ]
+)
+DRIFT_COLUMNS = {  # a few inputs in card order, then the score; month's PSI is not computed
+    "page_value": "numeric",
+    "exit_rate": "numeric",
+    "month": "categorical",
+    "browser": "categorical",
+    "weekend": "boolean",
+    "intent_calibrated": "score",
+}
+
+
+def drift_table(run_id: str, days: dict[str, dict[str, dict]]) -> pa.Table:
+    """A drift table of the agreed schema: per day, per column overrides of clean figures."""
+    records = []
+    for scope, day in [*(("partition", d) for d in days), ("overall", None)]:
+        for column, kind in DRIFT_COLUMNS.items():
+            record = {
+                "run_id": run_id, "scope": scope, "dt": day, "column": column, "kind": kind,
+                "reference": "month=Nov", "rows": 1000, "share_missing": 0.0,
+                "share_invalid": 0.0, "psi": None if column == "month" else 0.01,
+                "share_unseen": 0.0 if kind == "categorical" else None,
+                "mean": None if kind == "categorical" else 0.5,
+                "reference_mean": None if kind == "categorical" else 0.5,
+            }  # fmt: skip
+            records.append(record | days.get(day, {}).get(column, {}))
+    return pa.Table.from_pylist(records, schema=DRIFT_SCHEMA)
+
+
+def add_monitoring(root: Path, seed: int = 1) -> None:
+    """Drift tables of OLD_RUN (every day) and RUN (the last two, so newer there), and an
+    evaluate run's calibration of the last day with late labels of a funnel gone wrong."""
+    old = {day: {"page_value": {"psi": 0.9}} for day in DAYS}
+    new = {
+        DAYS[1]: {"page_value": {"psi": 0.02}},
+        DAYS[2]: {
+            "page_value": {"psi": 3.0, "mean": 0.0},
+            "browser": {"psi": 0.4, "share_unseen": 0.3},
+            "exit_rate": {"share_missing": 0.2},
+        },
+    }
+    for run_id, days in ((OLD_RUN, old), (RUN, new)):
+        _write(drift_table(run_id, days), root / "drift" / f"run_id={run_id}" / "part-0.parquet")
+    rng = np.random.default_rng(seed)
+    raw = rng.beta(1.2, 5.0, 2000)
+    labels = rng.random(2000) < raw * 0.2
+    state = CalibrationState.from_arrays(labels, raw, raw)
+    evaluation = metrics.calibration_table(EVAL_RUN, {DAYS[2]: state})
+    # Evaluate runs name the run they evaluated in a column of their own.
+    evaluation = evaluation.append_column(
+        "scored_run_ids", pa.array([[RUN]] * evaluation.num_rows, pa.list_(pa.string()))
+    )
+    _write(evaluation, root / "calibration" / f"run_id={EVAL_RUN}" / "part-0.parquet")
+
+
 @pytest.fixture(scope="module")
 def fake(tmp_path_factory) -> FakeOutput:
     return make_output_tree(tmp_path_factory.mktemp("output"))
@@ -293,7 +375,12 @@ def test_score_histogram_counts_only_the_runs_rows(built, fake):
 def test_an_unlabelled_run_reports_throughput_without_calibration(fake, tmp_path):
     report = build_report(fake.root, OLD_RUN, tmp_path)
     assert report.calibration == [] and report.overall is None
-    assert sorted(p.name for p in report.plots) == ["score_histogram.png", "throughput.png"]
+    # Calibration over time is of every run in OUTPUT, so it is drawn for this one too.
+    assert sorted(p.name for p in report.plots) == [
+        "calibration_over_time.png",
+        "score_histogram.png",
+        "throughput.png",
+    ]
     assert report.histogram["raw"].sum() > 0
 
 
@@ -302,18 +389,23 @@ def test_an_unlabelled_run_reports_throughput_without_calibration(fake, tmp_path
 # --------------------------------------------------------------------------------------------
 
 
+def assert_sensible_pngs(paths: list[Path]) -> None:
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width, _ = matplotlib.image.imread(path).shape
+        assert 600 <= width <= 2000 and 400 <= height <= 1500, (path.name, width, height)
+
+
 def test_plots_are_sensible_pngs(built):
     names = sorted(p.name for p in built.plots)
     assert names == [
         "calibration_by_day.png",
+        "calibration_over_time.png",
         "reliability.png",
         "score_histogram.png",
         "throughput.png",
     ]
-    for path in built.plots:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        height, width, _ = matplotlib.image.imread(path).shape
-        assert 600 <= width <= 2000 and 400 <= height <= 1500, (path.name, width, height)
+    assert_sensible_pngs(built.plots)
 
 
 def test_plots_default_to_the_runs_report_folder(fake):
@@ -343,7 +435,8 @@ def test_command_prints_tables_with_four_decimal_ece(fake, tmp_path):
     assert f"{overall['ece_width_calibrated']:.4f}" in result.output
     for text in (RUN, "Calibration per dt", *DAYS, "Time per stage", "Per actor", "ActorDiedError"):
         assert text in result.output
-    assert len(list(tmp_path.glob("*.png"))) == 4
+    assert len(list(tmp_path.glob("*.png"))) == 5
+    assert "No drift tables in OUTPUT/drift" in result.output
 
 
 def test_command_exits_2_with_a_message_for_an_unknown_run(fake):
@@ -356,3 +449,98 @@ def test_command_has_help():
     result = CliRunner().invoke(cli, ["report", "--help"])
     assert result.exit_code == 0
     assert "--run RUN_ID" in result.output and "reliability" in result.output
+
+
+# --------------------------------------------------------------------------------------------
+# drift and calibration over time, across every run
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory) -> FakeOutput:
+    fake = make_output_tree(tmp_path_factory.mktemp("monitored"))
+    add_monitoring(fake.root)
+    return fake
+
+
+def test_an_output_without_drift_tables_reports_without_them(built):
+    assert built.drift == [] and built.drift_days == []
+    assert "drift_psi.png" not in {p.name for p in built.plots}
+    # Calibration over time still reads the one labelled run.
+    assert [(r["run_id"], r["dt"]) for r in built.calibration_over_time] == [(RUN, d) for d in DAYS]
+
+
+def test_the_newest_run_wins_each_days_drift(monitored):
+    report = read_report(monitored.root)
+    assert report.drift_days == list(DAYS)
+    assert report.drift_columns == list(DRIFT_COLUMNS)  # table order, not alphabetical
+    by_day = {d: [r for r in report.drift if r["dt"] == d] for d in DAYS}
+    assert {d: {r["run_id"] for r in rows} for d, rows in by_day.items()} == {
+        DAYS[0]: {OLD_RUN},
+        DAYS[1]: {RUN},
+        DAYS[2]: {RUN},
+    }
+    psi = {(r["dt"], r["column"]): r["psi"] for r in report.drift}
+    assert [psi[(d, "page_value")] for d in DAYS] == [0.9, 0.02, 3.0]
+    assert psi[(DAYS[0], "month")] is None
+    assert all(len(rows) == len(DRIFT_COLUMNS) for rows in by_day.values())  # no overall rows
+
+
+def test_the_newest_evaluation_wins_each_days_calibration(monitored):
+    report = read_report(monitored.root)
+    assert report.run_id == RUN  # the evaluate run wrote no run stats: still the latest run
+    over_time = report.calibration_over_time
+    assert [(r["run_id"], r["dt"]) for r in over_time] == [
+        (RUN, DAYS[0]),
+        (RUN, DAYS[1]),
+        (EVAL_RUN, DAYS[2]),
+    ]
+    evaluation = pq.read_table(
+        monitored.root / "calibration" / f"run_id={EVAL_RUN}" / "part-0.parquet"
+    ).to_pylist()[0]
+    assert over_time[2]["ece_width_calibrated"] == evaluation["ece_width_calibrated"]
+    assert over_time[2]["ece_width_calibrated"] > ECE_THRESHOLD
+    # The run's own per-day table is unchanged by the later evaluation.
+    assert [(r["run_id"], r["dt"]) for r in report.partitions] == [(RUN, d) for d in DAYS]
+
+
+def test_drift_and_calibration_over_time_plots(monitored, tmp_path):
+    report = build_report(monitored.root, out_dir=tmp_path)
+    names = {p.name for p in report.plots}
+    assert {"drift_psi.png", "calibration_over_time.png"} <= names
+    assert_sensible_pngs(report.plots)
+    for name in ("drift_psi.png", "calibration_over_time.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_thresholds_mark_but_change_no_number(monitored):
+    strict = read_report(monitored.root, psi_threshold=0.005, ece_threshold=0.001)
+    default = read_report(monitored.root)
+    assert strict.drift == default.drift
+    assert strict.calibration_over_time == default.calibration_over_time
+    assert (strict.psi_threshold, default.psi_threshold) == (0.005, PSI_THRESHOLD)
+
+
+def test_command_prints_drift_and_calibration_over_time(monitored, tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(monitored.root), "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    drift = lines[next(i for i, line in enumerate(lines) if "Drift per dt" in line) :]
+    first = next(i for i, line in enumerate(drift) if DAYS[0] in line)
+    assert "page_value 0.900 !" in drift[first]
+    # A clean day is one line: its highest PSI, unmarked.
+    assert "page_value 0.020 " in drift[first + 1] and DAYS[1] in drift[first + 1]
+    last = next(i for i, line in enumerate(drift) if DAYS[2] in line)
+    for text in ("page_value 3.000 !", "browser 30.0%", "exit_rate 20.0%"):
+        assert text in drift[last], drift[last]
+    assert "browser 0.400 !" in drift[last + 1]
+    assert f"{OLD_RUN} for {DAYS[0]}" in result.output
+    assert f"{RUN} for {DAYS[1]}..{DAYS[2]} (2)" in result.output
+    calibration = lines[
+        next(i for i, line in enumerate(lines) if "Calibration over time" in line) :
+    ]
+    assert "! " not in next(line for line in calibration if DAYS[0] in line)
+    assert "!" in next(line for line in calibration if DAYS[2] in line)
+    assert EVAL_RUN in "".join(calibration)
+    assert all(len(line) <= 80 for line in lines if not line.startswith("/")), "fits 80 columns"
+    assert (tmp_path / "drift_psi.png").exists()

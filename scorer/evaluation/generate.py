@@ -25,6 +25,17 @@ on any number of threads and the output is byte-identical for the same arguments
 of NumPy and pyarrow). Features do not depend on `conversion_rate` (only labels do), nor on
 `row_group_rows`.
 
+Broken days (`Break`, ``--break``). A tracking bug breaks what we see, not what users do: a
+break rewrites one column on one day after that day's labels were drawn, so the labels, the
+shift and every other column are exactly those of the same generation without breaks, and the
+ground truth must be recomputed from that unbroken generation (on broken columns
+`ground_truth_probability` describes the broken values, not what users did). Kinds: ``zero`` (a
+numeric column all 0), ``shift`` (a numeric column times a factor, integers rounded; rates may leave
+[0, 1], which the scorer counts as invalid), ``null`` (a share of the day's rows missing, any
+feature), ``unseen`` (a share of a categorical column replaced by a value outside the bundled
+model's vocabulary: 99 for integer codes, ``"unseen"`` for strings). Which rows a share picks
+comes from a third stream per block, so breaks keep the output deterministic for a seed.
+
 Two passes: the first draws each block's leading features, the ground truth's inputs, to solve
 the shift (holding 8 bytes per session meanwhile); the second draws them again from the same
 streams, then the other columns and the labels, and writes. The first pass costs a tenth of the
@@ -39,7 +50,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -88,7 +99,7 @@ JITTER_PAGE_VALUE = 0.20
 
 _MONTH_EFFECT = np.array([MONTH_EFFECT[m] for m in MONTHS])
 _VISITOR_EFFECT = np.array([VISITOR_EFFECT[v] for v in VISITOR_TYPES])
-_FEATURES, _LABELS = 0, 1  # stream ids within a block
+_FEATURES, _LABELS, _BREAKS = 0, 1, 2  # stream ids within a block
 _COPIED = ("special_day", "operating_system", "browser", "region", "traffic_type")
 # Dictionary encoding only where values repeat: on continuous doubles it is tried and abandoned
 # per row group, which made writing ~40% slower and the files no smaller.
@@ -96,6 +107,88 @@ _DICTIONARY_COLUMNS = (
     "admin_pages", "info_pages", "product_pages", "special_day", "month",
     "operating_system", "browser", "region", "traffic_type", "visitor_type",
 )  # fmt: skip
+
+
+# What each kind of break may touch. `month` and `weekend` can be nulled or (month) flooded but not
+# zeroed: they are categories and a flag, derived from dt.
+NUMERIC_COLUMNS = (
+    "admin_pages", "admin_seconds", "info_pages", "info_seconds", "product_pages",
+    "product_seconds", "bounce_rate", "exit_rate", "page_value", "special_day",
+)  # fmt: skip
+CATEGORICAL_COLUMNS = (
+    "month", "operating_system", "browser", "region", "traffic_type", "visitor_type",
+)  # fmt: skip
+BREAK_COLUMNS = {
+    "zero": NUMERIC_COLUMNS,
+    "shift": NUMERIC_COLUMNS,
+    "null": (*NUMERIC_COLUMNS, *CATEGORICAL_COLUMNS, "weekend"),
+    "unseen": CATEGORICAL_COLUMNS,
+}
+# Outside the bundled model's vocabularies and the real sessions' values (integer codes reach 20).
+UNSEEN_INT = 99
+UNSEEN_STRING = "unseen"
+MAX_SHIFT_FACTOR = 1000.0  # keeps a shifted page count far inside int32
+_BREAK_SYNTAX = "DATE:KIND=COLUMN[:AMOUNT], e.g. 2026-11-20:zero=page_value"
+
+
+@dataclass(frozen=True)
+class Break:
+    """One column broken on one generated day, as a tracking bug would break it.
+
+    `kind` is one of `BREAK_COLUMNS`' keys and `column` one of its columns. `amount`: for
+    ``shift`` the factor (required, in (0, 1000]); for ``null`` and ``unseen`` the share of the
+    day's rows hit, each row independently (default 1: all of them); unused by ``zero``.
+    """
+
+    day: dt.date
+    kind: str
+    column: str
+    amount: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.day, dt.date):
+            raise ConfigError(f"break on {self.day!r}: the day must be a datetime.date")
+        if self.kind not in BREAK_COLUMNS:
+            raise ConfigError(
+                f"break {self}: unknown kind {self.kind!r} (kinds: {', '.join(BREAK_COLUMNS)})"
+            )
+        columns = BREAK_COLUMNS[self.kind]
+        if self.column not in columns:
+            raise ConfigError(
+                f"break {self}: column {self.column!r} cannot take a {self.kind} break"
+                f" (columns: {', '.join(columns)})"
+            )
+        amount = self.amount
+        if self.kind == "zero" and amount is not None:
+            raise ConfigError(f"break {self}: zero takes no amount")
+        if self.kind == "shift" and (amount is None or not 0 < amount <= MAX_SHIFT_FACTOR):
+            raise ConfigError(f"break {self}: shift needs a factor in (0, {MAX_SHIFT_FACTOR:g}]")
+        if self.kind in ("null", "unseen") and amount is not None and not 0 < amount <= 1:
+            raise ConfigError(f"break {self}: the share must be in (0, 1], got {amount:g}")
+
+    @classmethod
+    def parse(cls, text: str) -> Break:
+        """``DATE:KIND=COLUMN[:AMOUNT]``, e.g. ``2026-11-21:unseen=browser:0.3``."""
+        day, _, rest = text.partition(":")
+        kind, equals, target = rest.partition("=")
+        column, _, amount = target.partition(":")
+        if not (equals and kind and column):
+            raise ConfigError(f"break {text!r}: expected {_BREAK_SYNTAX}")
+        try:
+            date = dt.date.fromisoformat(day)
+        except ValueError:
+            raise ConfigError(f"break {text!r}: {day!r} is not a date (YYYY-MM-DD)") from None
+        try:
+            value = float(amount) if amount else None
+        except ValueError:
+            raise ConfigError(f"break {text!r}: amount {amount!r} is not a number") from None
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"break {text!r}: amount {amount!r} is not a finite number")
+        return cls(date, kind.strip(), column.strip(), value)
+
+    def __str__(self) -> str:
+        amount = "" if self.amount is None else f":{self.amount:g}"
+        return f"{self.day.isoformat()}:{self.kind}={self.column}{amount}"
 
 
 @dataclass(frozen=True)
@@ -112,6 +205,7 @@ class GenerateSummary:
     conversion_rate: float  # requested: the mean ground-truth probability
     shift: float  # added to the ground truth's intercept; pass to `ground_truth_probability`
     seconds: float
+    breaks: tuple[Break, ...] = ()
 
     @property
     def positive_rate(self) -> float:
@@ -192,16 +286,20 @@ def generate(
     string_type: pa.DataType = pa.string(),  # noqa: B008
     storage: StorageOptions | None = None,
     workers: int | None = None,
+    breaks: Sequence[Break] = (),
 ) -> GenerateSummary:
     """Write a synthetic labelled session history to `output` (a new or empty directory or URI).
 
     `int_type` and `string_type` replace the schema's int32 and string columns (session_id stays
     int64), to make the schema variants readers must accept. `storage` fills in what an s3://
     URI lacks (`scorer.storage.resolve`). `workers`: threads (default: CPUs); the output does
-    not depend on it.
+    not depend on it. `breaks` break columns on chosen days, applied in their order after the
+    labels are drawn (see the module docstring); each day must be one of the generated days.
     """
     started = time.perf_counter()
     _check(sessions, files, days, seed, conversion_rate, row_group_rows, int_type, string_type)
+    breaks = tuple(breaks)
+    _check_break_days(breaks, end_date, days)
     location = _open_output(output, storage)
     plan = _plan(location.path, sessions, files, days, end_date)
     schema = _schema(int_type, string_type)
@@ -225,9 +323,11 @@ def generate(
             "conversion_rate": conversion_rate,
             "shift": shift,
         }
+        if breaks:  # only then, so that data sets without breaks keep their bytes
+            provenance["breaks"] = [str(b) for b in breaks]
         schema = schema.with_metadata({METADATA_KEY: json.dumps(provenance)})
         write = functools.partial(
-            _write_file, location.filesystem, real, seed, shift, schema, row_group_rows
+            _write_file, location.filesystem, real, seed, shift, schema, row_group_rows, breaks
         )
         positives = sum(pool.map(write, plan))
 
@@ -242,6 +342,7 @@ def generate(
         conversion_rate=conversion_rate,
         shift=shift,
         seconds=time.perf_counter() - started,
+        breaks=breaks,
     )
 
 
@@ -270,6 +371,16 @@ def _check(sessions, files, days, seed, conversion_rate, row_group_rows, int_typ
         raise ConfigError(f"int_type must be int32 or int64, got {int_type}")
     if string_type not in (pa.string(), pa.large_string()):
         raise ConfigError(f"string_type must be string or large_string, got {string_type}")
+
+
+def _check_break_days(breaks: tuple[Break, ...], end_date: dt.date, days: int) -> None:
+    first = end_date - dt.timedelta(days=days - 1)
+    for b in breaks:
+        if not first <= b.day <= end_date:
+            raise ConfigError(
+                f"break {b}: {b.day.isoformat()} is not a generated day"
+                f" ({first.isoformat()}..{end_date.isoformat()})"
+            )
 
 
 def _open_output(output: str | os.PathLike, storage: StorageOptions | None) -> Location:
@@ -488,6 +599,7 @@ def _write_file(
     shift: float,
     schema: pa.Schema,
     row_group_rows: int,
+    breaks: tuple[Break, ...],
     file: _File,
 ) -> int:
     """Write one file of the plan, row group by row group; return its number of positives."""
@@ -503,7 +615,8 @@ def _write_file(
             compression="zstd",
             use_dictionary=list(_DICTIONARY_COLUMNS),
         ) as writer:
-            for table in _file_blocks(real, seed, shift, schema, file):
+            day_breaks = [b for b in breaks if b.day == file.day]
+            for table in _file_blocks(real, seed, shift, schema, file, day_breaks):
                 positives += pc.sum(table["converted"]).as_py()
                 pending.append(table)
                 pending_rows += table.num_rows
@@ -521,9 +634,9 @@ def _write_file(
 
 
 def _file_blocks(
-    real: _Real, seed: int, shift: float, schema: pa.Schema, file: _File
+    real: _Real, seed: int, shift: float, schema: pa.Schema, file: _File, breaks: list[Break]
 ) -> Iterator[pa.Table]:
-    """The file's sessions, one table per block of its random streams."""
+    """The file's sessions, one table per block of its random streams, broken by `breaks`."""
     first_id = file.first_id
     for block, rows in file.blocks():
         rng = _rng(seed, file, block, _FEATURES)
@@ -531,8 +644,34 @@ def _file_blocks(
         p = _sigmoid(_features_logit(features) + shift)
         features |= _draw_other_features(real, rng, features)
         converted = _rng(seed, file, block, _LABELS).random(rows) < p
-        yield _table(features, converted, first_id, schema)
+        table = _table(features, converted, first_id, schema)
+        if breaks:
+            table = _broken(table, breaks, _rng(seed, file, block, _BREAKS))
+        yield table
         first_id += rows
+
+
+def _broken(table: pa.Table, breaks: list[Break], rng: np.random.Generator) -> pa.Table:
+    """`table` with each break applied in order; shares draw from `rng` in that order."""
+    for b in breaks:
+        i = table.schema.get_field_index(b.column)
+        column, type_ = table.column(i), table.schema.field(i).type
+        if b.kind == "zero":
+            column = pa.repeat(pa.scalar(0, type_), table.num_rows)
+        elif b.kind == "shift":
+            shifted = pc.multiply(column.cast(pa.float64()), b.amount)
+            column = (pc.round(shifted) if pa.types.is_integer(type_) else shifted).cast(type_)
+        else:
+            hit = rng.random(table.num_rows) < (1.0 if b.amount is None else b.amount)
+            if b.kind == "null":
+                value = pa.scalar(None, type_)
+            else:
+                value = pa.scalar(
+                    UNSEEN_INT if pa.types.is_integer(type_) else UNSEEN_STRING, type_
+                )
+            column = pc.if_else(pa.array(hit), value, column)
+        table = table.set_column(i, table.schema.field(i), column)
+    return table
 
 
 def _table(features: dict, converted: np.ndarray, first_id: int, schema: pa.Schema) -> pa.Table:

@@ -1,4 +1,4 @@
-"""`scorer report`: calibration and throughput of one run, read from its Parquet outputs.
+"""`scorer report`: calibration and throughput of one run, and drift and calibration over time.
 
 Every read is DuckDB SQL over the layout of SPEC §5 (paths from `scorer.pipeline.layout`), the
 same SQL an analyst would write:
@@ -7,9 +7,18 @@ same SQL an analyst would write:
     OUTPUT/stats/runs/run_id=<ID>/*.parquet      one row per run
     OUTPUT/stats/shards/run_id=<ID>/*.parquet    one row per shard attempt
     OUTPUT/calibration/run_id=<ID>/*.parquet     `scorer.metrics.calibration_table`, if labelled
+    OUTPUT/drift/run_id=<ID>/*.parquet           per dt and model input: PSI, shares, means
 
 Stats and calibration files carry ``run_id`` as a column, so they are read by their run folder
 without hive partitioning; scores are read with ``hive_partitioning=true`` to see ``dt``.
+
+Over time. Drift and calibration are read across every run in OUTPUT, not only the one asked
+for: a night's score run writes its days' drift, a labelled run or a later `scorer evaluate`
+their calibration. Where several runs cover a dt, the newest run's figures for that dt win (run
+ids begin with their UTC start time, ``20261128T010203Z-…``, so the greatest id is the newest);
+calibration tables are read with ``union_by_name`` because evaluate runs add a column naming the
+run they evaluated. An OUTPUT from before drift was recorded has no drift tables; the report says
+so and goes on.
 
 `read_report` runs the queries into a `Report`, `write_plots` draws its PNGs, `build_report` does
 both; `render` turns a report into rich tables. None of them prints: the CLI decides.
@@ -25,7 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import matplotlib
 import numpy as np
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from rich.table import Table
 
@@ -34,11 +45,27 @@ from scorer.pipeline import layout
 from scorer.pipeline.plan import DATE_KEY
 from scorer.pipeline.stats import STAGES
 
-__all__ = ["HISTOGRAM_BINS", "STAGES", "Report", "ReportError", "build_report", "read_report"]
+__all__ = [
+    "ECE_THRESHOLD",
+    "HISTOGRAM_BINS",
+    "PSI_THRESHOLD",
+    "STAGES",
+    "Report",
+    "ReportError",
+    "build_report",
+    "read_report",
+]
 
 HISTOGRAM_BINS = 50
 SCORES = ("raw", "calibrated")
 COLOURS = {"raw": "tab:orange", "calibrated": "tab:blue", "observed": "black"}
+# Where the report marks a figure as breached. PSI 0.25 is the usual line of a major shift; an
+# ECE of 0.10 is twice what the bundled model shows on clean generated days (0.05), so a clean
+# day is not marked. Callers with the config's [monitor] thresholds pass theirs.
+PSI_THRESHOLD = 0.25
+ECE_THRESHOLD = 0.10
+MAX_BREACHES_SHOWN = 4  # per dt in the terminal's drift table, one line each
+NO_DT = "(none)"  # the label of rows from files outside any dt folder
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,11 @@ class Report:
     actors: list[dict]  # per actor: rows, shards, busy seconds, seconds per stage, rows/s
     failed: list[dict]  # failed shard attempts: shard, file, attempt, error
     histogram: dict[str, np.ndarray]  # rows per HISTOGRAM_BINS equal-width bin, per score
+    # Across every run in OUTPUT, the newest run's rows per dt (dt order; drift in table order):
+    drift: list[dict]  # per dt and column: DRIFT_SQL's columns; [] without drift tables
+    calibration_over_time: list[dict]  # per dt: CALIBRATION_OVER_TIME_SQL's columns
+    psi_threshold: float = PSI_THRESHOLD
+    ece_threshold: float = ECE_THRESHOLD
     plots: list[Path] = dataclasses.field(default_factory=list)
 
     @property
@@ -62,6 +94,16 @@ class Report:
     @property
     def partitions(self) -> list[dict]:
         return [r for r in self.calibration if r["scope"] == "partition"]
+
+    @property
+    def drift_days(self) -> list[str | None]:
+        """The dts with drift figures, in order (None, files outside any dt folder, last)."""
+        return list(dict.fromkeys(r[DATE_KEY] for r in self.drift))
+
+    @property
+    def drift_columns(self) -> list[str]:
+        """The columns with drift figures, in the drift tables' order (card order, then score)."""
+        return list(dict.fromkeys(r["column"] for r in self.drift))
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,6 +149,28 @@ WHERE status = 'failed' ORDER BY input_path, shard_id, attempt
 CALIBRATION_SQL = f"""
 SELECT * FROM read_parquet($files)
 ORDER BY scope = 'overall', {DATE_KEY} NULLS LAST
+"""
+
+# Both read every run's table; the run id comes from its folder (hive), as layout spells it.
+# The newest run per dt wins all of that dt's rows; rows = 0 (nothing of the dt scored or
+# labelled by that run) never wins. file_row_number keeps the drift table's column order.
+DRIFT_SQL = f"""
+SELECT run_id, {DATE_KEY}, "column", kind, rows, psi, share_missing, share_invalid,
+       share_unseen, mean, reference_mean
+FROM read_parquet($files, hive_partitioning = true, union_by_name = true,
+                  file_row_number = true)
+WHERE scope = 'partition' AND rows > 0
+QUALIFY run_id = max(run_id) OVER (PARTITION BY {DATE_KEY})
+ORDER BY {DATE_KEY} NULLS LAST, file_row_number
+"""
+
+CALIBRATION_OVER_TIME_SQL = f"""
+SELECT run_id, {DATE_KEY}, rows, positives, observed_rate, mean_calibrated,
+       ece_width_calibrated, ece_mass_calibrated
+FROM read_parquet($files, hive_partitioning = true, union_by_name = true)
+WHERE scope = 'partition' AND rows > 0
+QUALIFY run_id = max(run_id) OVER (PARTITION BY {DATE_KEY})
+ORDER BY {DATE_KEY} NULLS LAST
 """
 
 # The last bin is closed at 1, as for the reliability bins.
@@ -159,8 +223,23 @@ def _histogram(con: duckdb.DuckDBPyConnection, output: Path, run_id: str, score:
     return counts
 
 
-def read_report(output: str | Path, run_id: str | None = None) -> Report:
-    """The figures of one run (default: the latest by start time), without plots."""
+def _over_time(con: duckdb.DuckDBPyConnection, output: Path, table: str, sql: str) -> list[dict]:
+    """`sql` over every run's `table` folder; [] where no run wrote one."""
+    pattern = f"{layout.RUN_PARTITION}=*/*.parquet"
+    if not any((output / table).glob(pattern)):
+        return []
+    return _records(con, sql, {"files": str(output / table / pattern)})
+
+
+def read_report(
+    output: str | Path,
+    run_id: str | None = None,
+    *,
+    psi_threshold: float = PSI_THRESHOLD,
+    ece_threshold: float = ECE_THRESHOLD,
+) -> Report:
+    """The figures of one run (default: the latest by start time) and of every run over time,
+    without plots. The thresholds only mark figures; they change no number."""
     output = Path(output)
     con = duckdb.connect()
     try:
@@ -182,6 +261,12 @@ def read_report(output: str | Path, run_id: str | None = None) -> Report:
             actors=_records(con, ACTORS_SQL, shards) if shards else [],
             failed=_records(con, FAILED_SQL, shards) if shards else [],
             histogram={s: _histogram(con, output, run_id, s) for s in SCORES},
+            drift=_over_time(con, output, layout.DRIFT, DRIFT_SQL),
+            calibration_over_time=_over_time(
+                con, output, layout.CALIBRATION, CALIBRATION_OVER_TIME_SQL
+            ),
+            psi_threshold=psi_threshold,
+            ece_threshold=ece_threshold,
         )
     finally:
         con.close()
@@ -199,10 +284,15 @@ def write_plots(report: Report, out_dir: str | Path) -> list[Path]:
 
 
 def build_report(
-    output: str | Path, run_id: str | None = None, out_dir: str | Path | None = None
+    output: str | Path,
+    run_id: str | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    psi_threshold: float = PSI_THRESHOLD,
+    ece_threshold: float = ECE_THRESHOLD,
 ) -> Report:
     """Read one run and write its PNGs (default under OUTPUT/reports/<RUN_ID>/)."""
-    report = read_report(output, run_id)
+    report = read_report(output, run_id, psi_threshold=psi_threshold, ece_threshold=ece_threshold)
     out = (
         Path(out_dir) if out_dir is not None else Path(output) / layout.report_folder(report.run_id)
     )
@@ -229,7 +319,25 @@ def _plots(report: Report) -> dict[str, Callable[[Report], Figure]]:
         plots["calibration_by_day.png"] = plot_calibration_by_day
     if report.actors:
         plots["throughput.png"] = plot_throughput
+    if report.drift:
+        plots["drift_psi.png"] = plot_drift_psi
+    if report.calibration_over_time:
+        plots["calibration_over_time.png"] = plot_calibration_over_time
     return plots
+
+
+def _day_label(day: str | None) -> str:
+    return NO_DT if day is None else day
+
+
+def _date_ticks(ax: Any, days: list[str], axis: str = "x") -> None:
+    """Every k-th day past a month of them, so that the dates stay legible."""
+    step = max(1, len(days) // 30)
+    positions = np.arange(len(days))[::step]
+    if axis == "x":
+        ax.set_xticks(positions, days[::step], rotation=45, ha="right")
+    else:
+        ax.set_yticks(positions, days[::step])
 
 
 def _nan(values: Iterable[float | None]) -> np.ndarray:
@@ -347,6 +455,107 @@ def plot_calibration_by_day(report: Report) -> Figure:
     return fig
 
 
+def plot_drift_psi(report: Report) -> Figure:
+    """PSI per column (rows) and dt (columns), the newest run's per dt; breached cells labelled.
+
+    The colour scale stops at four times the threshold, so that the clean days' small PSIs
+    still differ in shade; a zeroed column's PSI of 5 shows as the darkest colour and its value.
+    """
+    days, columns = report.drift_days, report.drift_columns
+    psi = np.full((len(columns), len(days)), np.nan)
+    for r in report.drift:
+        psi[columns.index(r["column"]), days.index(r[DATE_KEY])] = _nan([r["psi"]])[0]
+    threshold = report.psi_threshold
+    fig = Figure(
+        figsize=(min(20, max(8, 0.42 * len(days) + 4)), max(4.5, 0.32 * len(columns) + 2.2)),
+        layout="constrained",
+    )
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["YlOrRd"].with_extremes(bad="lightgrey")
+    image = ax.imshow(
+        np.ma.masked_invalid(psi),
+        aspect="auto",
+        cmap=cmap,
+        norm=Normalize(0.0, 4 * threshold),
+        interpolation="nearest",
+    )
+    bar = fig.colorbar(image, ax=ax, extend="max", pad=0.01)
+    bar.set_label("PSI against the model card's reference")
+    bar.ax.axhline(threshold, color="black", ls="--", lw=1.2)
+    # Values only where they matter: past a month of days every cell would be unreadable.
+    for (i, j), value in np.ndenumerate(psi):
+        if value >= threshold:
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, weight="bold",
+                    color="white" if value >= 2.5 * threshold else "black")  # fmt: skip
+    ax.set_yticks(np.arange(len(columns)), columns)
+    _date_ticks(ax, [_day_label(d) for d in days])
+    # White lines between cells, so that a row or a day can be followed across the map.
+    ax.set_xticks(np.arange(len(days) + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(len(columns) + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="white", lw=0.8)
+    ax.tick_params(which="minor", length=0)
+    ax.set(xlabel=DATE_KEY, ylabel="model input (then the calibrated score)")
+    ax.set_title(
+        f"Drift per {DATE_KEY}: PSI per column, newest run per {DATE_KEY}\n"
+        f"labelled: PSI ≥ {threshold:g} (dashed on the colour bar); grey: not computed"
+    )
+    return fig
+
+
+def plot_calibration_over_time(report: Report) -> Figure:
+    """ECE of the calibrated score per dt against the threshold, and mean calibrated score
+    against the observed rate, from the newest evaluation of each dt."""
+    rows = report.calibration_over_time
+    days = [_day_label(r[DATE_KEY]) for r in rows]
+    x = np.arange(len(rows))
+    ece_width = _nan(r["ece_width_calibrated"] for r in rows)
+    threshold = report.ece_threshold
+    fig = Figure(figsize=(min(20, max(8, 0.35 * len(rows) + 4)), 7.5), layout="constrained")
+    ece, rate = fig.subplots(2, 1, sharex=True)
+    colour = COLOURS["calibrated"]
+    ece.plot(x, ece_width, marker="o", color=colour, label="ECE, 15 equal-width bins")
+    ece.plot(
+        x,
+        _nan(r["ece_mass_calibrated"] for r in rows),
+        marker=".",
+        ls=":",
+        color=colour,
+        label="ECE, 15 equal-mass bins",
+    )
+    breached = ece_width >= threshold
+    if breached.any():
+        ece.scatter(x[breached], ece_width[breached], s=120, facecolors="none",
+                    edgecolors="red", lw=1.5, zorder=3, label=f"ECE ≥ {threshold:g}")  # fmt: skip
+    ece.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:g}")
+    top = np.nanmax(np.append(ece_width, threshold)) if len(rows) else threshold
+    ece.set(ylabel="ECE of intent_calibrated", ylim=(0, 1.15 * top))
+    ece.set_title(f"Calibration over time: newest evaluation per {DATE_KEY}, every run in OUTPUT")
+    ece.legend(fontsize=8, loc="upper left")
+    rate.plot(
+        x,
+        _nan(r["mean_calibrated"] for r in rows),
+        marker="o",
+        color=colour,
+        label="mean predicted (calibrated)",
+    )
+    rate.plot(
+        x,
+        _nan(r["observed_rate"] for r in rows),
+        marker="s",
+        color=COLOURS["observed"],
+        label="observed conversion rate",
+    )
+    highest = np.nanmax(
+        np.concatenate([_nan(r[k] for r in rows) for k in ("mean_calibrated", "observed_rate")])
+    )
+    rate.set(ylabel="probability", xlabel=DATE_KEY, ylim=(0, 1.3 * highest))
+    rate.legend(fontsize=8, loc="upper right", ncols=2)
+    _date_ticks(rate, days)
+    for ax in (ece, rate):
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def plot_throughput(report: Report) -> Figure:
     """Seconds per stage over the run, and per actor split by stage, with each actor's rows/s."""
     fig = Figure(figsize=(11, max(4, 0.4 * len(report.actors) + 2)), layout="constrained")
@@ -399,6 +608,15 @@ def render(report: Report) -> list[Table | str]:
         out += [_stage_table(report), _actor_table(report)]
     if report.failed:
         out.append(_failed_table(report))
+    if report.drift:
+        out.append(_drift_table(report))
+    else:
+        out.append(
+            f"No drift tables in OUTPUT/{layout.DRIFT} (runs before drift was recorded, or a "
+            "model card without a reference)."
+        )
+    if report.calibration_over_time:
+        out.append(_calibration_over_time_table(report))
     out.append("Plots: " + ", ".join(str(p) for p in report.plots))
     return out
 
@@ -520,4 +738,78 @@ def _failed_table(report: Report) -> Table:
         table.add_column(name)
     for f in report.failed:
         table.add_row(str(f["shard_id"]), str(f["input_path"]), str(f["attempt"]), str(f["error"]))
+    return table
+
+
+def _drift_table(report: Report) -> Table:
+    """Per dt: its breached columns by PSI (or, on a clean dt, the highest), and the worst
+    unseen and missing + invalid shares; one line per clean dt, so a month fits a screen.
+
+    The run each dt's figures come from goes in the caption, so that the table fits 80 columns.
+    """
+    threshold = report.psi_threshold
+    table = Table(
+        title=f"Drift per {DATE_KEY} (! marks PSI ≥ {threshold:g})",
+        caption=_runs_caption(report.drift),
+    )
+    for name in (DATE_KEY, "highest PSI", "unseen", "missing+invalid"):
+        table.add_column(name, no_wrap=name == DATE_KEY)
+    for day in report.drift_days:
+        rows = [r for r in report.drift if r[DATE_KEY] == day]
+        ranked = sorted((r for r in rows if r["psi"] is not None), key=lambda r: -r["psi"])
+        breached = [r for r in ranked if r["psi"] >= threshold]
+        shown = breached[:MAX_BREACHES_SHOWN] or ranked[:1]
+        lines = [f"{r['column']} {r['psi']:.3f}{' !' if r in breached else ''}" for r in shown]
+        if len(breached) > len(shown):
+            lines.append(f"(+{len(breached) - len(shown)} more !)")
+        table.add_row(
+            _day_label(day),
+            "\n".join(lines) or "–",
+            _worst(rows, lambda r: r["share_unseen"]),
+            _worst(rows, lambda r: (r["share_missing"] or 0.0) + (r["share_invalid"] or 0.0)),
+        )
+    return table
+
+
+def _runs_caption(rows: list[dict]) -> str:
+    """``newest run per dt: <run> for <first>..<last> (n), …`` in dt order."""
+    days: dict[str, list[str]] = {}
+    for r in rows:
+        run_days = days.setdefault(r["run_id"], [])
+        if not run_days or run_days[-1] != _day_label(r[DATE_KEY]):
+            run_days.append(_day_label(r[DATE_KEY]))
+    spans = [
+        f"{run} for {ds[0]}" if len(ds) == 1 else f"{run} for {ds[0]}..{ds[-1]} ({len(ds)})"
+        for run, ds in days.items()
+    ]
+    return f"newest run per {DATE_KEY}: " + "; ".join(spans)
+
+
+def _worst(rows: list[dict], share: Callable[[dict], float | None]) -> str:
+    """The column with the largest non-zero share, as ``column 12.3%``; "–" when none."""
+    shares = [(value, r["column"]) for r in rows if (value := share(r))]
+    if not shares:
+        return "–"
+    value, column = max(shares)
+    return f"{column} {value:.1%}"
+
+
+def _calibration_over_time_table(report: Report) -> Table:
+    threshold = report.ece_threshold
+    table = Table(
+        title=f"Calibration over time (! marks ECE ≥ {threshold:g})",
+        caption=_runs_caption(report.calibration_over_time).replace("run", "evaluation", 1),
+    )
+    for name in (DATE_KEY, "rows", "observed", "mean calibrated", "ECE width", "ECE mass"):
+        table.add_column(name, justify="left" if name == DATE_KEY else "right", no_wrap=True)
+    for r in report.calibration_over_time:
+        ece = r["ece_width_calibrated"]
+        table.add_row(
+            _day_label(r[DATE_KEY]),
+            f"{r['rows']:,}",
+            _f(r["observed_rate"]),
+            _f(r["mean_calibrated"]),
+            _f(ece) + (" !" if ece is not None and ece >= threshold else "  "),
+            _f(r["ece_mass_calibrated"]),
+        )
     return table
