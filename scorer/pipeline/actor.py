@@ -272,6 +272,10 @@ class ShardScorer:
             futures_wait([after])
         return list(self._row_group_batches(opened, piece, group))
 
+    def _open_and_read(self, piece: Piece, columns: list[str]) -> list[pa.RecordBatch]:
+        """A file of one row group, opened and read in one task (read ahead, on `read_pool`)."""
+        return list(self._row_group_batches(self._open(piece, columns), piece, piece.rg_start))
+
     def _row_group_batches(
         self, opened: ShardSource, piece: Piece, group: int
     ) -> Iterator[pa.RecordBatch]:
@@ -295,9 +299,10 @@ class ShardScorer:
     ) -> Iterator[tuple[Piece, list[pa.RecordBatch]]]:
         """A packed shard's row groups in order, read on `read_pool` ahead of their use.
 
-        Each file is opened by a task submitted before its row groups' reads, and each read
-        waits for the file's read before it (one reader is not safe on two threads): the pool
-        takes tasks in order, so a task never waits on one still queued.
+        A file of one row group is opened and read by one task. Any other file is opened by a
+        task submitted before its row groups' reads, and each read waits for the file's read
+        before it (one reader is not safe on two threads): the pool takes tasks in order, so a
+        task never waits on one still queued.
         """
         pool = self.read_pool
         todo = deque(
@@ -316,10 +321,16 @@ class ShardScorer:
                     or (len(window) < READ_AHEAD and rows_ahead < self.settings.batch_rows)
                 ):
                     index, piece, group = todo.popleft()
-                    if index not in opened:
+                    if index in opened:
+                        after = last_read.get(index)
+                        read = pool.submit(self._read_row_group, opened[index], piece, group, after)
+                    elif len(piece.row_groups) == 1:
+                        # One task opens and reads it: an open task apart would hold a second
+                        # thread of the pool waiting for it, and small files are most of these.
+                        read = pool.submit(self._open_and_read, piece, first.columns)
+                    else:
                         opened[index] = pool.submit(self._open, piece, first.columns)
-                    after = last_read.get(index)
-                    read = pool.submit(self._read_row_group, opened[index], piece, group, after)
+                        read = pool.submit(self._read_row_group, opened[index], piece, group)
                     last_read[index] = read
                     # Only a piece's total is known before its file is opened: spread evenly.
                     rows = piece.rows // len(piece.row_groups)
