@@ -132,8 +132,9 @@ def evaluate(
             )
             joined = _Joined(days)
             try:
-                for batch in _join(con, out, scores, days, score_schema, labels_data, key, label):
-                    joined.add(batch, label)
+                with _join(con, out, scores, days, score_schema, labels_data, key, label) as join:
+                    for batch in join:
+                        joined.add(batch, label)
             except duckdb.IOException as exc:
                 raise StorageError(f"{out.uri}: cannot read the scores or LABELS: {exc}") from exc
             duplicates = joined.scored_rows > rows_scored or _repeats(con, joined.unscored_keys())
@@ -358,7 +359,7 @@ def _repeats(con: duckdb.DuckDBPyConnection, keys: pa.Array) -> bool:
         return False
     con.register("unmatched", pa.table({"key": keys}))
     sql = "SELECT 1 FROM unmatched GROUP BY key HAVING count(*) > 1 LIMIT 1"
-    return con.execute(sql).fetchone() is not None
+    return bool(con.execute(sql).fetchall())
 
 
 def _duplicates_message(
@@ -380,10 +381,10 @@ def _duplicates_message(
         if row["__filename"] not in files:
             files.append(row["__filename"])
     shown = "; ".join(
-        f"{value!r} {count} times (in {', '.join(where.get(value, []))})"
+        f"{value!r} ({count} times: {', '.join(where.get(value, []))})"
         for value, count in rows[:_NAMED_DUPLICATES]
     )
-    more = f"; {len(rows) - len(named)} more" if len(rows) > len(named) else ""
+    more = f"; {len(rows) - len(named):,} more repeated keys" if len(rows) > len(named) else ""
     return (
         f"{source.uri}: LABELS repeats key(s) of column '{key}': {shown}{more}; each session "
         "may have one label"
