@@ -275,3 +275,48 @@ def test_thresholds_come_from_the_config_and_flags_win(scored, tmp_path):
     result = run(output, labels, "--config", config)
     assert result.exit_code == 2
     assert result.stderr.startswith(f"ConfigError: {config}: unknown key 'monitor.ece_max'")
+
+
+@pytest.mark.slow
+def test_scores_and_labels_on_s3(tmp_path):
+    """OUTPUT and LABELS on a real S3 server (moto on loopback), endpoint from [storage]."""
+    import pyarrow.fs as pafs
+    from servers import moto_s3
+
+    credentials = {"AWS_ACCESS_KEY_ID": "evaluate-key", "AWS_SECRET_ACCESS_KEY": "evaluate-secret"}
+    with moto_s3(credentials) as endpoint:
+        s3 = pafs.S3FileSystem(
+            endpoint_override=endpoint, scheme="http", allow_bucket_creation=True
+        )
+        s3.create_dir("lake")
+        history, live, labels = tmp_path / "history", tmp_path / "live", tmp_path / "labels"
+        generate(history, sessions=4_000, files=2, days=2, seed=2, row_group_rows=1_000)
+        split_off_labels(history, live, labels)
+        pafs.copy_files(str(labels), "lake/labels", destination_filesystem=s3)
+        storage = {"storage__endpoint_override": endpoint, "storage__scheme": "http"}
+        assert scorer.score(str(live), "s3://lake/scored", **storage).exit_code == 0
+        config = tmp_path / "job.toml"
+        config.write_text(f"[storage]\nendpoint_override = '{endpoint}'\nscheme = 'http'\n")
+        result = run("s3://lake/scored", "s3://lake/labels", "--config", config, "--json")
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["rows_labelled"] == 4_000 and summary["labels_unscored"] == 0
+        path = summary["calibration_path"].split("?")[0].removeprefix("s3://")
+        overall = pq.read_table(path, filesystem=s3).to_pylist()[-1]
+        assert overall["scope"] == "overall" and overall["rows"] == 4_000
+
+
+def test_integer_labels_are_read_as_0_1_and_other_values_are_an_error(scored, tmp_path):
+    _, output, labels = scored
+    path = sorted(labels.rglob("*.parquet"))[0]
+    table = pq.read_table(path)
+    as_int = table.set_column(1, LABEL, pc.cast(table.column(LABEL), pa.int8()))
+    pq.write_table(as_int, tmp_path / "ints.parquet")
+    evaluation = evaluate(str(output), str(tmp_path / "ints.parquet"))
+    positives = pc.sum(pc.cast(table.column(LABEL), pa.int64())).as_py()
+    assert evaluation.calibration.to_pylist()[-1]["positives"] == positives
+    twos = as_int.set_column(1, LABEL, pc.multiply(as_int.column(LABEL), pa.scalar(2, pa.int8())))
+    pq.write_table(twos, tmp_path / "twos.parquet")
+    result = run(output, tmp_path / "twos.parquet")
+    assert result.exit_code == 2
+    assert "label column 'converted': labels must be boolean or 0/1" in result.stderr

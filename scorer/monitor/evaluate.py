@@ -130,11 +130,11 @@ def evaluate(
                 format="parquet",
                 filesystem=source.filesystem,
             )
-            joined = _Joined(days)
+            joined = _Joined(days, f"{source.uri}: label column '{label}'")
             try:
                 with _join(con, out, scores, days, score_schema, labels_data, key, label) as join:
                     for batch in join:
-                        joined.add(batch, label)
+                        joined.add(batch)
             except duckdb.IOException as exc:
                 raise StorageError(f"{out.uri}: cannot read the scores or LABELS: {exc}") from exc
             duplicates = joined.scored_rows > rows_scored or _repeats(con, joined.unscored_keys())
@@ -317,7 +317,8 @@ def _join(
 class _Joined:
     """The join's batches summed up: calibration states per day, unmatched labels' keys."""
 
-    def __init__(self, days: Sequence[str | None]) -> None:
+    def __init__(self, days: Sequence[str | None], label: str) -> None:
+        self.label = label  # names the label column in errors
         self.states = [CalibrationState() for _ in days]
         self.labelled = np.zeros(len(days), dtype=np.int64)  # per day: score rows with a label
         self.scored_rows = 0  # more than OUTPUT holds: a label key repeats
@@ -325,7 +326,7 @@ class _Joined:
         self.unscored = 0
         self._unscored_keys: list[pa.Array] = []
 
-    def add(self, batch: pa.RecordBatch, label: str) -> None:
+    def add(self, batch: pa.RecordBatch) -> None:
         part = batch.column(0)
         if part.null_count:
             unscored = batch.filter(part.is_null())
@@ -342,7 +343,7 @@ class _Joined:
             try:
                 state = CalibrationState.from_arrays(rows.column(3), rows.column(1), rows.column(2))
             except ValueError as exc:
-                raise EvaluateError(f"label column '{label}': {exc}") from None
+                raise EvaluateError(f"{self.label}: {exc}") from None
             self.states[index] = self.states[index].merge(state)
             self.labelled[index] += rows.num_rows - rows.column(3).null_count
 
