@@ -124,12 +124,13 @@ def evaluate(
             # Row order is irrelevant to the states; keeping it would serialize the join's output.
             con.execute("SET preserve_insertion_order = false")
             con.execute("SET enable_progress_bar = false")
-            labels_data = ds.dataset(
-                [f.path for f in label_files],
-                schema=label_schema,
-                format="parquet",
-                filesystem=source.filesystem,
-            )
+            with storage_errors(source.uri, "cannot read"):
+                labels_data = ds.dataset(
+                    [f.path for f in label_files],
+                    schema=label_schema,
+                    format="parquet",
+                    filesystem=source.filesystem,
+                )
             joined = _Joined(days, f"{source.uri}: label column '{label}'")
             try:
                 with _join(con, out, scores, days, score_schema, labels_data, key, label) as join:
@@ -296,10 +297,11 @@ def _join(
     selects = []
     for part, day in enumerate(days):
         paths = [out.child(r.output_relpath).path for d, r in scores if d == day]
-        con.register(
-            f"scores_{part}",
-            ds.dataset(paths, schema=score_schema, format="parquet", filesystem=out.filesystem),
-        )
+        with storage_errors(out.uri, "cannot read a committed score file"):
+            data = ds.dataset(
+                paths, schema=score_schema, format="parquet", filesystem=out.filesystem
+            )
+        con.register(f"scores_{part}", data)
         selects.append(
             f"SELECT {part}::SMALLINT AS part, {k} AS key, intent_raw, intent_calibrated "
             f"FROM scores_{part}"
