@@ -19,6 +19,12 @@ import click
 
 from scorer._version import __version__
 from scorer.config import (
+    DEFAULT_ALERT_ECE,
+    DEFAULT_ALERT_MIN_ROWS,
+    DEFAULT_ALERT_PSI,
+    DEFAULT_ALERT_SHARE_INVALID,
+    DEFAULT_ALERT_SHARE_MISSING,
+    DEFAULT_ALERT_SHARE_UNSEEN,
     DEFAULT_BATCH_ROWS,
     DEFAULT_CPUS_PER_ACTOR,
     DEFAULT_MAX_ATTEMPTS,
@@ -44,6 +50,8 @@ from scorer.model.card import (
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
 
 if TYPE_CHECKING:
+    from scorer.monitor.alerts import Alert
+    from scorer.monitor.evaluate import Evaluation
     from scorer.pipeline.driver import RunSummary
 
 _P = ParamSpec("_P")
@@ -80,6 +88,70 @@ def cli(verbose: bool) -> None:
 
 
 # Commands are added below, one function each, calling one library function.
+
+# `[monitor]` thresholds as flags of `score` and `evaluate`: (flag, JobConfig override, type, help).
+_MONITOR_FLAGS = (
+    (
+        "--alert-psi",
+        "monitor__psi",
+        float,
+        f"PSI of an input or the score on a day (default {DEFAULT_ALERT_PSI:g}).",
+    ),
+    (
+        "--alert-unseen",
+        "monitor__share_unseen",
+        float,
+        f"Share of a categorical's rows outside the vocabulary (default {DEFAULT_ALERT_SHARE_UNSEEN:g}).",
+    ),
+    (
+        "--alert-invalid",
+        "monitor__share_invalid",
+        float,
+        f"Share of an input's rows invalid (default {DEFAULT_ALERT_SHARE_INVALID:g}).",
+    ),
+    (
+        "--alert-missing",
+        "monitor__share_missing",
+        float,
+        f"Share of an input's rows missing (default {DEFAULT_ALERT_SHARE_MISSING:g}).",
+    ),
+    (
+        "--alert-ece",
+        "monitor__ece",
+        float,
+        f"Equal-width ECE of intent_calibrated on a day (default {DEFAULT_ALERT_ECE:g}).",
+    ),
+    (
+        "--alert-min-rows",
+        "monitor__min_rows",
+        int,
+        f"Rows a day needs for PSI and ECE alerts (default {DEFAULT_ALERT_MIN_ROWS:,}).",
+    ),
+)
+
+
+def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
+    """The alert thresholds and --fail-on-alert; the command gets them as one `monitor` dict of
+    `JobConfig.with_overrides` keys (`monitor__psi=0.3`)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> _R:
+        monitor = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("monitor__")}
+        return command(*args, monitor=monitor, **kwargs)
+
+    for flag, name, kind, help in reversed(_MONITOR_FLAGS):
+        bounds = click.IntRange(min=0) if kind is int else click.FloatRange(min=0)
+        wrapper = click.option(
+            flag, name, type=bounds, metavar="X", help=f"Alert threshold: {help}"
+        )(wrapper)
+    return click.option(
+        "--fail-on-alert",
+        "monitor__fail_on_alert",
+        is_flag=True,
+        default=None,
+        help="Exit 3 when an alert is raised, once everything is committed and written (a failed "
+        "shard's exit 1 wins).",
+    )(wrapper)
 
 
 @cli.command("score")
@@ -177,6 +249,7 @@ def cli(verbose: bool) -> None:
     help="Print the plan (shards, rows, bytes, what a resume skips); write nothing.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@monitor_options
 @handle_errors
 def score_command(
     input: str | None,
@@ -200,6 +273,7 @@ def score_command(
     label_column: str | None,
     dry_run: bool,
     as_json: bool,
+    monitor: dict[str, object],
 ) -> None:
     """Score INPUT (a Parquet file, a folder tree or a URI) into OUTPUT.
 
@@ -211,13 +285,19 @@ def score_command(
     rows); the summary says which. Rerunning the same command resumes: committed shards are
     skipped.
 
+    After the run its drift and (with labels) calibration per day are checked against the
+    [monitor] thresholds: each breach prints an ALERT line on stderr and is in the --json
+    summary's alerts.
+
     Exit codes: 0 all shards committed or skipped, 1 some shards failed, 2 usage, config or
-    preflight error, 130 interrupted by SIGINT (Ctrl-C), 143 stopped by SIGTERM (a scheduler);
-    on either, in-flight shards are abandoned cleanly and a rerun resumes.
+    preflight error, 3 alerts with --fail-on-alert (all else succeeded), 130 interrupted by
+    SIGINT (Ctrl-C), 143 stopped by SIGTERM (a scheduler); on either, in-flight shards are
+    abandoned cleanly and a rerun resumes.
     """
     import json
 
     from scorer.config import load_config, parse_date, parse_partitions
+    from scorer.monitor.alerts import exit_code, score_alerts
     from scorer.pipeline.driver import score
     from scorer.pipeline.progress import LogProgress, RichProgress
 
@@ -238,6 +318,7 @@ def score_command(
         ray__address=address,
         ray__cpus_per_actor=cpus_per_actor,
         ray__memory_per_actor_mb=memory_per_actor_mb,
+        **monitor,
     )
     interactive = sys.stderr.isatty() and not as_json
     progress = RichProgress() if interactive else LogProgress()
@@ -247,13 +328,22 @@ def score_command(
         _sigterm_interrupts(),
     ):
         summary = score(input, output, config=config, progress=progress, dry_run=dry_run)
+    alerts = [] if dry_run else score_alerts(summary, config)
+    code = exit_code(summary.exit_code, alerts, config.monitor.fail_on_alert)
     if as_json:
-        click.echo(json.dumps(summary.to_dict(), default=str, indent=2))
+        result = summary.to_dict() | {"alerts": [a.to_dict() for a in alerts], "exit_code": code}
+        click.echo(json.dumps(result, default=str, indent=2))
     elif dry_run:
         click.echo(summary.plan_text)
     else:
         click.echo(_describe_run(summary), err=not as_json)
-    sys.exit(summary.exit_code)
+    _print_alerts(alerts)
+    sys.exit(code)
+
+
+def _print_alerts(alerts: list[Alert]) -> None:
+    for alert in alerts:
+        click.echo(alert.message, err=True)
 
 
 @contextlib.contextmanager
@@ -462,6 +552,120 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
     console = Console()
     for renderable in render(build_report(output, run_id, out_dir)):
         console.print(renderable)
+
+
+@cli.command("evaluate")
+@click.argument("output")
+@click.argument("labels")
+@click.option(
+    "--key-column",
+    metavar="COLUMN",
+    help=f"Key of the scores and of LABELS. Default: the config's, else {KEY_COLUMN}.",
+)
+@click.option(
+    "--label-column",
+    metavar="COLUMN",
+    help=f"Label column of LABELS (boolean or 0/1). Default: the config's, else {LABEL_COLUMN}.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="TOML job config: its key and label columns, [storage] and [monitor]; flags override it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")
+@monitor_options
+@handle_errors
+def evaluate_command(
+    output: str,
+    labels: str,
+    key_column: str | None,
+    label_column: str | None,
+    config_file: str | None,
+    as_json: bool,
+    monitor: dict[str, object],
+) -> None:
+    """Join late labels to OUTPUT's committed scores and write their calibration, per dt and overall.
+
+    LABELS is Parquet with the key and the label: a file, or a folder of them (hive dt= folders
+    or not), for any subset of days. Only committed score files are read, nothing is rescored;
+    a score's day is its score file's dt folder. The figures are those of a labelled score run
+    (ROC AUC, Brier, log loss, ECE, reliability bins), written to
+    OUTPUT/calibration/run_id=<EVAL_RUN_ID>/part-0.parquet with the score runs evaluated in
+    scored_run_ids. Labels of sessions never scored and scored sessions still unlabelled are
+    counted. Each day's ECE of intent_calibrated is checked against [monitor]: a breach prints
+    an ALERT line on stderr with the scorer calibrate command to run.
+
+    Exit codes: 0 written, 2 usage or config error, LABELS without the key or label column, or
+    repeating a key (nothing written), 3 alerts with --fail-on-alert (after writing).
+
+    \b
+    Example:
+      scorer evaluate scored/ labels/ --json
+      scorer evaluate scored/ labels/dt=2026-11-27/part-0.parquet --fail-on-alert
+    """
+    import dataclasses
+    import json
+
+    from scorer.config import load_config
+    from scorer.monitor.alerts import calibration_alerts, exit_code
+    from scorer.monitor.evaluate import evaluate
+    from scorer.storage import StorageOptions
+
+    config = load_config(config_file).with_overrides(
+        key_column=key_column, label_column=label_column, **monitor
+    )
+    evaluation = evaluate(
+        output,
+        labels,
+        key_column=config.key_column,
+        label_column=config.label_column,
+        storage=StorageOptions(**dataclasses.asdict(config.storage)),
+    )
+    alerts = calibration_alerts(evaluation.calibration, config.monitor, evaluation.recalibrate_hint)
+    code = exit_code(0, alerts, config.monitor.fail_on_alert)
+    if as_json:
+        result = evaluation.to_dict() | {"alerts": [a.to_dict() for a in alerts], "exit_code": code}
+        click.echo(json.dumps(result, default=str, indent=2))
+    else:
+        click.echo(_describe_evaluation(evaluation))
+    _print_alerts(alerts)
+    sys.exit(code)
+
+
+# The per-day table of `scorer evaluate`: (heading, calibration column, width).
+_EVALUATION_FIGURES = (
+    ("observed", "observed_rate", 10),
+    ("mean cal", "mean_calibrated", 10),
+    ("ECE cal", "ece_width_calibrated", 9),
+    ("AUC", "roc_auc_calibrated", 8),
+)
+
+
+def _describe_evaluation(evaluation: Evaluation) -> str:
+    e = evaluation
+    lines = [
+        f"evaluation {e.run_id} of {e.rows_scored:,} committed score rows "
+        f"(run(s) {', '.join(e.scored_run_ids)}) against {e.label_rows:,} labels",
+        f"  labelled {e.rows_labelled:,} scored rows; {e.scores_unlabelled:,} scored rows without "
+        f"a label; {e.labels_unscored:,} labels of sessions never scored",
+    ]
+    if e.days_without_labels:
+        lines.append(f"  days without labels: {', '.join(map(str, e.days_without_labels))}")
+    heading = "".join(f"{name:>{width}}" for name, _, width in _EVALUATION_FIGURES)
+    lines.append(f"  {'dt':<12}{'rows':>12}{heading}")
+    for row in e.calibration.to_pylist():
+        day = row["dt"] if row["scope"] == "partition" else "overall"
+        figures = "".join(
+            f"{'-' if row[column] is None else format(row[column], '.4f'):>{width}}"
+            for _, column, width in _EVALUATION_FIGURES
+        )
+        lines.append(f"  {day!s:<12}{row['rows']:>12,}{figures}")
+    lines.append(
+        f"  wrote {e.calibration_path} in {e.seconds:.1f} s ({e.rows_per_second:,.0f} rows/s)"
+    )
+    return "\n".join(lines)
 
 
 @cli.command("bench")

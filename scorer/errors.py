@@ -14,6 +14,7 @@ ScorerError                      root: the CLI prints "TypeName: message"
 ├── ClusterError                 Ray could not be started or joined
 ├── StorageError                 a filesystem URI could not be opened
 ├── ReportError                  OUTPUT holds no run, or not the one asked for
+├── EvaluateError                late labels cannot be joined: no scores, bad or duplicate keys
 ├── Interrupted                  SIGINT: in-flight shards abandoned (exit 130)
 │   └── Terminated               SIGTERM, the same abandon (exit 143 = 128 + 15)
 └── ShardError                   one shard failed (the run goes on)
@@ -92,6 +93,13 @@ class StorageError(ScorerError):
 
 class ReportError(ScorerError):
     """OUTPUT holds no run statistics, or not the run asked for."""
+
+    exit_code = 2
+
+
+class EvaluateError(ScorerError):
+    """Late labels cannot be evaluated against OUTPUT: no committed scores, a key or label column
+    missing or mistyped, duplicate keys; the message names the file, column or key."""
 
     exit_code = 2
 

@@ -7,7 +7,7 @@ Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowh
                                                       a shard packing n + 1 files
     stats/shards/run_id=<run_id>/part-0.parquet       one row per shard attempt (``SHARD_STATS``)
     stats/runs/run_id=<run_id>/part-0.parquet         one row per run (``RUN_STATS``)
-    calibration/run_id=<run_id>/part-0.parquet        labelled runs only (``CALIBRATION``)
+    calibration/run_id=<run_id>/part-0.parquet        labelled runs and `scorer evaluate` (``CALIBRATION``)
     drift/run_id=<run_id>/part-0.parquet              drift against the card's reference (``DRIFT``)
     reports/<run_id>/                                 `scorer report`'s plots (``REPORTS``)
     _scorer/commits/<sha1 of shard id>.json           one commit record per committed shard
