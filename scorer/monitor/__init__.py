@@ -1,0 +1,1 @@
+"""Trust over time: the card's reference, drift, late labels, alerts."""
