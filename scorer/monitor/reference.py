@@ -172,14 +172,14 @@ def numeric_edges(values: np.ndarray, bins: int = BINS) -> tuple[float, ...]:
     zero = values == 0
     if np.count_nonzero(zero) >= ZERO_INFLATED_SHARE * values.size and not zero.all():
         rest = values[~zero]
-        cuts = np.quantile(rest, np.arange(1, bins - 1) / (bins - 1), method="inverted_cdf")
+        cuts = np.quantile(rest, np.arange(1, bins - 1) / (bins - 1), method="higher")
         # Zero alone in its bin: an edge at zero (for values below it) and at the smallest
         # positive value.
         positive = rest[rest > 0]
         smallest = [positive.min()] if positive.size else []
         cuts = np.concatenate([cuts, [0.0], smallest])
     else:
-        cuts = np.quantile(values, np.arange(1, bins) / bins, method="inverted_cdf")
+        cuts = np.quantile(values, np.arange(1, bins) / bins, method="higher")
     return _edges_above(cuts, values.min())
 
 
@@ -188,7 +188,7 @@ def score_edges(scores: np.ndarray, bins: int = BINS) -> tuple[float, ...]:
     scores = np.asarray(scores, np.float32)
     if not scores.size:
         return ()
-    cuts = np.quantile(scores, np.arange(1, bins) / bins, method="inverted_cdf")
+    cuts = np.quantile(scores, np.arange(1, bins) / bins, method="higher")
     return _edges_above(cuts, scores.min())
 
 
