@@ -1,11 +1,18 @@
 """Drift of a run against the card's reference: a mergeable per-batch state and the drift table.
 
 Every scored batch yields a `DriftState` (built in `IntentModel.score_batch` from the graph's feed
-while it is still in memory, on the scoring thread): exact integer counts of each model input and
-of `intent_calibrated` on the reference's bins (`scorer.monitor.reference`), plus sums for the
-means and the rows each column made invalid. States of a shard are merged in the actor, those of
-a `dt` partition and of the run in the driver (`merge`: associative and commutative, counts
-exactly), and `drift_table` turns them into ``OUTPUT/drift/run_id=<RUN_ID>/part-0.parquet``.
+while it is still in memory, on the scoring thread): integer counts of each model input and of
+`intent_calibrated` on the reference's bins (`scorer.monitor.reference`), sums for the means, and
+exact counts of the rows each column made invalid or unseen. States of a shard are merged in the
+actor, those of a `dt` partition and of the run in the driver (`merge`: associative and
+commutative, counts exactly), and `drift_table` turns them into
+``OUTPUT/drift/run_id=<RUN_ID>/part-0.parquet``.
+
+Cost: binning every row cost 33 ms per million rows (a comparison pass per bin edge, ~140), a
+tenth of the in-process work window. A batch of more than 2 × `SAMPLE_ROWS` rows bins a
+systematic sample instead (`sample_rows`: the first `SAMPLE_BLOCK` rows of every stride ×
+`SAMPLE_BLOCK`, each counted stride times), 6.5-8.8 ms per million rows; on 30 clean generated
+days the largest PSI of any column was 0.017, of 100,000 rows a day or 10,000.
 
 Definitions, per scope (a `dt` partition, or the run overall) and column:
 
@@ -174,7 +181,7 @@ def sample_rows(rows: int) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """How a batch of `rows` is binned: a function giving the sampled columns of a [k, rows]
     array, and the weight (stride) of each sampled row.
 
-    Up to 2 * `SAMPLE_ROWS` rows, every row (stride 1, views: no copy). Beyond, with stride
+    Below 2 * `SAMPLE_ROWS` rows, every row (stride 1, views: no copy). Beyond, with stride
     s = rows // SAMPLE_ROWS, the first `SAMPLE_BLOCK` rows of every s * `SAMPLE_BLOCK`: a
     systematic sample of contiguous blocks, copied at the cost of reading the sampled rows only
     (a stride of single rows would read every cache line of the feed).
