@@ -395,6 +395,10 @@ def _describe_run(summary: RunSummary) -> str:
                 f"  node {node}: {rows / per_node:,.0f} rows/s"
                 for node, rows in summary.rows_per_node.items()
             ]
+    if summary.drift_path is not None:
+        lines.append(f"  drift: {summary.drift_path}")
+    elif summary.drift_skipped is not None:
+        lines.append(f"  drift: skipped ({summary.drift_skipped})")
     for failure in summary.failures:
         lines.append(f"  FAILED {failure['shard_id']}: {failure['error']}")
     return "\n".join(lines)

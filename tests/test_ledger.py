@@ -12,6 +12,8 @@ from conftest import make_history
 
 from scorer.errors import ShardError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
+from scorer.model.runtime import load_model
+from scorer.model.sessions import load_bundled_sessions
 from scorer.pipeline import layout
 from scorer.pipeline.actor import ShardOutcome
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
@@ -38,7 +40,12 @@ def shards(tmp_path_factory):
 def _ledger(run_id):
     summary = RunSummary(run_id=run_id, status="completed", input="in", output="out")
     info = RunInfo(NOW, 1_000, 2_000, "intent", "1.0", "a" * 64)
-    return Ledger(summary, info)
+    return Ledger(summary, info, load_model().card.reference)
+
+
+def _drift(rows):
+    sessions = load_bundled_sessions().slice(0, rows)
+    return load_model().score_batch(sessions, drift=True).drift
 
 
 def _outcome(shard, labelled=True):
@@ -56,6 +63,7 @@ def _outcome(shard, labelled=True):
         output_bytes=1234,
         seconds={**dict.fromkeys(STAGES, 0.25), "total": 0.8, "cpu": 1.5},
         calibration=CalibrationState.from_arrays(labels, probs, probs) if labelled else None,
+        drift=_drift(shard.rows),
         actor_id="a1",
         node_id="n1",
         node_ip="127.0.0.1",

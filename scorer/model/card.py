@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer.errors import ChecksumError, ModelError
+from scorer.monitor.reference import Reference, reference_from_json, reference_to_json
 
 CARD_FILE = "model.json"
 GRAPH_FILE = "model.onnx"
@@ -118,6 +119,8 @@ class ModelCard:
     holdout: Holdout
     linear: dict[str, Any]  # LinearParams.to_json()
     history: tuple[HistoryEntry, ...]
+    # The training distribution drift is measured against; cards written before it have none.
+    reference: Reference | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -138,7 +141,7 @@ class ModelCard:
             "metrics": {"holdout": vars(self.holdout)},
             "linear": self.linear,
             "history": [vars(entry) for entry in self.history],
-        }
+        } | ({} if self.reference is None else {"reference": reference_to_json(self.reference)})
 
 
 def load_card(model_dir: str | Path) -> ModelCard:
@@ -269,12 +272,16 @@ def _input_from_json(r: _Reader) -> InputSpec:
 def _card_from_json(r: _Reader) -> ModelCard:
     cal, train = r.child("calibration"), r.child("training")
     holdout = r.child("metrics").child("holdout")
+    inputs = tuple(_input_from_json(item) for item in r.items("inputs"))
+    reference = None
+    if r.doc.get("reference") is not None:
+        reference = reference_from_json(r.child("reference"), inputs)
     return ModelCard(
         name=r.get("name", str),
         version=r.get("version", str),
         sha256=r.get("sha256", str),
         created=r.get("created", str),
-        inputs=tuple(_input_from_json(item) for item in r.items("inputs")),
+        inputs=inputs,
         outputs=tuple(
             OutputSpec(o.get("name", str), o.get("dtype", str), o.get("description", str))
             for o in r.items("outputs")
@@ -310,4 +317,5 @@ def _card_from_json(r: _Reader) -> ModelCard:
             HistoryEntry(h.get("version", str), h.get("created", str), h.get("change", str))
             for h in r.items("history")
         ),
+        reference=reference,
     )

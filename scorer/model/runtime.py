@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime
@@ -31,6 +31,7 @@ from scorer.model.encode import (
     feed_shapes,
 )
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
+from scorer.monitor.drift import DriftState
 
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
 _DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
@@ -45,8 +46,18 @@ _SCORE_FIELDS = (
 RESERVED_COLUMNS = frozenset(field.name for field in _SCORE_FIELDS)
 # Tables larger than this are encoded and scored block by block (see `IntentModel._in_blocks`).
 _BLOCK_ROWS = 1 << 18
-# The encoded batch, raw and calibrated scores (float32), encode and infer seconds.
-_Inferred = tuple[EncodedBatch, NDArray[np.float32], NDArray[np.float32], float, float]
+
+
+class _Inferred(NamedTuple):
+    encoded: EncodedBatch
+    raw: NDArray[np.float32]
+    calibrated: NDArray[np.float32]
+    encode_seconds: float
+    infer_seconds: float
+    drift: DriftState | None
+    drift_seconds: float
+
+
 _ONNX_TENSOR_TYPES: dict[str, np.dtype[Any]] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(int64)": np.dtype(np.int64),
@@ -66,6 +77,8 @@ class ScoredBatch:
     rows_unseen: int  # ok rows with at least one unseen value
     encode_seconds: float
     infer_seconds: float
+    drift: DriftState | None = None  # against the card's reference, when asked and it has one
+    drift_seconds: float = 0.0
 
     @property
     def rows_invalid(self) -> int:
@@ -135,8 +148,11 @@ class IntentModel:
         key_column: str | None = None,
         keep: Sequence[str] = (),
         run_id: str | None = None,
+        drift: bool = False,
     ) -> ScoredBatch:
-        """`score`, plus the score arrays, validation counts and stage timings."""
+        """`score`, plus the score arrays, validation counts and stage timings; with `drift`, the
+        batch's `DriftState` too if the card has a reference (built from the graph's feed while
+        it is still in memory: the values are read once)."""
         passed = [key_column] if key_column is not None else []
         passed += [name for name in keep if name != key_column]
         clash = RESERVED_COLUMNS.intersection(passed)
@@ -147,10 +163,12 @@ class IntentModel:
                 raise ShardReadError(f"column {name!r} is missing (asked to be kept)")
 
         rows = data.num_rows
+        drift = drift and self.card.reference is not None
         if rows <= _BLOCK_ROWS + _BLOCK_ROWS // 2:
-            encoded, raw, calibrated, encode_seconds, infer_seconds = self._encode_and_infer(data)
+            inferred = self._encode_and_infer(data, drift)
         else:
-            encoded, raw, calibrated, encode_seconds, infer_seconds = self._in_blocks(data)
+            inferred = self._in_blocks(data, drift)
+        encoded, raw, calibrated = inferred.encoded, inferred.raw, inferred.calibrated
 
         valid = None if encoded.invalid_mask is None else ~encoded.invalid_mask
         # onnxruntime hands over fresh arrays each run: Arrow wraps them without a copy.
@@ -178,11 +196,13 @@ class IntentModel:
             invalid_counts=encoded.invalid_counts,
             unseen=encoded.unseen,
             rows_unseen=encoded.rows_unseen,
-            encode_seconds=encode_seconds,
-            infer_seconds=infer_seconds,
+            encode_seconds=inferred.encode_seconds,
+            infer_seconds=inferred.infer_seconds,
+            drift=inferred.drift,
+            drift_seconds=inferred.drift_seconds,
         )
 
-    def _encode_and_infer(self, data: pa.Table | pa.RecordBatch) -> _Inferred:
+    def _encode_and_infer(self, data: pa.Table | pa.RecordBatch, drift: bool) -> _Inferred:
         started = time.perf_counter()
         encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
         encoded_at = time.perf_counter()
@@ -190,9 +210,28 @@ class IntentModel:
             raw, calibrated = self.session.run(_OUTPUT_NAMES, encoded.feed)
         else:
             raw = calibrated = np.empty(0, np.float32)
-        return encoded, raw, calibrated, encoded_at - started, time.perf_counter() - encoded_at
+        inferred_at = time.perf_counter()
+        state = None
+        if drift and self.card.reference is not None:
+            state = DriftState.from_feed(
+                self.card.reference,
+                encoded.feed,
+                encoded.invalid_mask,
+                encoded.invalid_counts,
+                encoded.unseen,
+                calibrated,
+            )
+        return _Inferred(
+            encoded,
+            raw,
+            calibrated,
+            encoded_at - started,
+            inferred_at - encoded_at,
+            state,
+            time.perf_counter() - inferred_at,
+        )
 
-    def _in_blocks(self, data: pa.Table | pa.RecordBatch) -> _Inferred:
+    def _in_blocks(self, data: pa.Table | pa.RecordBatch, drift: bool) -> _Inferred:
         """`_encode_and_infer` block by block of `_BLOCK_ROWS` rows, results joined: the feed
         and the graph's intermediates of a block stay in cache, those of a whole large table
         do not (measured, 1M rows: 119 ms in one block, 112 ms in blocks of 2**18)."""
@@ -203,12 +242,14 @@ class IntentModel:
         invalid_counts: Counter[str] = Counter()
         unseen: Counter[str] = Counter()
         rows_unseen = 0
-        encode_seconds = infer_seconds = 0.0
+        encode_seconds = infer_seconds = drift_seconds = 0.0
+        state = DriftState() if drift else None
         for start in range(0, rows, _BLOCK_ROWS):
             block = data.slice(start, _BLOCK_ROWS)
-            encoded, raw_block, calibrated_block, encode_s, infer_s = self._encode_and_infer(block)
+            inferred = self._encode_and_infer(block, drift)
+            encoded = inferred.encoded
             stop = start + block.num_rows
-            raw[start:stop], calibrated[start:stop] = raw_block, calibrated_block
+            raw[start:stop], calibrated[start:stop] = inferred.raw, inferred.calibrated
             status[start:stop] = to_numpy(encoded.status.indices)
             if encoded.invalid_mask is not None:
                 if invalid is None:
@@ -217,8 +258,11 @@ class IntentModel:
             invalid_counts.update(encoded.invalid_counts)
             unseen.update(encoded.unseen)
             rows_unseen += encoded.rows_unseen
-            encode_seconds += encode_s
-            infer_seconds += infer_s
+            encode_seconds += inferred.encode_seconds
+            infer_seconds += inferred.infer_seconds
+            drift_seconds += inferred.drift_seconds
+            if state is not None and inferred.drift is not None:
+                state = state.merge(inferred.drift)
         joined = EncodedBatch(
             feed={},  # each block's feed was overwritten by the next
             status=pa.DictionaryArray.from_arrays(
@@ -229,7 +273,9 @@ class IntentModel:
             unseen=dict(unseen),
             rows_unseen=rows_unseen,
         )
-        return joined, raw, calibrated, encode_seconds, infer_seconds
+        return _Inferred(
+            joined, raw, calibrated, encode_seconds, infer_seconds, state, drift_seconds
+        )
 
     def encode(self, data: pa.Table | pa.RecordBatch) -> EncodedBatch:
         """Validate and encode `data` into fresh feed arrays of the types this graph takes

@@ -41,6 +41,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from scorer.arrow import to_numpy
 from scorer.errors import ShardReadError, TrainingDataError
 from scorer.metrics import summary
 from scorer.model.calibration import fit_calibrator
@@ -71,6 +72,7 @@ from scorer.model.sessions import (
     VISITOR_TYPES,
     bundled_sessions_path,
 )
+from scorer.monitor.reference import Reference, build_reference, with_scores
 
 BUNDLED_DESCRIPTION = "bundled real sessions (UCI Online Shoppers Purchasing Intention)"
 SPLITS = (("train", 0.6), ("calibration", 0.2), ("test", 0.2))
@@ -105,6 +107,10 @@ _STRING_CATEGORICALS = {"month": MONTHS, "visitor_type": VISITOR_TYPES}
 INTEGER_CATEGORICALS = ("operating_system", "browser", "region", "traffic_type")
 _CATEGORICAL_ORDER = ("month", *INTEGER_CATEGORICALS, "visitor_type")
 _BOOLEAN = ("weekend",)
+# The reference's season and calendar columns (`scorer.monitor.reference`): a night's sessions
+# hold one month, no special day or all the same one, and a weekend day only weekend rows.
+SEASON = "month"
+CALENDAR = ("month", "special_day", "weekend")
 
 
 def session_inputs(integer_vocabularies: dict[str, tuple[int, ...]]) -> tuple[InputSpec, ...]:
@@ -131,6 +137,16 @@ class FittedModel:
     linear: LinearParams
     calibrator: CalibratorParams
     splits: dict[str, np.ndarray]  # split name -> row indices into the fitted table
+
+
+@dataclass(frozen=True)
+class _ReferenceRows:
+    """The rows a model directory's reference is built from (`scorer.monitor.reference`)."""
+
+    table: pa.Table
+    labels: np.ndarray
+    data: str
+    inputs_from: Reference | None = None  # input counts to keep (recalibration): scores only
 
 
 def read_labelled(
@@ -353,7 +369,13 @@ def train(
     )
     test = splits["test"]
     return _write_model(
-        out_dir, card, fitted.linear, fitted.calibrator, table.take(test), labels[test]
+        out_dir,
+        card,
+        fitted.linear,
+        fitted.calibrator,
+        table.take(test),
+        labels[test],
+        _ReferenceRows(table, labels, source),
     )
 
 
@@ -406,7 +428,30 @@ def recalibrate(
         ),
     )
     test = splits["test"]
-    return _write_model(out_dir, card, linear, calibrator, table.take(test), labels[test])
+    # The inputs' reference stays the training data's, which the linear model learned from; only
+    # the calibrated scores and the base rate are those of the new sessions.
+    rows = _ReferenceRows(_decode_dictionaries(table), labels, source, old.reference)
+    return _write_model(out_dir, card, linear, calibrator, table.take(test), labels[test], rows)
+
+
+def add_reference(data: str | Path | pa.Table | None, model_dir: str | Path) -> ModelCard:
+    """Write the reference of a model directory whose card predates references, from the data
+    it was trained on (None = the bundled sessions), as `train` would have; model.onnx is not
+    touched, so its scores and checksum stay the same. How models/intent-v1 got its reference:
+    ``add_reference("scorer/data/sessions.parquet", "models/intent-v1")``."""
+    model = load_model(model_dir)
+    card = model.card
+    table, source = read_labelled(data)
+    labels = labels_of(table, card.inputs, card.label_column, source)
+    reference = _reference(model, _ReferenceRows(_decode_dictionaries(table), labels, source))
+    change = f"reference of the training distribution added, from {source}; graph unchanged"
+    card = dataclasses.replace(
+        card,
+        reference=reference,
+        history=card.history + (HistoryEntry(card.version, _now(), change),),
+    )
+    save_card(card, model_dir)
+    return card
 
 
 def _write_model(
@@ -416,15 +461,18 @@ def _write_model(
     calibrator: CalibratorParams,
     test_rows: pa.Table,
     test_labels: np.ndarray,
+    reference_rows: _ReferenceRows,
 ) -> ModelCard:
-    """Build the graph, measure it on the holdout rows, write model.onnx then model.json."""
+    """Build the graph, measure it on the holdout rows, build the reference, write model.onnx
+    then model.json."""
     graph = build_graph(linear, calibrator, name=card.name, version=card.version)
     graph = graph.SerializeToString()
     card = dataclasses.replace(card, sha256=hashlib.sha256(graph).hexdigest())
     session = onnxruntime.InferenceSession(
         graph, sess_options=session_options(), providers=["CPUExecutionProvider"]
     )
-    scores = IntentModel(Path(out_dir), card, session).score(test_rows)
+    model = IntentModel(Path(out_dir), card, session)
+    scores = model.score(test_rows)
     raw = summary(test_labels, scores[RAW_OUTPUT].to_numpy())
     calibrated = summary(test_labels, scores[CALIBRATED_OUTPUT].to_numpy())
     card = dataclasses.replace(
@@ -436,6 +484,7 @@ def _write_model(
             raw={k: raw[k] for k in HOLDOUT_FIGURES},
             calibrated={k: calibrated[k] for k in HOLDOUT_FIGURES},
         ),
+        reference=_reference(model, reference_rows),
     )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -444,6 +493,25 @@ def _write_model(
     write_atomic(out / GRAPH_FILE, graph)
     save_card(card, out)
     return card
+
+
+def _reference(model: IntentModel, rows: _ReferenceRows) -> Reference:
+    """The reference of `rows` through `model`: the feed it is given and the scores it gives."""
+    inputs = model.card.inputs
+    feed = encode_inputs(inputs, rows.table).feed
+    calibrated = to_numpy(model.score_batch(rows.table).calibrated)
+    if rows.inputs_from is not None:
+        return with_scores(rows.inputs_from, inputs, feed, calibrated, rows.labels, data=rows.data)
+    names = {spec.name for spec in inputs}
+    return build_reference(
+        inputs,
+        feed,
+        calibrated,
+        rows.labels,
+        data=rows.data,
+        season=SEASON if SEASON in names else None,
+        calendar=[name for name in CALENDAR if name in names],
+    )
 
 
 def _calibration(calibrator: CalibratorParams, labels: np.ndarray, fitted_on: str) -> Calibration:

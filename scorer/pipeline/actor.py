@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.metrics import CalibrationState
+from scorer.monitor.drift import DriftState
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.plan import Piece, Shard, file_fingerprint, read_footer
 from scorer.pipeline.stats import STAGES, utc_now
@@ -109,6 +110,7 @@ class ShardOutcome:
     peak_rss_bytes: int = 0  # the actor process's peak so far: flat as files grow (row-group bound)
     seconds: StageSeconds = field(default_factory=dict)  # STAGES, then total and cpu
     calibration: CalibrationState | None = None
+    drift: DriftState | None = None  # when the model's card has a reference
     actor_id: str = ""
     node_id: str = ""
     node_ip: str = ""
@@ -390,11 +392,16 @@ class ShardScorer:
             data, path = batch, shard.input_path
         try:
             scored = self.model.score_batch(
-                data, key_column=settings.key_column, keep=settings.keep, run_id=settings.run_id
+                data,
+                key_column=settings.key_column,
+                keep=settings.keep,
+                run_id=settings.run_id,
+                drift=True,
             )
         except ShardReadError as exc:
             raise ShardReadError(f"{path}: {exc}", input_path=path) from exc
-        seconds["encode"] += scored.encode_seconds
+        # Drift is validation's kin: what the rows look like against the training data.
+        seconds["encode"] += scored.encode_seconds + scored.drift_seconds
         seconds["infer"] += scored.infer_seconds
         return scored
 
@@ -453,6 +460,7 @@ async def stream_shard(
     source = await loop.run_in_executor(threads.reader, scorer.open, shard, has_label)
     batches = scorer.sourced_batches(source, shard)
     calibration = CalibrationState() if has_label else None
+    drift: DriftState | None = None
 
     def read_next() -> SourcedBatch | None:
         t = time.perf_counter()
@@ -478,6 +486,8 @@ async def stream_shard(
             outcome.rows_unseen_category += scored.rows_unseen
             if calibration is not None and batch_calibration is not None:
                 calibration = calibration.merge(batch_calibration)
+            if scored.drift is not None:
+                drift = scored.drift if drift is None else drift.merge(scored.drift)
             if pending_write is not None:
                 await pending_write
             pending_write = loop.run_in_executor(threads.writer, sink.write, scored.table, seconds)
@@ -492,6 +502,7 @@ async def stream_shard(
         raise
     outcome.rows_ok = outcome.rows - outcome.rows_invalid
     outcome.calibration = calibration
+    outcome.drift = drift
     outcome.seconds = dict(
         seconds, total=time.perf_counter() - clock, cpu=time.process_time() - cpu_started
     )

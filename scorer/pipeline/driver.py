@@ -372,7 +372,7 @@ class _Run:
             model_version=card.version,
             model_sha256=card.sha256,
         )
-        self.ledger = Ledger(_new_summary(context, plan, "completed"), info)
+        self.ledger = Ledger(_new_summary(context, plan, "completed"), info, card.reference)
         self.summary = self.ledger.summary
         self.work: tuple[float, float] | None = None  # first dispatch to last result
         self.files = {f.relpath: f for f in plan.files}

@@ -8,7 +8,7 @@ Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowh
     stats/shards/run_id=<run_id>/part-0.parquet       one row per shard attempt (``SHARD_STATS``)
     stats/runs/run_id=<run_id>/part-0.parquet         one row per run (``RUN_STATS``)
     calibration/run_id=<run_id>/part-0.parquet        labelled runs and `scorer evaluate` (``CALIBRATION``)
-    drift/run_id=<run_id>/part-0.parquet              drift against the card's reference (``DRIFT``)
+    drift/run_id=<run_id>/part-0.parquet              models whose card has a reference (``DRIFT``)
     reports/<run_id>/                                 `scorer report`'s plots (``REPORTS``)
     _scorer/commits/<sha1 of shard id>.json           one commit record per committed shard
     _scorer/tmp/<run_id>/                             temporary files of one run
@@ -51,7 +51,7 @@ LOCK_NAME = "lock.json"
 LOCK = f"{INTERNAL}/{LOCK_NAME}"
 OUTPUT_STATE = f"{INTERNAL}/output.json"
 
-RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION)
+RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION, DRIFT)
 """The folders that hold one table per run, partitioned by ``run_id``."""
 RUN_PARTITION = "run_id"
 _RUN_TABLE_FILE = "part-0.parquet"

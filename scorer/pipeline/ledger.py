@@ -1,9 +1,10 @@
-"""What a run did: one row per shard attempt, the run's counters, and the calibration per day.
+"""What a run did: one row per shard attempt, the run's counters, calibration and drift per day.
 
 The driver loop tells the ledger what happened to each shard (`skipped`, `committed`, `failed`,
 `interrupted`, `failed_input`); the ledger keeps the shard-stats rows, the `RunSummary`
-counters and stage seconds, and the calibration states merged per `dt`, and at the end of the
-run writes the three tables (`layout.SHARD_STATS`, `layout.RUN_STATS`, `layout.CALIBRATION`).
+counters and stage seconds, and the calibration and drift states merged per `dt`, and at the end
+of the run writes the tables (`layout.SHARD_STATS`, `layout.RUN_STATS`, `layout.CALIBRATION`,
+`layout.DRIFT`).
 It neither schedules nor reports progress: that is the loop's.
 """
 
@@ -20,8 +21,10 @@ import pyarrow as pa
 
 from scorer._version import __version__
 from scorer.metrics import CalibrationState, calibration_table
+from scorer.monitor.drift import DriftState, drift_table
+from scorer.monitor.reference import Reference
 from scorer.pipeline.actor import ShardOutcome
-from scorer.pipeline.layout import CALIBRATION, RUN_STATS, SHARD_STATS, run_table_relpath
+from scorer.pipeline.layout import CALIBRATION, DRIFT, RUN_STATS, SHARD_STATS, run_table_relpath
 from scorer.pipeline.plan import DATE_KEY, FailedInput, Shard
 from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
@@ -67,6 +70,8 @@ class RunSummary:
     rows_per_node: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     plan_text: str | None = None
+    drift_path: str | None = None  # the run's drift table (SPEC §5a), once written
+    drift_skipped: str | None = None  # why there is none, e.g. "model card has no reference"
 
     @property
     def exit_code(self) -> int:
@@ -93,13 +98,21 @@ class RunInfo:
 class Ledger:
     """The bookkeeping of one run; `write` puts it under OUTPUT."""
 
-    def __init__(self, summary: RunSummary, info: RunInfo) -> None:
+    def __init__(
+        self, summary: RunSummary, info: RunInfo, reference: Reference | None = None
+    ) -> None:
         self.summary = summary
         self.info = info
+        self.reference = reference
+        """The model card's reference; None: drift is skipped."""
         self.shard_stats: list[StatsRow] = []
         self.calibration: dict[str | None, CalibrationState] = {}
         """Calibration states merged per `dt` partition (None: files outside any)."""
+        self.drift: dict[str | None, DriftState] = {}
+        """Drift states merged per `dt` partition, like `calibration`."""
         self.attempts_failed = 0
+        if reference is None:
+            summary.drift_skipped = "model card has no reference"
 
     @property
     def run_id(self) -> str:
@@ -136,12 +149,14 @@ class Ledger:
             summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds[stage]
         node = outcome.node_ip or outcome.node_id
         summary.rows_per_node[node] = summary.rows_per_node.get(node, 0) + outcome.rows
+        day = dict(shard.partition).get(DATE_KEY)
         if outcome.calibration is not None:
-            day = dict(shard.partition).get(DATE_KEY)
             previous = self.calibration.get(day)
             self.calibration[day] = (
                 outcome.calibration if previous is None else previous.merge(outcome.calibration)
             )
+        if outcome.drift is not None:
+            self.drift[day] = self.drift.get(day, DriftState()).merge(outcome.drift)
         summary.shards_committed += 1
         summary.rows += outcome.rows
         summary.cpu_seconds += seconds.get("cpu", 0.0)
@@ -208,16 +223,23 @@ class Ledger:
             summary.status = "failed"
 
     def write(self, output: Location) -> None:
-        """The run's shard stats, run stats and (when labelled) calibration, under OUTPUT."""
+        """The run's shard stats, run stats, (when labelled) calibration and (when the card has a
+        reference and rows were scored) drift, under OUTPUT."""
 
-        def put(folder: str, table: pa.Table) -> None:
-            path = output.child(run_table_relpath(folder, self.run_id)).path
-            write_table(output.filesystem, path, table)
+        def put(folder: str, table: pa.Table) -> str:
+            location = output.child(run_table_relpath(folder, self.run_id))
+            write_table(output.filesystem, location.path, table)
+            return location.uri
 
         put(SHARD_STATS, stats_table(self.shard_stats, SHARD_STATS_SCHEMA))
         put(RUN_STATS, stats_table([self.run_row()], RUN_STATS_SCHEMA))
         if self.calibration:
             put(CALIBRATION, calibration_table(self.run_id, self.calibration, DATE_KEY))
+        if self.reference is not None and self.drift:
+            table = drift_table(self.run_id, self.drift, self.reference, DATE_KEY)
+            self.summary.drift_path = put(DRIFT, table)
+        elif self.reference is not None:
+            self.summary.drift_skipped = "no rows scored in this run"
 
     def run_row(self) -> StatsRow:
         import onnxruntime
