@@ -527,8 +527,15 @@ def generate_command(
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the PNG plots. Default: OUTPUT/reports/<RUN_ID>/.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="TOML job config whose [monitor] thresholds mark breached figures (default: the alerts').",
+)
 @handle_errors
-def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
+def report(output: Path, run_id: str | None, out_dir: Path | None, config_file: str | None) -> None:
     """Calibration and throughput report of one run, and drift and calibration over time.
 
     Prints the run summary, calibration of raw and calibrated scores overall and per dt (ROC AUC,
@@ -551,10 +558,15 @@ def report(output: Path, run_id: str | None, out_dir: Path | None) -> None:
     # Imported here: matplotlib and DuckDB cost a second of start-up the other commands don't need.
     from rich.console import Console
 
+    from scorer.config import load_config
     from scorer.evaluation.report import build_report, render
 
+    monitor = load_config(config_file).monitor
+    built = build_report(
+        output, run_id, out_dir, psi_threshold=monitor.psi, ece_threshold=monitor.ece
+    )
     console = Console()
-    for renderable in render(build_report(output, run_id, out_dir)):
+    for renderable in render(built):
         console.print(renderable)
 
 
@@ -925,6 +937,13 @@ def train_command(
     type=click.DateTime(formats=["%Y-%m-%d"]),
     help="Only dt partitions of DATA on or before this day.",
 )
+@click.option(
+    "--labels",
+    "labels_from",
+    type=click.Path(exists=True, path_type=Path),
+    help="Parquet of key and label (late labels, as `scorer evaluate` reads them): DATA's "
+    "sessions take their label from here, joined on the card's key column.",
+)
 @handle_errors
 def calibrate_command(
     data: Path,
@@ -934,6 +953,7 @@ def calibrate_command(
     seed: int,
     since: dt.datetime | None,
     until: dt.datetime | None,
+    labels_from: Path | None,
 ) -> None:
     """Refit only the calibration stage of a model on newer labelled sessions in DATA.
 
@@ -946,6 +966,7 @@ def calibrate_command(
     Example:
       scorer calibrate history/dt=2026-11-27 --model models/intent-v1 --out models/intent-v1-nov
       scorer calibrate funnel/ --since 2026-11-20 --until 2026-11-22 --out models/funnel
+      scorer calibrate sessions/ --labels late-labels/ --since 2026-11-20 --out models/nov
     """
     from scorer.model.train import recalibrate
 
@@ -958,6 +979,7 @@ def calibrate_command(
             seed=seed,
             since=since.date() if since else None,
             until=until.date() if until else None,
+            labels_from=labels_from,
         )
     click.echo(
         f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}"

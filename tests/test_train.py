@@ -188,6 +188,40 @@ def test_recalibration_refuses_a_tampered_model_and_bad_data(model_dir, sessions
         recalibrate(sessions, tmp_path, tmp_path / "y")
 
 
+def _late_labels(sessions: pa.Table, tmp_path, rows=None):
+    """``sessions`` without their label, and the label apart (shuffled, as a join must not care)."""
+    data, labels = tmp_path / "sessions.parquet", tmp_path / "labels.parquet"
+    pq.write_table(sessions.drop_columns(["converted"]), data)
+    apart = sessions.select(["session_id", "converted"]) if rows is None else rows
+    pq.write_table(apart.take(np.random.default_rng(0).permutation(apart.num_rows)), labels)
+    return data, labels
+
+
+def test_recalibration_with_late_labels_equals_recalibration_of_labelled_sessions(
+    model_dir, newer_sessions, tmp_path
+):
+    data, labels = _late_labels(newer_sessions, tmp_path)
+    joined = recalibrate(data, model_dir, tmp_path / "joined", labels_from=labels)
+    labelled = recalibrate(newer_sessions.sort_by("session_id"), model_dir, tmp_path / "labelled")
+    assert joined.calibration.params == labelled.calibration.params
+    assert joined.holdout.calibrated == labelled.holdout.calibrated
+
+
+def test_late_labels_labelled_twice_or_without_the_label_are_refused(
+    model_dir, newer_sessions, tmp_path
+):
+    pairs = newer_sessions.select(["session_id", "converted"])
+    data, labels = _late_labels(newer_sessions, tmp_path, pa.concat_tables([pairs, pairs[:3]]))
+    first = ", ".join(str(k) for k in sorted(pairs["session_id"][:3].to_pylist()))
+    with pytest.raises(
+        TrainingDataError, match=rf"labels.parquet: 3 key\(s\) labelled more than once: {first}"
+    ):
+        recalibrate(data, model_dir, tmp_path / "x", labels_from=labels)
+    pq.write_table(pairs.drop_columns(["converted"]), labels)
+    with pytest.raises(TrainingDataError, match="labels.parquet: no column 'converted'"):
+        recalibrate(data, model_dir, tmp_path / "y", labels_from=labels)
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 

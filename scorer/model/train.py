@@ -177,6 +177,43 @@ def read_labelled(
     return table, described
 
 
+def join_late_labels(
+    sessions: pa.Table, source: str, labels_path: str | Path, key: str, label: str
+) -> tuple[pa.Table, str]:
+    """``sessions`` with ``label`` taken from the Parquet at ``labels_path`` by ``key``: the
+    labels that arrive days after scoring. Sessions without a label are left out (a label
+    without a session too); a key labelled twice is an error naming it. Rows come out in key
+    order, so the seeded splits do not depend on how the join was scheduled."""
+    path = Path(labels_path)
+    try:
+        table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
+    except (OSError, pa.ArrowException) as exc:
+        raise TrainingDataError(f"{path}: cannot read labels: {exc}") from exc
+    for column, of in ((key, path), (label, path)):
+        if column not in table.column_names:
+            raise TrainingDataError(f"{of}: no column {column!r} in the labels")
+    if key not in sessions.column_names:
+        raise TrainingDataError(f"{source}: no key column {key!r} to join the labels on")
+    labels = table.select([key, label])
+    counts = labels.group_by(key).aggregate([([], "count_all")])
+    twice = counts.filter(pc.greater(counts["count_all"], 1))
+    if twice.num_rows:
+        shown = ", ".join(str(k) for k in sorted(twice[key].to_pylist())[:5])
+        raise TrainingDataError(f"{path}: {twice.num_rows} key(s) labelled more than once: {shown}")
+    unlabelled = sessions.drop_columns([label]) if label in sessions.column_names else sessions
+    # Dictionary columns (hive `dt`, categoricals) are decoded: Acero's join carries plain types.
+    plain = pa.table(
+        {
+            name: column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+            for name, column in zip(unlabelled.column_names, unlabelled.columns)
+        }
+    )
+    joined = plain.join(labels, keys=key, join_type="inner").sort_by(key)
+    if joined.num_rows == 0:
+        raise TrainingDataError(f"{source}: none of its sessions has a label in {path}")
+    return joined, f"{source} with the labels of {path} ({joined.num_rows:,} sessions)"
+
+
 def _days_filter(
     dataset: ds.Dataset, path: Path, since: dt.date | None, until: dt.date | None
 ) -> ds.Expression | None:
@@ -388,9 +425,11 @@ def recalibrate(
     seed: int = DEFAULT_SEED,
     since: dt.date | None = None,
     until: dt.date | None = None,
+    labels_from: str | Path | None = None,
 ) -> ModelCard:
     """Refit only the calibrator of `model_dir` (None = the bundled model) on newer labelled
-    sessions; write to `out_dir`.
+    sessions; write to `out_dir`. With `labels_from` (Parquet of key and label, as `scorer
+    evaluate` reads them) the sessions of `data` take their labels from there instead.
 
     Half of the new sessions (stratified, seeded) fit the calibrator, the other half give the
     card's holdout metrics. `method` defaults to the model's current one.
@@ -398,6 +437,10 @@ def recalibrate(
     old = load_model(model_dir).card
     method = method or old.calibration.method
     table, source = read_labelled(data, since=since, until=until)
+    if labels_from is not None:
+        table, source = join_late_labels(
+            table, source, labels_from, old.key_column, old.label_column
+        )
     labels = labels_of(table, old.inputs, old.label_column, source)
     splits = split_rows(labels, seed, (("calibration", 0.5), ("test", 0.5)))
     linear = LinearParams.from_json(old.linear)

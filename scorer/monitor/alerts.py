@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -73,13 +74,16 @@ class RecalibrateHint:
     data: str
     model: str
     out: str
+    labels: str | None = None
+    """Late labels for ``data``'s sessions (`scorer evaluate`'s LABELS); None: ``data`` has them."""
 
     def command(self, since: str | None = None, until: str | None = None) -> str:
         """The command; ``since``/``until`` (dt values) select the breached days of ``data``."""
         days = "".join(
             f" --{flag} {day}" for flag, day in (("since", since), ("until", until)) if day
         )
-        return f"scorer calibrate {self.data} --model {self.model} --out {self.out}{days}"
+        labels = f" --labels {self.labels}" if self.labels else ""
+        return f"scorer calibrate {self.data}{labels} --model {self.model} --out {self.out}{days}"
 
 
 def drift_alerts(drift: pa.Table, thresholds: MonitorConfig) -> list[Alert]:
@@ -158,13 +162,23 @@ def run_alerts(
     return alerts
 
 
+def recalibrated_dir(model: str) -> str:
+    """Where the suggested `scorer calibrate` writes: beside a model of the user's, and in the
+    working directory for the bundled one (never into the installed package)."""
+    from scorer.model.runtime import default_model_dir
+
+    if Path(model).resolve() == default_model_dir().resolve():
+        return f"{Path(model).name}-recalibrated"
+    return f"{model.rstrip('/')}-recalibrated"
+
+
 def score_alerts(summary: RunSummary, config: JobConfig) -> list[Alert]:
     """The alerts of a finished `scorer score` run; the calibration command refits the model
     that scored it on the run's INPUT (which held the labels)."""
     from scorer.model.runtime import default_model_dir
 
     model = config.model or str(default_model_dir())
-    hint = RecalibrateHint(data=summary.input, model=model, out=f"{model}-recalibrated")
+    hint = RecalibrateHint(data=summary.input, model=model, out=recalibrated_dir(model))
     output = resolve(summary.output, StorageOptions(**asdict(config.storage)))
     return run_alerts(output, summary.run_id, config.monitor, hint)
 

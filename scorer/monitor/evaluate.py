@@ -51,7 +51,7 @@ from scorer.arrow import to_numpy
 from scorer.errors import EvaluateError, StorageError
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
-from scorer.monitor.alerts import RecalibrateHint
+from scorer.monitor.alerts import RecalibrateHint, recalibrated_dir
 from scorer.pipeline.driver import new_run_id
 from scorer.pipeline.layout import CALIBRATION, OUTPUT_STATE, read_json, run_table_relpath
 from scorer.pipeline.manifest import CommitRecord, Manifest
@@ -418,15 +418,12 @@ def _with_scored_runs(
 def _recalibrate_hint(
     out: Location, scores: Sequence[tuple[str | None, CommitRecord]], source: Location
 ) -> RecalibrateHint:
-    """`scorer calibrate` needs sessions with their label: here those of the scored input with
-    LABELS joined, which no file holds yet, so that part of the command is a placeholder."""
+    """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
     piece = scores[0][1].pieces[0]
     input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
     model = _model_dir(out)
     return RecalibrateHint(
-        data=f"<sessions of {input_root} with the labels of {source.uri}>",
-        model=model,
-        out=f"{model}-recalibrated",
+        data=input_root, model=model, out=recalibrated_dir(model), labels=source.uri
     )
 
 
