@@ -40,9 +40,16 @@ def walk(command: click.Command, path: tuple[str, ...] = ()):
 
 
 def test_the_spec_commands_exist():
-    assert {"score", "generate", "train", "calibrate", "report", "bench", "inspect"} <= set(
-        COMMANDS
-    )
+    assert {
+        "score",
+        "generate",
+        "train",
+        "calibrate",
+        "evaluate",
+        "report",
+        "bench",
+        "inspect",
+    } <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
