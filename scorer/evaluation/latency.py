@@ -109,8 +109,8 @@ class LatencyProxy:
         self.stop()
 
     def stall(self, match: bytes, seconds: float, times: int = 1) -> None:
-        """Hold the next `times` requests whose head contains `match` (e.g. ``b"Range: "``)
-        for `seconds` instead of the delay."""
+        """Hold the next `times` requests whose head contains `match`, in any case (e.g.
+        ``b"range: bytes=4-"``: a file's first row group), for `seconds` instead of the delay."""
         with self._lock:
             self._stalls.append(_Stall(match, seconds, times))
 
@@ -186,7 +186,7 @@ class LatencyProxy:
             self.counts.requests += 1
             self.counts.methods[name] = self.counts.methods.get(name, 0) + 1
             for stall in self._stalls:
-                if stall.remaining > 0 and stall.match in head:
+                if stall.remaining > 0 and stall.match.lower() in head.lower():
                     stall.remaining -= 1
                     self.counts.stalled += 1
                     return stall.seconds
