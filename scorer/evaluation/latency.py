@@ -13,15 +13,34 @@ that match a pattern far longer than the delay (`stall`), to see what a client's
 
 The proxy runs its own asyncio loop on a daemon thread, so it serves synchronous callers (a
 test, the bench) and the scorer's processes alike; `start()` returns once it listens.
+
+`run_latency_bench` is `scorer bench --s3-latency 0,20,50`: moto's S3 server on loopback, the
+scorer from s3:// to s3:// through a proxy per latency, alternating them; work-window rows/s
+against the first latency's, requests and bytes per shard, the actors' peak memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from scorer.errors import ConfigError
 
 _CHUNK = 1 << 16
 _METHODS = frozenset({b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"PATCH", b"OPTIONS"})
@@ -62,6 +81,7 @@ class LatencyProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._connections: set[asyncio.Task[None]] = set()
         self.address = ""
         """``127.0.0.1:<port>`` once started: what the scorer's endpoint_override names."""
 
@@ -131,6 +151,12 @@ class LatencyProxy:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        # Held here: asyncio keeps only a weak reference to a connection's task, and one whose
+        # client went away mid-request would be collected while it waits.
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         try:
             server_r, server_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -201,3 +227,210 @@ def latency_proxy(upstream: str, delay_ms: float = 0.0) -> Iterator[LatencyProxy
         yield proxy
     finally:
         proxy.stop()
+
+
+# -- `scorer bench --s3-latency` ----------------------------------------------------------------
+
+LATENCY_SCHEMA = pa.schema(
+    [
+        ("delay_ms", pa.float64()),  # held per request by the proxy
+        ("repetition", pa.int32()),
+        ("actors", pa.int32()),
+        ("rows", pa.int64()),
+        ("shards", pa.int64()),
+        ("work_seconds", pa.float64()),
+        ("work_rows_per_second", pa.float64()),
+        ("requests_per_shard", pa.float64()),  # the actors' reads (shard stats `requests`)
+        ("mb_read_per_shard", pa.float64()),
+        ("proxy_requests", pa.int64()),  # everything through the proxy: driver, reads, writes
+        ("peak_rss_mb", pa.float64()),  # the largest actor's
+    ]
+)
+
+
+@dataclass(frozen=True)
+class LatencyBench:
+    measurements: pa.Table  # LATENCY_SCHEMA
+    path: Path
+
+    def medians(self) -> list[dict]:
+        """Per delay: medians over repetitions, and the rows/s against the first delay's."""
+        by_delay: dict[float, list[dict]] = {}
+        for row in self.measurements.to_pylist():
+            by_delay.setdefault(row["delay_ms"], []).append(row)
+        summary = []
+        for delay, runs in by_delay.items():
+            row = {"delay_ms": delay, "runs": len(runs)}
+            for name in LATENCY_SCHEMA.names[2:]:
+                row[name] = statistics.median(r[name] for r in runs)
+            summary.append(row)
+        base = summary[0]["work_rows_per_second"] if summary else None
+        for row in summary:
+            row["ratio"] = row["work_rows_per_second"] / base if base else None
+        return summary
+
+
+def run_latency_bench(
+    out_dir: str | os.PathLike,
+    delays_ms: Sequence[float],
+    *,
+    sessions: int,
+    files: int,
+    reps: int,
+    actors: int = 2,
+    batch_rows: int | None = None,
+    on_message: Callable[[str], None] = lambda text: None,
+) -> LatencyBench:
+    """`scorer score s3://… s3://… --actors N` against a moto S3 server on loopback, through
+    the latency proxy at each of `delays_ms`, alternating them `reps` times; written to
+    OUT/s3-latency.parquet. Needs ``moto_server`` (``pip install 'moto[server]'``)."""
+    from scorer.evaluation.generate import generate
+    from scorer.pipeline.cluster import ray_session
+    from scorer.pipeline.driver import score
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with _moto_server() as upstream:
+        direct = pafs.S3FileSystem(
+            endpoint_override=upstream, scheme="http", allow_bucket_creation=True
+        )
+        direct.create_dir("bench")
+        started = time.perf_counter()
+        generate(
+            f"s3://bench/sessions?endpoint_override={upstream}&scheme=http",
+            sessions=sessions,
+            files=files,
+            days=min(2, files),
+            seed=0,
+        )
+        on_message(
+            f"generated {sessions:,} sessions in {files} files on the S3 server at {upstream} "
+            f"in {time.perf_counter() - started:.1f} s"
+        )
+        proxies = [LatencyProxy(upstream, delay).start() for delay in delays_ms]
+        options: dict[str, Any] = {"batch_rows": batch_rows} if batch_rows else {}
+        try:
+            with ray_session():  # one private Ray: each run still starts its own actors
+                for repetition in range(reps):
+                    for proxy in proxies:
+                        proxy.reset()
+                        name = f"out-{proxy.delay_ms:g}-{repetition}"
+                        query = f"endpoint_override={proxy.address}&scheme=http"
+                        summary = score(
+                            f"s3://bench/sessions?{query}",
+                            f"s3://bench/{name}?{query}",
+                            actors=actors,
+                            overwrite=True,
+                            **options,
+                        )
+                        counts = proxy.reset()
+                        stats = pq.read_table(
+                            f"bench/{name}/stats/shards/run_id={summary.run_id}", filesystem=direct
+                        ).to_pylist()
+                        direct.delete_dir(f"bench/{name}")
+                        shards = len(stats)
+                        rows.append(
+                            {
+                                "delay_ms": proxy.delay_ms,
+                                "repetition": repetition,
+                                "actors": actors,
+                                "rows": summary.rows,
+                                "shards": shards,
+                                "work_seconds": summary.work_seconds,
+                                "work_rows_per_second": summary.rows / summary.work_seconds,
+                                "requests_per_shard": sum(s["requests"] or 0 for s in stats)
+                                / shards,
+                                "mb_read_per_shard": sum(s["bytes_read"] or 0 for s in stats)
+                                / shards
+                                / 2**20,
+                                "proxy_requests": counts.requests,
+                                "peak_rss_mb": max(s["peak_rss_bytes"] for s in stats) / 2**20,
+                            }
+                        )
+                        last = rows[-1]
+                        on_message(
+                            f"{proxy.delay_ms:g} ms rep {repetition}: "
+                            f"{last['work_rows_per_second'] / 1e6:.2f}M rows/s in the work "
+                            f"window, {last['requests_per_shard']:.1f} requests a shard, "
+                            f"peak RSS {last['peak_rss_mb']:.0f} MB"
+                        )
+        finally:
+            for proxy in proxies:
+                proxy.stop()
+    table = pa.Table.from_pylist(rows, LATENCY_SCHEMA)
+    path = out / "s3-latency.parquet"
+    pq.write_table(table, path)
+    return LatencyBench(table, path)
+
+
+def render_latency(result: LatencyBench):
+    """The medians as a rich table (the CLI prints it)."""
+    from rich.table import Table
+
+    table = Table(title="scorer bench --s3-latency: s3 → s3 through the latency proxy, medians")
+    headings = ("ms/request", "runs", "actors", "shards", "work rows/s", "× 0 ms")
+    for heading in (*headings, "requests/shard", "MB read/shard", "proxy requests", "RSS MB"):
+        table.add_column(heading, justify="right")
+    for row in result.medians():
+        table.add_row(
+            f"{row['delay_ms']:g}",
+            str(row["runs"]),
+            f"{row['actors']:.0f}",
+            f"{row['shards']:.0f}",
+            f"{row['work_rows_per_second'] / 1e6:.2f}M",
+            f"{row['ratio']:.2f}",
+            f"{row['requests_per_shard']:.1f}",
+            f"{row['mb_read_per_shard']:.1f}",
+            f"{row['proxy_requests']:.0f}",
+            f"{row['peak_rss_mb']:.0f}",
+        )
+    return table
+
+
+@contextlib.contextmanager
+def _moto_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port (its ``host:port``), stopped by its pid. Its
+    dummy credentials are set only where none are (moto accepts any)."""
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which(
+        "moto_server"
+    )
+    if server is None:
+        raise ConfigError(
+            "scorer bench --s3-latency needs moto's S3 server: pip install 'moto[server]'"
+        )
+    for name, value in _MOTO_ENV.items():
+        os.environ.setdefault(name, value)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise ConfigError(f"moto_server did not start on port {port}") from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+_MOTO_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}

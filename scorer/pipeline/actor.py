@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import os
 import resource
 import sys
@@ -206,10 +207,10 @@ class ShardScorer:
 
         def opened() -> ShardSource:
             source = self.open(shard, has_label)
-            if len(shard.pieces) == 1:
-                piece = shard.pieces[0]
-                for group in piece.row_groups[: self.settings.read_ahead]:
-                    self._fetch(source, group)
+            piece = shard.pieces[0]
+            ahead = self.settings.read_ahead if len(shard.pieces) == 1 else 1
+            for group in piece.row_groups[:ahead]:
+                self._fetch(source, group)
             return source
 
         return self.remote_reads.submit(opened)
@@ -357,6 +358,30 @@ class ShardScorer:
                     future.cancel()
             remote.fetched.clear()
 
+    def _open_files_ahead(
+        self,
+        shard: Shard,
+        index: int,
+        first: ShardSource,
+        opened: dict[int, ShardSource | Future[ShardSource]],
+    ) -> None:
+        """On object storage, a packed shard's next `read_ahead` files are opened, and their
+        first row groups fetched, while file `index` is read: each open is three round trips."""
+        stop = min(len(shard.pieces), index + 1 + self.settings.read_ahead)
+        for ahead in range(index, stop):
+            if ahead not in opened:
+                piece = shard.pieces[ahead]
+                opened[ahead] = self.remote_reads.submit(
+                    functools.partial(self._open_fetching, piece, first.columns, first.counts)
+                )
+
+    def _open_fetching(
+        self, piece: Piece, columns: list[str], counts: ReadCounts | None
+    ) -> ShardSource:
+        source = self._open(piece, columns, counts)
+        self._fetch(source, piece.rg_start)
+        return source
+
     def _fetch(self, source: ShardSource, group: int) -> None:
         """Start fetching row group `group`'s column chunks (once)."""
         remote = source.remote
@@ -394,6 +419,8 @@ class ShardScorer:
             parquet = opened.parquet
             if opened.remote is not None:
                 parquet = self._remote_parquet(opened, piece, group)
+                if group + 1 < piece.rg_stop:
+                    self._fetch(opened, group + 1)  # fetched while this one is decoded
             yield from parquet.iter_batches(
                 batch_size=self.settings.batch_rows,
                 row_groups=[group],
@@ -435,6 +462,8 @@ class ShardScorer:
                     or (len(window) < READ_AHEAD and rows_ahead < self.settings.batch_rows)
                 ):
                     index, piece, group = todo.popleft()
+                    if first.counts is not None:
+                        self._open_files_ahead(shard, index, first, opened)
                     if index not in opened:
                         opened[index] = pool.submit(self._open, piece, first.columns, first.counts)
                     after = last_read.get(index)
