@@ -726,6 +726,13 @@ def _describe_evaluation(evaluation: Evaluation) -> str:
 )
 @click.option("--address", metavar="ADDR", help="Run the scorer and Ray Data on this Ray cluster.")
 @click.option(
+    "--s3-latency",
+    metavar="MS,MS,...",
+    help="Instead: s3 → s3 through a latency proxy holding each request MS ms (e.g. 0,20,50; "
+    "the first is the baseline), --actors N (default 2), against moto's S3 server on loopback "
+    "(pip install 'moto[server]').",
+)
+@click.option(
     "--whole-job",
     is_flag=True,
     help="Instead: time whole processes, `scorer score DATA OUT` as a user types it against the "
@@ -741,6 +748,7 @@ def bench_command(
     actors: str | None,
     batch_rows: int,
     address: str | None,
+    s3_latency: str | None,
     whole_job: bool,
 ) -> None:
     """Measure throughput against the I/O floor and Ray Data, and how it scales with actors.
@@ -761,11 +769,19 @@ def bench_command(
     and first commit, and the largest score difference from the scorer's on the same keys;
     writes OUT/whole-job.parquet.
 
+    With --s3-latency MS,MS,...: object storage at real latency. Generates the data on moto's
+    S3 server on loopback, then REPS alternating runs of `scorer score s3://… s3://… --actors N`
+    (default 2) through a proxy holding each HTTP request MS ms. Prints medians of the
+    work-window rows/s and their ratio to the first MS, requests and MB read per shard (the
+    shard stats' requests and bytes_read), requests through the proxy, the actors' peak RSS;
+    writes OUT/s3-latency.parquet.
+
     \b
     Example:
       scorer bench --out /tmp/bench
       scorer bench --sessions 8000000 --actors 1,2 --reps 5
       scorer bench --whole-job --sessions 4000000 --files 4000 --reps 3
+      scorer bench --s3-latency 0,20,50 --sessions 4000000 --files 16 --reps 3
     """
     from rich.console import Console
 
@@ -773,6 +789,9 @@ def bench_command(
 
     if whole_job:
         _bench_whole_job(out_dir, data, sessions, files, reps)
+        return
+    if s3_latency:
+        _bench_s3_latency(out_dir, s3_latency, sessions, files, reps, actors)
         return
 
     try:
@@ -800,6 +819,37 @@ def bench_command(
         console.print(f"skipped {skipped}")
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
+
+
+def _bench_s3_latency(
+    out_dir: Path, delays: str, sessions: int, files: int | None, reps: int, actors: str | None
+) -> None:
+    from rich.console import Console
+
+    from scorer.evaluation.latency import render_latency, run_latency_bench
+
+    try:
+        delays_ms = [float(ms) for ms in delays.split(",")]
+        count = int(actors) if actors else 2
+    except ValueError:
+        raise click.BadParameter(
+            f"expected milliseconds separated by commas and one actor count, got {delays!r}",
+            param_hint="--s3-latency",
+        ) from None
+    result = run_latency_bench(
+        out_dir,
+        delays_ms,
+        sessions=sessions,
+        files=files or 16,
+        reps=reps,
+        actors=count,
+        on_message=lambda text: click.echo(text, err=True),
+    )
+    console = Console()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)
+    console.print(render_latency(result))
+    console.print(f"measurements: {result.path}")
 
 
 def _bench_whole_job(

@@ -48,6 +48,10 @@ DEFAULT_SHARD_ROWS = 1_000_000
 DEFAULT_MAX_ATTEMPTS = 3  # per shard, the first included (SPEC §6)
 DEFAULT_THREADS_PER_ACTOR = 1
 DEFAULT_CPUS_PER_ACTOR = 1.0
+# Object storage (measured through a latency proxy, README "Sizing"): row groups of a shard
+# fetched ahead of the one decoded, and ranged reads an actor has in flight at most.
+DEFAULT_READ_AHEAD = 2
+DEFAULT_REQUESTS_IN_FLIGHT = 8
 
 # Alert thresholds (`[monitor]`, SPEC §5a), in one place so that they are tuned in one place.
 # Starting points, to be set from measurements on clean generated days: PSI 0.25 is the usual
@@ -81,6 +85,25 @@ class StorageConfig:
     endpoint_override: str | None = None
     region: str | None = None
     scheme: str | None = None
+    read_ahead: int = DEFAULT_READ_AHEAD
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
+
+    def __post_init__(self) -> None:
+        if isinstance(self.read_ahead, bool) or not isinstance(self.read_ahead, int):
+            raise ConfigError(f"storage.read_ahead: must be an integer, got {self.read_ahead!r}")
+        if self.read_ahead < 0:
+            raise ConfigError(f"storage.read_ahead: must be at least 0, got {self.read_ahead}")
+        flight = self.requests_in_flight
+        if isinstance(flight, bool) or not isinstance(flight, int) or flight < 1:
+            raise ConfigError(f"storage.requests_in_flight: must be at least 1, got {flight!r}")
+
+    def location_options(self) -> dict[str, str | None]:
+        """The keys that `storage.StorageOptions` puts in an ``s3://`` URI."""
+        return {
+            "endpoint_override": self.endpoint_override,
+            "region": self.region,
+            "scheme": self.scheme,
+        }
 
 
 @dataclass(frozen=True)

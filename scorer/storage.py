@@ -175,6 +175,9 @@ def resolve(uri_or_path: str | os.PathLike[str], options: StorageOptions | None 
         if "endpoint_override" not in query:
             for key, value in _endpoint_from_env(os.environ).items():
                 query.setdefault(key, value)
+        # An object under 10 MiB (Arrow's part size) is then one PUT at close, not a multipart
+        # upload's three round trips (create, part, complete): every score file and record.
+        query.setdefault("allow_delayed_open", "true")
         text = urlunsplit(parts._replace(query=urlencode(query, safe=":")))
     return _open(text)
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from scorer.evaluation.latency import LatencyProxy, latency_proxy
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -62,3 +64,11 @@ def _wait_listening(proc: subprocess.Popen, port: int, timeout: float = 30) -> N
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto_server did not start on port {port}") from None
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def s3_latency(upstream: str, delay_ms: float) -> Iterator[LatencyProxy]:
+    """The scorer's loopback latency proxy (`scorer.evaluation.latency`) in front of
+    `upstream`, a `moto_s3` address: every HTTP request through it is held `delay_ms`."""
+    with latency_proxy(upstream, delay_ms) as proxy:
+        yield proxy

@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import os
 import resource
 import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import AbstractContextManager
@@ -38,11 +39,19 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import InputChangedError, ShardReadError
+from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
+from scorer.errors import InputChangedError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import Piece, Shard, file_fingerprint, read_footer
+from scorer.pipeline.plan import FOOTER_TAIL_BYTES, Piece, Shard, file_fingerprint, read_footer
+from scorer.pipeline.ranges import (
+    RangeFile,
+    ReadCounts,
+    RemoteReads,
+    column_indices,
+    group_ranges,
+)
 from scorer.pipeline.stats import STAGES, utc_now
 from scorer.storage import Location
 
@@ -95,6 +104,10 @@ class ActorSettings:
     input_location: Location  # pickles as a secret-free URI; credentials come from the env
     layout: OutputLayout
     compression: str = "zstd"
+    read_ahead: int = DEFAULT_READ_AHEAD
+    """Object storage: row groups of a shard fetched ahead of the one decoded."""
+    requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
+    """Object storage: ranged reads an actor has in flight at most."""
 
 
 @dataclass
@@ -117,6 +130,21 @@ class ShardOutcome:
     pid: int = 0
     started_at: dt.datetime | None = None
     ended_at: dt.datetime | None = None
+    requests: int | None = None  # object storage: requests made reading the shard
+    bytes_read: int | None = None  # object storage: bytes those requests returned
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """An object-storage input file, opened: what its row groups' ranged reads need."""
+
+    file: pa.NativeFile
+    size: int
+    metadata: pq.FileMetaData
+    leaves: list[int]
+    counts: ReadCounts
+    fetched: dict[int, list[Future[tuple[int, bytes]]]] = field(default_factory=dict)
+    """Row groups whose ranges are being fetched (read ahead), by index."""
 
 
 @dataclass(frozen=True)
@@ -127,6 +155,10 @@ class ShardSource:
     columns: list[str]
     streamed: bool = False
     """Its row groups are read page by page (`STREAM_ROW_GROUP_BATCHES`), not pre-buffered."""
+    remote: RemoteFile | None = None
+    """On object storage (not streamed): row groups come from concurrent ranged reads."""
+    counts: ReadCounts | None = None
+    """On object storage: the shard's requests and bytes, shared by its files."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +186,12 @@ class ShardScorer:
         self.known_footers = known_footers
         """Footers already parsed, by digest: the plan's, for a worker in the driver process."""
         self._read_pool: ThreadPoolExecutor | None = None
+        self._remote_reads: RemoteReads | None = None
+
+    @property
+    def remote(self) -> bool:
+        """Whether the input is on object storage (ranged reads, read ahead, counted)."""
+        return not self.settings.input_location.is_local
 
     def open(self, shard: Shard, has_label: bool) -> ShardSource:
         """The shard's first file and the columns to read; `ShardReadError` names the file."""
@@ -161,9 +199,27 @@ class ShardScorer:
         wanted = [*self.model.required_columns, settings.key_column, *settings.keep]
         if has_label and settings.label_column:
             wanted.append(settings.label_column)
-        return self._open(shard.pieces[0], list(dict.fromkeys(wanted)))
+        counts = ReadCounts() if self.remote else None
+        return self._open(shard.pieces[0], list(dict.fromkeys(wanted)), counts)
 
-    def _open(self, piece: Piece, columns: list[str]) -> ShardSource:
+    def open_ahead(self, shard: Shard, has_label: bool) -> Future[ShardSource]:
+        """On object storage: open the shard and start fetching its first row groups now, on
+        `remote_reads`, while the shard before it is still being scored (each step there is a
+        round trip: two HEADs and the footer, then the groups)."""
+
+        def opened() -> ShardSource:
+            source = self.open(shard, has_label)
+            piece = shard.pieces[0]
+            ahead = self.settings.read_ahead if len(shard.pieces) == 1 else 1
+            for group in piece.row_groups[:ahead]:
+                self._fetch(source, group)
+            return source
+
+        return self.remote_reads.submit(opened)
+
+    def _open(
+        self, piece: Piece, columns: list[str], counts: ReadCounts | None = None
+    ) -> ShardSource:
         """The piece's file, opened once: checked against its planned fingerprint before any row
         is read, and every read of the piece goes through this handle (or the file's bytes read
         at once), so a shard never holds rows of a version other than the one planned."""
@@ -180,6 +236,9 @@ class ShardScorer:
                 with source:
                     source = pa.BufferReader(source.read_buffer())
             footer = read_footer(source, size, self.known_footers)
+            if counts is not None:  # the open's HEAD, the HEAD for mtime, the footer's reads
+                counts.add(2, 0)
+                counts.add(*_footer_reads(footer.metadata, size))
         except Exception as exc:
             if not piece.fingerprint.startswith(f"{size}-{mtime_ns}-"):
                 found = f"{size}-{mtime_ns}-(unreadable footer)"
@@ -212,7 +271,11 @@ class ShardScorer:
             )
         except Exception as exc:
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
-        return ShardSource(parquet, columns, streamed)
+        remote = None
+        if counts is not None and not streamed:
+            read = column_indices(metadata, columns)
+            remote = RemoteFile(source, size, metadata, read, counts)
+        return ShardSource(parquet, columns, streamed, remote, counts)
 
     def _open_version(self, path: str) -> tuple[pa.NativeFile, int, int | None]:
         """An input file opened, with the size and mtime of what was opened.
@@ -252,9 +315,13 @@ class ShardScorer:
         ahead, at most `READ_AHEAD` and about `batch_rows` rows in flight, so memory stays
         bounded by a batch and a row group whatever the number of files.
         """
-        if len(shard.pieces) == 1:
+        if len(shard.pieces) == 1 and source.remote is not None:
+            reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]] = self._fetched_ahead(
+                source, shard.pieces[0]
+            )
+        elif len(shard.pieces) == 1:
             piece = shard.pieces[0]
-            reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]] = (
+            reads = (
                 (piece, self._row_group_batches(source, piece, group)) for group in piece.row_groups
             )
         else:
@@ -278,17 +345,96 @@ class ShardScorer:
         """A file of one row group, opened and read in one task (read ahead, on `read_pool`)."""
         return list(self._row_group_batches(self._open(piece, columns), piece, piece.rg_start))
 
+    def _fetched_ahead(
+        self, source: ShardSource, piece: Piece
+    ) -> Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]:
+        """A single-file shard on object storage: while one row group is decoded, the ranges
+        of the next `read_ahead` are being fetched (`open_ahead` started the first ones)."""
+        remote = source.remote
+        assert remote is not None
+        groups = piece.row_groups
+        try:
+            for position, group in enumerate(groups):
+                for ahead in groups[position + 1 : position + 1 + self.settings.read_ahead]:
+                    self._fetch(source, ahead)
+                yield piece, self._row_group_batches(source, piece, group)
+        finally:  # an abandoned shard's reads in flight: their bytes are dropped as they come
+            for futures in remote.fetched.values():
+                for future in futures:
+                    future.cancel()
+            remote.fetched.clear()
+
+    def _open_files_ahead(
+        self,
+        shard: Shard,
+        index: int,
+        first: ShardSource,
+        opened: dict[int, ShardSource | Future[ShardSource]],
+    ) -> None:
+        """On object storage, a packed shard's next `read_ahead` files are opened, and their
+        first row groups fetched, while file `index` is read: each open is three round trips."""
+        stop = min(len(shard.pieces), index + 1 + self.settings.read_ahead)
+        for ahead in range(index, stop):
+            if ahead not in opened:
+                piece = shard.pieces[ahead]
+                opened[ahead] = self.remote_reads.submit(
+                    functools.partial(self._open_fetching, piece, first.columns, first.counts)
+                )
+
+    def _open_fetching(
+        self, piece: Piece, columns: list[str], counts: ReadCounts | None
+    ) -> ShardSource:
+        source = self._open(piece, columns, counts)
+        self._fetch(source, piece.rg_start)
+        return source
+
+    def _fetch(self, source: ShardSource, group: int) -> None:
+        """Start fetching row group `group`'s column chunks (once)."""
+        remote = source.remote
+        if remote is None or group in remote.fetched:
+            return
+        ranges = group_ranges(remote.metadata, group, remote.leaves, remote.size)
+        remote.fetched[group] = self.remote_reads.fetch(remote.file, ranges, remote.counts)
+
+    def _remote_parquet(self, source: ShardSource, piece: Piece, group: int) -> pq.ParquetFile:
+        """A reader of row group `group` over its fetched bytes (fetched now if not ahead).
+        A read the S3 client gave up on (after its own retries) is a `StorageError`, which the
+        driver retries: the network failed, not the data."""
+        remote = source.remote
+        assert remote is not None
+        self._fetch(source, group)
+        try:
+            ranges = [future.result() for future in remote.fetched.pop(group)]
+        except OSError as exc:
+            raise StorageError(
+                f"{piece.input_path}: cannot read row group {group} from object storage: {exc}"
+            ) from exc
+        view = RangeFile(remote.file, remote.size, ranges, remote.counts)
+        return pq.ParquetFile(
+            pa.PythonFile(view, mode="r"),
+            metadata=remote.metadata,
+            read_dictionary=self.model.categorical_string_columns,
+            pre_buffer=False,
+        )
+
     def _row_group_batches(
         self, opened: ShardSource, piece: Piece, group: int
     ) -> Iterator[pa.RecordBatch]:
         """A row group's batches, one at a time as they are decoded."""
         try:
-            yield from opened.parquet.iter_batches(
+            parquet = opened.parquet
+            if opened.remote is not None:
+                parquet = self._remote_parquet(opened, piece, group)
+                if group + 1 < piece.rg_stop:
+                    self._fetch(opened, group + 1)  # fetched while this one is decoded
+            yield from parquet.iter_batches(
                 batch_size=self.settings.batch_rows,
                 row_groups=[group],
                 columns=opened.columns,
                 use_threads=False,
             )
+        except StorageError:
+            raise
         except Exception as exc:
             raise ShardReadError(
                 f"{piece.input_path}: unreadable data in row groups "
@@ -323,6 +469,8 @@ class ShardScorer:
                     or (len(window) < READ_AHEAD and rows_ahead < self.settings.batch_rows)
                 ):
                     index, piece, group = todo.popleft()
+                    if first.counts is not None:  # object storage: the next files' opens too
+                        self._open_files_ahead(shard, index, first, opened)
                     if index in opened:
                         after = last_read.get(index)
                         read = pool.submit(self._read_row_group, opened[index], piece, group, after)
@@ -331,7 +479,7 @@ class ShardScorer:
                         # thread of the pool waiting for it, and small files are most of these.
                         read = pool.submit(self._open_and_read, piece, first.columns)
                     else:
-                        opened[index] = pool.submit(self._open, piece, first.columns)
+                        opened[index] = pool.submit(self._open, piece, first.columns, first.counts)
                         read = pool.submit(self._read_row_group, opened[index], piece, group)
                     last_read[index] = read
                     # Only a piece's total is known before its file is opened: spread evenly.
@@ -371,6 +519,13 @@ class ShardScorer:
                 held_rows += batch.num_rows
         if held:
             yield SourcedBatch(_joined(held), held_from)
+
+    @property
+    def remote_reads(self) -> RemoteReads:
+        """The threads fetching object-storage ranges; started with the first remote shard."""
+        if self._remote_reads is None:
+            self._remote_reads = RemoteReads(self.settings.requests_in_flight)
+        return self._remote_reads
 
     @property
     def read_pool(self) -> ThreadPoolExecutor:
@@ -442,14 +597,67 @@ class StageThreads:
             executor.shutdown(wait=True)
 
 
+async def stream_queued(
+    scorer: ShardScorer,
+    shard: Shard,
+    has_label: bool,
+    threads: StageThreads,
+    identity: Identity,
+    turn: asyncio.Lock,
+) -> ShardOutcome:
+    """A shard given to a worker that may hold two (`pool.PoolSpec.shards_per_actor`): on
+    object storage it is opened and its first row groups fetched at once, while the shard
+    before it is scored; its stages wait for `turn`, so one shard is scored at a time and
+    memory holds one shard's batches and the next one's read-ahead."""
+    opening = scorer.open_ahead(shard, has_label) if scorer.remote else None
+    try:
+        return await stream_shard(scorer, shard, has_label, threads, identity, opening, turn)
+    finally:
+        if opening is not None:
+            opening.cancel()
+
+
 async def stream_shard(
     scorer: ShardScorer,
     shard: Shard,
     has_label: bool,
     threads: StageThreads,
     identity: Identity,
+    opening: Future[ShardSource] | None = None,
+    turn: asyncio.Lock | None = None,
 ) -> ShardOutcome:
-    """Score one shard into its sink, the three stages overlapped on `threads`."""
+    """Score one shard into its sink, the three stages overlapped on `threads`.
+
+    `opening`: the shard opened ahead (`ShardScorer.open_ahead`). `turn`: held from the first
+    read to the last write, so that the next shard's stages start while this one's file is
+    still being finished and uploaded.
+    """
+    held = False
+
+    def let_next_in() -> None:
+        nonlocal held
+        if turn is not None and held:
+            held = False
+            turn.release()
+
+    if turn is not None:
+        await turn.acquire()
+        held = True
+    try:
+        return await _stream(scorer, shard, has_label, threads, identity, opening, let_next_in)
+    finally:
+        let_next_in()
+
+
+async def _stream(
+    scorer: ShardScorer,
+    shard: Shard,
+    has_label: bool,
+    threads: StageThreads,
+    identity: Identity,
+    opening: Future[ShardSource] | None,
+    let_next_in: Callable[[], None],
+) -> ShardOutcome:
     loop = asyncio.get_running_loop()
     started, clock = utc_now(), time.perf_counter()
     # The process's CPU time, all threads: an actor scores one shard at a time, so this is
@@ -457,7 +665,10 @@ async def stream_shard(
     cpu_started = time.process_time()
     seconds: StageSeconds = dict.fromkeys(STAGES, 0.0)
     outcome = ShardOutcome(shard_id=shard.shard_id, **identity)
-    source = await loop.run_in_executor(threads.reader, scorer.open, shard, has_label)
+    if opening is not None:
+        source = await asyncio.wrap_future(opening)
+    else:
+        source = await loop.run_in_executor(threads.reader, scorer.open, shard, has_label)
     batches = scorer.sourced_batches(source, shard)
     calibration = CalibrationState() if has_label else None
     drift: DriftState | None = None
@@ -496,6 +707,7 @@ async def stream_shard(
         if not sink.opened:  # a shard of empty row groups still gets its (empty) file
             empty = scorer.score(shard, scorer.empty(source), seconds)
             await loop.run_in_executor(threads.writer, sink.write, empty.table, seconds)
+        let_next_in()  # the next shard reads and scores while this file is uploaded
         outcome.output_bytes = await loop.run_in_executor(threads.writer, sink.close)
     except BaseException:
         await loop.run_in_executor(threads.writer, sink.abort)
@@ -508,6 +720,8 @@ async def stream_shard(
     )
     outcome.started_at, outcome.ended_at = started, utc_now()
     outcome.peak_rss_bytes = peak_rss_bytes()
+    if source.counts is not None:
+        outcome.requests, outcome.bytes_read = source.counts.requests, source.counts.bytes_read
     return outcome
 
 
@@ -523,13 +737,16 @@ class ScoringActor:
         self.scorer = ShardScorer(settings, load_model(model_dir, threads=settings.threads))
         self.threads = StageThreads.start()
         self.identity = _identity()
+        self.turn = asyncio.Lock()
 
     async def ready(self) -> Identity:
         """Who and where this actor is (answers once the session is loaded)."""
         return self.identity
 
     async def score_shard(self, shard: Shard, attempt: int, has_label: bool) -> ShardOutcome:
-        return await stream_shard(self.scorer, shard, has_label, self.threads, self.identity)
+        return await stream_queued(
+            self.scorer, shard, has_label, self.threads, self.identity, self.turn
+        )
 
 
 class ShardSink:
@@ -581,6 +798,15 @@ class ShardSink:
         finally:
             with contextlib.suppress(RuntimeError):
                 self.context.__exit__(RuntimeError, abandoned, None)
+
+
+def _footer_reads(metadata: pq.FileMetaData, size: int) -> tuple[int, int]:
+    """Requests and bytes `plan.read_footer` took: its tail, and the rest of a longer footer."""
+    tail = min(size, FOOTER_TAIL_BYTES)
+    footer = metadata.serialized_size
+    if footer + 8 <= tail:
+        return 1, tail
+    return 2, tail + footer
 
 
 def _changed(piece: Piece, found: str) -> str:

@@ -11,7 +11,6 @@ and tells `ledger.Ledger` what happened, which keeps the stats and writes them a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import functools
 import os
@@ -215,7 +214,7 @@ def _prepare(config: JobConfig, input: str, output: str) -> _Context:
     card = model.card
     key_column = config.key_column or card.key_column
     label_column = config.label_column or card.label_column
-    storage = StorageOptions(**dataclasses.asdict(config.storage))
+    storage = StorageOptions(**config.storage.location_options())
     source = resolve(input, storage)
     target = resolve(output, storage)
     if type(source.filesystem) is type(target.filesystem) and _inside(target.path, source.path):
@@ -254,6 +253,8 @@ def _actor_settings(context: _Context) -> ActorSettings:
         run_id=context.run_id,
         input_location=context.input.with_credentials(),
         layout=OutputLayout(context.output.with_credentials()),
+        read_ahead=config.storage.read_ahead,
+        requests_in_flight=config.storage.requests_in_flight,
     )
 
 
@@ -265,6 +266,9 @@ def _pool_spec(context: _Context) -> PoolSpec:
         actors=config.ray.actors,
         cpus_per_actor=config.ray.cpus_per_actor,
         memory_per_actor_mb=config.ray.memory_per_actor_mb,
+        # On object storage an actor holds a second shard, opened and read ahead while the
+        # first is scored: every open is three round trips, every file one more to upload.
+        shards_per_actor=1 if context.input.is_local else 2,
     )
 
 

@@ -135,6 +135,8 @@ class Ledger:
             "rows_unseen_category": outcome.rows_unseen_category,
             "output_bytes": outcome.output_bytes,
             "peak_rss_bytes": outcome.peak_rss_bytes,
+            "requests": outcome.requests,
+            "bytes_read": outcome.bytes_read,
             **{f"{stage}_seconds": seconds[stage] for stage in STAGES},
             "total_seconds": seconds["total"],
             "cpu_seconds": seconds.get("cpu"),

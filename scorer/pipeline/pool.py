@@ -65,6 +65,9 @@ class PoolSpec:
     """How many; None: as many as the cluster's CPUs hold."""
     cpus_per_actor: float = 1.0
     memory_per_actor_mb: int | None = None
+    shards_per_actor: int = 1
+    """Shards an actor holds at once: with 2, the next one is opened and read ahead while the
+    first is scored (object storage); it is scored after, never beside it."""
 
 
 class ActorPool:
@@ -86,7 +89,11 @@ class ActorPool:
         self.settings_ref = ray.put(spec.settings)
         self.actor_class = ray.remote(ScoringActor).options(**options)
         self.actors = [self.actor_class.remote(self.settings_ref) for _ in range(self.size)]
-        self.idle = list(range(self.size))
+        # A slot per shard an actor may hold, the first slots of all actors popped first.
+        self.slots = max(1, spec.shards_per_actor)
+        self.idle = list(range(self.size)) * self.slots
+        self.idle.reverse()
+        self.held: dict[ObjectRef, Any] = {}  # attempt ref -> the actor it was sent to
         self.starting: dict[ObjectRef, tuple[int, float]] = {}  # ready ref -> (index, deadline)
         self.cpus_per_actor, self.memory_mb = per_actor, spec.memory_per_actor_mb
 
@@ -100,12 +107,14 @@ class ActorPool:
         if not ready:
             raise ClusterError(self._unplaced(f"none of {self.size} actor(s)"))
         for ref in pending:  # they join when placed (an autoscaler adding nodes)
-            self.idle.remove(refs[ref])
+            self._drop_slots(refs[ref])
             self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
 
     def submit(self, index: int, shard: Shard, attempt: int, has_label: bool) -> ObjectRef:
         """Send a shard to actor ``index``; the ref resolves to its ``actor.ShardOutcome``."""
-        return self.actors[index].score_shard.remote(shard, attempt, has_label)
+        ref = self.actors[index].score_shard.remote(shard, attempt, has_label)
+        self.held[ref] = self.actors[index]
+        return ref
 
     def has_starting(self) -> bool:
         return bool(self.starting)
@@ -121,22 +130,37 @@ class ActorPool:
         import ray
         from ray.exceptions import RayError
 
+        actor = self.held.pop(handle, None)
         try:
             outcome: ShardOutcome = ray.get(handle)
         except RayError as exc:
             failure = ray_failure(exc)
             if failure.actor_lost:
-                self.replace(index)
+                # The second shard a lost actor held fails too: it is replaced once.
+                if actor is self.actors[index]:
+                    self.replace(index)
             else:
-                self.idle.append(index)
+                self._free_slot(index)
             return failure
-        self.idle.append(index)
+        self._free_slot(index)
         return outcome
+
+    def _free_slot(self, index: int) -> None:
+        """Actor `index` may take one more shard: an actor with none in hand goes first."""
+        busy = any(actor is self.actors[index] for actor in self.held.values())
+        if busy:
+            self.idle.insert(0, index)
+        else:
+            self.idle.append(index)
+
+    def _drop_slots(self, index: int) -> None:
+        self.idle[:] = [i for i in self.idle if i != index]
 
     def replace(self, index: int) -> None:
         import ray
 
         ray.kill(self.actors[index], no_restart=True)
+        self._drop_slots(index)
         self.actors[index] = self.actor_class.remote(self.settings_ref)
         # Idle only once placed: a shard sent to an actor that cannot be placed would wait forever.
         self.starting[self.actors[index].ready.remote()] = (
@@ -159,7 +183,7 @@ class ActorPool:
             except RayActorError:  # died while starting (its node went too): try again
                 self.replace(index)
                 continue
-            self.idle.append(index)
+            self.idle.extend([index] * self.slots)
         now = time.monotonic()
         if (
             not self.idle

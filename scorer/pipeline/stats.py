@@ -45,6 +45,8 @@ SHARD_STATS_SCHEMA = pa.schema(
         ("input_bytes", pa.int64()),
         ("output_bytes", pa.int64()),
         ("peak_rss_bytes", pa.int64()),
+        ("requests", pa.int64()),
+        ("bytes_read", pa.int64()),
         ("read_seconds", pa.float64()),
         ("encode_seconds", pa.float64()),
         ("infer_seconds", pa.float64()),
@@ -67,6 +69,9 @@ SHARD_STATS_SCHEMA = pa.schema(
 how many files the shard read (a shard packs the small files of one folder; null in the rows of
 runs before shards packed files, which DuckDB reads alongside with ``union_by_name``).
 `peak_rss_bytes`: the actor process's peak resident memory when it finished the shard.
+`requests`, `bytes_read`: on object storage, the requests the actor made reading the shard (its
+files' HEADs, footers and ranged reads) and the bytes they returned; null for local input and in
+the rows of runs before they were counted.
 `*_seconds` of a stage: the wall time of that stage's thread (the stages overlap, so they add up
 to more than `total_seconds`). `cpu_seconds`: the actor process's CPU time, all threads, while
 it scored the shard; `cpu_seconds / total_seconds` is the cores the actor used."""
