@@ -621,7 +621,6 @@ def evaluate_command(
       scorer evaluate scored/ labels/ --json
       scorer evaluate scored/ labels/dt=2026-11-27/part-0.parquet --fail-on-alert
     """
-    import dataclasses
     import json
 
     from scorer.config import load_config
@@ -637,7 +636,7 @@ def evaluate_command(
         labels,
         key_column=config.key_column,
         label_column=config.label_column,
-        storage=StorageOptions(**dataclasses.asdict(config.storage)),
+        storage=StorageOptions(**config.storage.location_options()),
     )
     alerts = calibration_alerts(evaluation.calibration, config.monitor, evaluation.recalibrate_hint)
     code = exit_code(0, alerts, config.monitor.fail_on_alert)

@@ -260,7 +260,7 @@ def test_the_funnel_raises_a_calibration_alert_and_fail_on_alert_exits_3_after_w
     assert lines == [a["message"] for a in alerts]
     assert lines[0].startswith(f"ALERT calibration dt={days[0]} intent_calibrated: ece_width ")
     assert f"--since {days[0]} --until {days[-1]}" in lines[0]
-    assert "scorer calibrate <sessions of " in lines[0] and "--model " in lines[0]
+    assert f" --labels {labels} --model " in lines[0]  # the scored INPUT with these labels
     # Without the flag the alerts are printed but the exit is 0.
     assert run(output, labels, "--alert-min-rows", "1000").exit_code == 0
 

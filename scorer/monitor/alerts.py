@@ -179,7 +179,7 @@ def score_alerts(summary: RunSummary, config: JobConfig) -> list[Alert]:
 
     model = config.model or str(default_model_dir())
     hint = RecalibrateHint(data=summary.input, model=model, out=recalibrated_dir(model))
-    output = resolve(summary.output, StorageOptions(**asdict(config.storage)))
+    output = resolve(summary.output, StorageOptions(**config.storage.location_options()))
     return run_alerts(output, summary.run_id, config.monitor, hint)
 
 
