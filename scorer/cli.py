@@ -29,6 +29,7 @@ from scorer.config import (
     DEFAULT_CPUS_PER_ACTOR,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARD_ROWS,
+    OUTPUT_FORMATS,
 )
 from scorer.errors import Interrupted, ScorerError, Terminated
 from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS
@@ -218,6 +219,12 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     help="Rescore everything, replacing shards atomically. Default: resume.",
 )
 @click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(OUTPUT_FORMATS),
+    help="OUTPUT/scores/ as hive Parquet (default) or a Delta Lake table, published once per run.",
+)
+@click.option(
     "--max-attempts",
     type=click.IntRange(min=1),
     help=f"Attempts per shard (default {DEFAULT_MAX_ATTEMPTS}).",
@@ -266,6 +273,7 @@ def score_command(
     since: str | None,
     until: str | None,
     overwrite: bool | None,
+    output_format: str | None,
     max_attempts: int | None,
     max_failed_shards: int | None,
     keep: tuple[str, ...],
@@ -309,6 +317,7 @@ def score_command(
         since=parse_date(since, "--since") if since else None,
         until=parse_date(until, "--until") if until else None,
         overwrite=overwrite,
+        format=output_format,
         max_attempts=max_attempts,
         max_failed_shards=max_failed_shards,
         keep=tuple(keep),

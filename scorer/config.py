@@ -6,6 +6,7 @@ A config file mirrors the `scorer score` flags::
     output = "scored"
     shard_rows = 1_000_000
     keep = ["visitor_type"]
+    format = "delta"                 # --format: "parquet" (default) or "delta" (a Delta table)
     since = 2026-11-01               # TOML dates or "YYYY-MM-DD" strings
 
     [partition]                      # --partition KEY=VALUE
@@ -52,6 +53,7 @@ DEFAULT_CPUS_PER_ACTOR = 1.0
 # fetched ahead of the one decoded, and ranged reads an actor has in flight at most.
 DEFAULT_READ_AHEAD = 2
 DEFAULT_REQUESTS_IN_FLIGHT = 8
+OUTPUT_FORMATS = ("parquet", "delta")  # of OUTPUT/scores/: hive Parquet, or a Delta Lake table
 
 # Alert thresholds (`[monitor]`, SPEC §5a), in one place so that they are tuned in one place.
 # Starting points, to be set from measurements on clean generated days: PSI 0.25 is the usual
@@ -149,6 +151,7 @@ class JobConfig:
     since: dt.date | None = None
     until: dt.date | None = None
     overwrite: bool = False
+    format: str = "parquet"
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_failed_shards: int | None = None
     keep: tuple[str, ...] = ()
@@ -167,6 +170,10 @@ class JobConfig:
             raise ConfigError("ray.actors: must be at least 1")
         if self.ray.cpus_per_actor <= 0:
             raise ConfigError("ray.cpus_per_actor: must be positive")
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(
+                f"format: must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}"
+            )
         if self.since and self.until and self.since > self.until:
             raise ConfigError(f"since ({self.since}) is after until ({self.until})")
 

@@ -39,6 +39,7 @@ from scorer.model.card import InputSpec
 from scorer.model.runtime import IntentModel, load_model
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
+from scorer.pipeline.delta import ScoresTable, check_format, with_run_names
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.local import (
@@ -142,6 +143,7 @@ def score(
     if not dry_run:
         check_reachable(config.ray.address)
 
+    check_format(context.output, config.format, overwrite=config.overwrite)
     if dry_run:
         manifest = Manifest.load(context.output)
         manifest.adopt_legacy_fingerprints(_readable(items))
@@ -160,8 +162,9 @@ def score(
     with _warnings_shown_by(progress):  # a stale lock taken over, an unreadable commit record
         lock.acquire()
     try:
+        table = ScoresTable(context.output) if config.format == "delta" else None
         with _warnings_shown_by(progress):
-            manifest = Manifest.load(context.output)
+            manifest = Manifest.load(context.output, published=table)
         manifest.claim(
             model_name=context.model.card.name,
             model_sha256=context.model.card.sha256,
@@ -178,7 +181,9 @@ def score(
         manifest.adopt_legacy_fingerprints(_readable(items))
         manifest.supersede(_readable(items))
         plan = _plan(context, items, manifest)
-        run = _Run(context, plan, manifest, progress, started_wall, started)
+        if table is not None:  # a Delta table's data files are immutable: see `delta`
+            plan = with_run_names(plan, context.run_id)
+        run = _Run(context, plan, manifest, progress, started_wall, started, table)
         try:
             return run.execute()
         finally:
@@ -364,8 +369,10 @@ class _Run:
         progress: Progress,
         started_wall: dt.datetime,
         started: float,
+        table: ScoresTable | None = None,
     ) -> None:
         self.context, self.plan, self.manifest, self.progress = context, plan, manifest, progress
+        self.table = table
         self.started = started
         card, config = context.model.card, context.config
         info = RunInfo(
@@ -404,6 +411,7 @@ class _Run:
                 self._score_all()
             elif plan.shards:  # unreadable footers alone reached --max-failed-shards
                 self._not_started(len(plan.shards))
+            self._publish()
         except KeyboardInterrupt:
             self.summary.status = "interrupted"
         except BaseException:
@@ -419,6 +427,19 @@ class _Run:
                 f"committed, in-flight shards abandoned; rerun the same command to resume"
             )
         return self.summary
+
+    def _publish(self) -> None:
+        """With Delta, the run's one transaction: everything committed becomes visible at once
+        (what an interrupted earlier run committed too); see `delta`."""
+        if self.table is None:
+            return
+        publication = self.table.publish(self.manifest.records.values(), self.context.run_id)
+        self.summary.delta_version = publication.version
+        if publication.added or publication.removed:
+            self.progress.message(
+                f"published Delta version {publication.version}: {publication.added} file(s) "
+                f"added, {publication.removed} removed"
+            )
 
     def _score_all(self) -> None:
         config = self.context.config

@@ -5,6 +5,8 @@ Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowh
     scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs (``shard_output_relpath``)
     scores/<folder>/<stem>-rg<start>-<stop>-and-<n>-more-<digest>.parquet
                                                       a shard packing n + 1 files
+    scores/<…>.run-<run_id>.parquet, scores/_delta_log/   with --format delta: data files and the
+                                                      table's log (``delta``, which names them)
     stats/shards/run_id=<run_id>/part-0.parquet       one row per shard attempt (``SHARD_STATS``)
     stats/runs/run_id=<run_id>/part-0.parquet         one row per run (``RUN_STATS``)
     calibration/run_id=<run_id>/part-0.parquet        labelled runs and `scorer evaluate` (``CALIBRATION``)

@@ -72,6 +72,7 @@ class RunSummary:
     plan_text: str | None = None
     drift_path: str | None = None  # the run's drift table (SPEC §5a), once written
     drift_skipped: str | None = None  # why there is none, e.g. "model card has no reference"
+    delta_version: int | None = None  # --format delta: the scores table's version once published
 
     @property
     def exit_code(self) -> int:

@@ -35,6 +35,11 @@ of the next run):
 then ``output.json``; ``Manifest.claim`` then records the new model. Old and new rows of an
 input are never visible together; rows not yet rescored are absent until their shard commits.
 
+With ``--format delta`` (``Manifest.load(..., published=delta.ScoresTable(...))``) the score
+files are a Delta table's data files, which its older versions reference: ``reset`` keeps them,
+``supersede`` deletes only files never published, and ``cleanup`` spares whatever ``published``
+keeps (and never touches ``scores/_delta_log/``); see ``delta``.
+
 A ``Manifest`` is not thread-safe: the driver commits from one thread.
 
 """
@@ -48,7 +53,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow.fs as pafs
 
@@ -167,6 +172,14 @@ class OutputClaim:
     claimed_at: str
 
 
+class Published(Protocol):
+    """The files a table format's log may reference (``delta.ScoresTable``)."""
+
+    def keeps(self, relpath: str) -> bool:
+        """Whether ``relpath`` (below OUTPUT) must stay on storage although no record names it."""
+        ...
+
+
 @dataclass(frozen=True)
 class CleanupReport:
     """What ``Manifest.cleanup`` deleted."""
@@ -202,8 +215,10 @@ class Manifest:
         layout: OutputLayout,
         records: Iterable[CommitRecord] = (),
         bad_records: Iterable[str] = (),
+        published: Published | None = None,
     ) -> None:
         self.layout = layout
+        self.published = published
         self._records: dict[str, CommitRecord] = {}
         self._by_input: dict[str, dict[str, CommitRecord]] = {}
         self._bad_records = tuple(bad_records)
@@ -211,7 +226,9 @@ class Manifest:
             self._remember(record)
 
     @classmethod
-    def load(cls, location: Location, *, max_workers: int = 16) -> Manifest:
+    def load(
+        cls, location: Location, *, max_workers: int = 16, published: Published | None = None
+    ) -> Manifest:
         """Read every commit record under OUTPUT (in parallel: one request each on S3)."""
         layout = OutputLayout(location)
         fs = location.filesystem
@@ -231,7 +248,7 @@ class Manifest:
             warnings.warn(
                 f"{path}: unreadable commit record, its shard will be rescored", stacklevel=2
             )
-        return cls(layout, [r for r in loaded if isinstance(r, CommitRecord)], bad)
+        return cls(layout, [r for r in loaded if isinstance(r, CommitRecord)], bad, published)
 
     @property
     def records(self) -> Mapping[str, CommitRecord]:
@@ -327,7 +344,8 @@ class Manifest:
         ``cleanup`` deletes, and never a record whose file is gone.
         """
         fs = self.layout.location.filesystem
-        for relpath in (COMMITS, SCORES):
+        # A Delta table's files stay: its current version serves readers until the new one.
+        for relpath in (COMMITS,) if self.published else (COMMITS, SCORES):
             with storage_errors(self.layout.uri(relpath), "cannot delete"):
                 fs.delete_dir_contents(self.layout.path(relpath), missing_dir_ok=True)
         delete_files(fs, [self.layout.path(OUTPUT_STATE)])
@@ -362,6 +380,7 @@ class Manifest:
             if i.type == pafs.FileType.File
             and i.path.endswith(".parquet")
             and i.path not in referenced
+            and not self._published(i.path[len(root) + 1 :])
         ]
         delete_files(fs, orphans)
         report = CleanupReport(
@@ -408,7 +427,10 @@ class Manifest:
         delete_files(fs, [self.layout.path(_record_relpath(r)) for r in stale])
         for record in stale.values():
             self._forget(record)
-        delete_files(fs, [self.layout.path(r.output_relpath) for r in stale.values()])
+        outputs = [
+            r.output_relpath for r in stale.values() if not self._published(r.output_relpath)
+        ]
+        delete_files(fs, [self.layout.path(relpath) for relpath in outputs])
         return tuple(stale.values())
 
     def commit_shard(
@@ -487,6 +509,12 @@ class Manifest:
                         raise ShardError(
                             f"{shard.shard_id}: overlaps committed shard {other.shard_id}"
                         )
+
+    def _published(self, relpath: str) -> bool:
+        """Whether a table's log may reference ``relpath``; a Delta log's own files always."""
+        if relpath.startswith(f"{SCORES}/_delta_log/"):
+            return True
+        return self.published is not None and self.published.keeps(relpath)
 
     def _remember(self, record: CommitRecord) -> None:
         self._records[record.shard_id] = record

@@ -108,11 +108,14 @@ RUN_STATS_SCHEMA = pa.schema(
         ("ray_version", pa.string()),
         ("onnxruntime_version", pa.string()),
         ("pyarrow_version", pa.string()),
+        ("delta_version", pa.int64()),
     ]
 )
 """`rows_per_second` is over the wall time; `work_rows_per_second` over the work window (first
 shard dispatched to last shard finished), the figure that compares with the I/O floor.
-`cpu_seconds`: the actors' CPU time over the shards committed in this run."""
+`cpu_seconds`: the actors' CPU time over the shards committed in this run. `delta_version`: with
+`--format delta`, the version of the scores table once this run published (null otherwise, and
+for a run interrupted before publishing)."""
 
 
 def utc_now() -> dt.datetime:
