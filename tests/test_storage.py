@@ -152,7 +152,9 @@ def test_query_parameters_and_options_and_env_fill_an_s3_uri(s3_endpoint, bucket
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{s3_endpoint}")
     from_env = resolve(f"s3://{bucket}/in")
-    assert from_env.uri == f"s3://{bucket}/in?endpoint_override={s3_endpoint}&scheme=http"
+    assert from_env.uri == (
+        f"s3://{bucket}/in?endpoint_override={s3_endpoint}&scheme=http&allow_delayed_open=true"
+    )
 
     for loc in (in_uri, from_options, mixed, from_env):
         with loc.filesystem.open_output_stream(loc.child("probe.txt").path) as out:
