@@ -214,10 +214,17 @@ def resolve_run(con: duckdb.DuckDBPyConnection, output: Path, run_id: str | None
 def _histogram(con: duckdb.DuckDBPyConnection, output: Path, run_id: str, score: str) -> np.ndarray:
     counts = np.zeros(HISTOGRAM_BINS, dtype=np.int64)
     scores = output / layout.SCORES
-    if not any(scores.rglob("*.parquet")):
+    # Score files only: a Delta OUTPUT keeps its log (and its Parquet checkpoints) in
+    # `scores/_delta_log/`, which a `**/*.parquet` glob would read as scores.
+    files = [
+        str(path)
+        for path in scores.rglob("*.parquet")
+        if not any(part.startswith(("_", ".")) for part in path.relative_to(scores).parts)
+    ]
+    if not files:
         return counts
     sql = HISTOGRAM_SQL.format(column=f"intent_{score}")
-    params = {"files": str(scores / "**" / "*.parquet"), "run": run_id, "bins": HISTOGRAM_BINS}
+    params = {"files": files, "run": run_id, "bins": HISTOGRAM_BINS}
     for row in _records(con, sql, params):
         counts[row["bin"]] = row["rows"]
     return counts
