@@ -23,29 +23,13 @@ from scorer.monitor.alerts import (
     exit_code,
     run_alerts,
 )
+from scorer.monitor.drift import drift_schema
 from scorer.pipeline import layout
 from scorer.storage import resolve
 
 HINT = RecalibrateHint(data="history/", model="models/intent-v1", out="models/new")
 
-# The drift table's agreed schema (written by the drift helper at OUTPUT/drift/run_id=<ID>/).
-DRIFT_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.dictionary(pa.int32(), pa.string())),
-        ("scope", pa.string()),
-        ("dt", pa.string()),
-        ("column", pa.string()),
-        ("kind", pa.string()),
-        ("reference", pa.string()),
-        ("rows", pa.int64()),
-        ("psi", pa.float64()),
-        ("share_missing", pa.float64()),
-        ("share_invalid", pa.float64()),
-        ("share_unseen", pa.float64()),
-        ("mean", pa.float64()),
-        ("reference_mean", pa.float64()),
-    ]
-)
+DRIFT_SCHEMA = drift_schema()  # the table every score run writes
 
 
 def drift_row(dt, column="page_value", *, scope="partition", rows=10_000, **figures):

@@ -22,7 +22,6 @@ import pytest
 from click.testing import CliRunner
 
 from scorer import metrics
-from scorer.arrow import RUN_ID_TYPE
 from scorer.cli import cli
 from scorer.evaluation.report import (
     ECE_THRESHOLD,
@@ -34,6 +33,7 @@ from scorer.evaluation.report import (
     read_report,
 )
 from scorer.metrics import CalibrationState
+from scorer.monitor.drift import drift_schema
 from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
 
 RUN = "20261128T010203Z-a1b2c3"
@@ -224,23 +224,7 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
     return FakeOutput(root, pa.concat_tables(scored), shards)
 
 
-DRIFT_SCHEMA = pa.schema(
-    [
-        ("run_id", RUN_ID_TYPE),
-        ("scope", pa.string()),
-        ("dt", pa.string()),
-        ("column", pa.string()),
-        ("kind", pa.string()),
-        ("reference", pa.string()),
-        ("rows", pa.int64()),
-        ("psi", pa.float64()),
-        ("share_missing", pa.float64()),
-        ("share_invalid", pa.float64()),
-        ("share_unseen", pa.float64()),
-        ("mean", pa.float64()),
-        ("reference_mean", pa.float64()),
-    ]
-)
+DRIFT_SCHEMA = drift_schema()  # the table every score run writes
 DRIFT_COLUMNS = {  # a few inputs in card order, then the score; month's PSI is not computed
     "page_value": "numeric",
     "exit_rate": "numeric",

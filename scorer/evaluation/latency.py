@@ -291,7 +291,13 @@ def run_latency_bench(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    with _moto_server() as upstream:
+    if moto_server_path() is None:
+        raise ConfigError(
+            "scorer bench --s3-latency needs moto's S3 server: pip install 'moto[server]'"
+        )
+    for name, value in _MOTO_ENV.items():  # moto accepts any credentials; set only where none are
+        os.environ.setdefault(name, value)
+    with moto_server() as upstream:
         direct = pafs.S3FileSystem(
             endpoint_override=upstream, scheme="http", allow_bucket_creation=True
         )
@@ -388,19 +394,20 @@ def render_latency(result: LatencyBench):
     return table
 
 
-@contextlib.contextmanager
-def _moto_server() -> Iterator[str]:
-    """moto's S3 server on a free loopback port (its ``host:port``), stopped by its pid. Its
-    dummy credentials are set only where none are (moto accepts any)."""
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which(
+def moto_server_path() -> str | None:
+    """moto's S3 server executable, beside this Python or on PATH; None when not installed."""
+    return shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which(
         "moto_server"
     )
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server on a free loopback port (its ``host:port``), stopped by its pid: the
+    bench's, and the tests' (`tests/servers.py` sets their credentials around it)."""
+    server = moto_server_path()
     if server is None:
-        raise ConfigError(
-            "scorer bench --s3-latency needs moto's S3 server: pip install 'moto[server]'"
-        )
-    for name, value in _MOTO_ENV.items():
-        os.environ.setdefault(name, value)
+        raise ConfigError("moto's S3 server is not installed: pip install 'moto[server]'")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
