@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except ScorerError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return exc.exit_code
+    for alert in summary.alerts:  # the ALERT lines, as `scorer score` prints them
+        print(alert.message, file=sys.stderr)
     print(json.dumps(summary.to_dict(), default=str))
-    return summary.exit_code
+    return summary.exit_code  # 3 with [monitor] fail_on_alert = true and an alert
 
 
 if __name__ == "__main__":

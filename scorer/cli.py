@@ -305,7 +305,6 @@ def score_command(
     import json
 
     from scorer.config import load_config, parse_date, parse_partitions
-    from scorer.monitor.alerts import exit_code, score_alerts
     from scorer.pipeline.driver import score
     from scorer.pipeline.progress import LogProgress, RichProgress
 
@@ -337,17 +336,14 @@ def score_command(
         _sigterm_interrupts(),
     ):
         summary = score(input, output, config=config, progress=progress, dry_run=dry_run)
-    alerts = [] if dry_run else score_alerts(summary, config)
-    code = exit_code(summary.exit_code, alerts, config.monitor.fail_on_alert)
     if as_json:
-        result = summary.to_dict() | {"alerts": [a.to_dict() for a in alerts], "exit_code": code}
-        click.echo(json.dumps(result, default=str, indent=2))
+        click.echo(json.dumps(summary.to_dict(), default=str, indent=2))
     elif dry_run:
         click.echo(summary.plan_text)
     else:
         click.echo(_describe_run(summary), err=not as_json)
-    _print_alerts(alerts)
-    sys.exit(code)
+    _print_alerts(summary.alerts)
+    sys.exit(summary.exit_code)
 
 
 def _print_alerts(alerts: list[Alert]) -> None:

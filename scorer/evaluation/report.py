@@ -43,7 +43,7 @@ from rich.table import Table
 from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI
 from scorer.errors import ReportError
 from scorer.pipeline import layout
-from scorer.pipeline.plan import DATE_KEY
+from scorer.pipeline.plan import DATE_KEY, is_hidden
 from scorer.pipeline.stats import STAGES
 
 __all__ = [
@@ -219,7 +219,7 @@ def _histogram(con: duckdb.DuckDBPyConnection, output: Path, run_id: str, score:
     files = [
         str(path)
         for path in scores.rglob("*.parquet")
-        if not any(part.startswith(("_", ".")) for part in path.relative_to(scores).parts)
+        if not is_hidden(path.relative_to(scores).parts)
     ]
     if not files:
         return counts

@@ -27,19 +27,16 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.config import JobConfig, MonitorConfig
+from scorer.config import MonitorConfig
 from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
 from scorer.pipeline.plan import DATE_KEY
-from scorer.storage import Location, StorageOptions, resolve, storage_errors
-
-if TYPE_CHECKING:
-    from scorer.pipeline.ledger import RunSummary
+from scorer.storage import Location, storage_errors
 
 ALERT_EXIT_CODE = 3  # SPEC §6: alerts raised with --fail-on-alert, everything else succeeded
 CALIBRATED = "intent_calibrated"
@@ -141,25 +138,33 @@ def calibration_alerts(
     ]
 
 
+def table_alerts(
+    drift: pa.Table | None,
+    calibration: pa.Table | None,
+    thresholds: MonitorConfig,
+    recalibrate_hint: RecalibrateHint,
+) -> list[Alert]:
+    """The alerts of one run's drift and calibration tables; a table the run did not write (no
+    reference in the card: no drift; no label: no calibration) raises none of its kinds."""
+    alerts: list[Alert] = []
+    if drift is not None:
+        alerts += drift_alerts(drift, thresholds)
+    if calibration is not None:
+        alerts += calibration_alerts(calibration, thresholds, recalibrate_hint)
+    return alerts
+
+
 def run_alerts(
     output: Location,
     run_id: str,
     thresholds: MonitorConfig,
     recalibrate_hint: RecalibrateHint,
 ) -> list[Alert]:
-    """The alerts of one run, from the drift and calibration tables it wrote under OUTPUT.
-
-    A table the run did not write (no reference in the card: no drift; no label: no
-    calibration) raises no alert of its kinds, and no error.
-    """
-    alerts: list[Alert] = []
+    """The alerts of an earlier run, from the tables it wrote under OUTPUT (other thresholds,
+    say); a missing table is no error."""
     drift = read_run_table(output, DRIFT, run_id)
-    if drift is not None:
-        alerts += drift_alerts(drift, thresholds)
     calibration = read_run_table(output, CALIBRATION, run_id)
-    if calibration is not None:
-        alerts += calibration_alerts(calibration, thresholds, recalibrate_hint)
-    return alerts
+    return table_alerts(drift, calibration, thresholds, recalibrate_hint)
 
 
 def recalibrated_dir(model: str) -> str:
@@ -172,15 +177,13 @@ def recalibrated_dir(model: str) -> str:
     return f"{model.rstrip('/')}-recalibrated"
 
 
-def score_alerts(summary: RunSummary, config: JobConfig) -> list[Alert]:
-    """The alerts of a finished `scorer score` run; the calibration command refits the model
-    that scored it on the run's INPUT (which held the labels)."""
+def score_hint(input_uri: str, model: str | None) -> RecalibrateHint:
+    """The calibrate command of a `scorer score` run: the model that scored it, refitted on the
+    run's INPUT (which held the labels); ``model`` None is the bundled one."""
     from scorer.model.runtime import default_model_dir
 
-    model = config.model or str(default_model_dir())
-    hint = RecalibrateHint(data=summary.input, model=model, out=recalibrated_dir(model))
-    output = resolve(summary.output, StorageOptions(**config.storage.location_options()))
-    return run_alerts(output, summary.run_id, config.monitor, hint)
+    model = model or str(default_model_dir())
+    return RecalibrateHint(data=input_uri, model=model, out=recalibrated_dir(model))
 
 
 def read_run_table(output: Location, table: str, run_id: str) -> pa.Table | None:

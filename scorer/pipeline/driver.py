@@ -37,10 +37,11 @@ from scorer.errors import (
 )
 from scorer.model.card import InputSpec
 from scorer.model.runtime import IntentModel, load_model
+from scorer.monitor.alerts import score_hint, table_alerts
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
 from scorer.pipeline.delta import ScoresTable, check_format, with_run_names
-from scorer.pipeline.layout import OutputLayout
+from scorer.pipeline.layout import CALIBRATION, DRIFT, OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.local import (
     InProcessThenActors,
@@ -211,6 +212,7 @@ def _new_summary(context: _Context, plan: Plan, status: RunStatus) -> RunSummary
         output=context.output.uri,
         rows_skipped=plan.skipped_rows,
         shards_skipped=len(plan.skipped),
+        fail_on_alert=context.config.monitor.fail_on_alert,
     )
 
 
@@ -426,6 +428,15 @@ class _Run:
                 f"run {self.context.run_id} interrupted: {self.summary.shards_committed} shard(s) "
                 f"committed, in-flight shards abandoned; rerun the same command to resume"
             )
+        # From the tables just written, so that a library call or a Ray job gets them (and exit 3)
+        # as the CLI does.
+        written = self.ledger.written
+        self.summary.alerts = table_alerts(
+            written.get(DRIFT),
+            written.get(CALIBRATION),
+            self.context.config.monitor,
+            score_hint(self.context.input.uri, self.context.config.model),
+        )
         return self.summary
 
     def _publish(self) -> None:

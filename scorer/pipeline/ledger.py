@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from scorer._version import __version__
 from scorer.metrics import CalibrationState, calibration_table
+from scorer.monitor.alerts import Alert, exit_code
 from scorer.monitor.drift import DriftState, drift_table
 from scorer.monitor.reference import Reference
 from scorer.pipeline.actor import ShardOutcome
@@ -73,15 +74,19 @@ class RunSummary:
     drift_path: str | None = None  # the run's drift table (SPEC §5a), once written
     drift_skipped: str | None = None  # why there is none, e.g. "model card has no reference"
     delta_version: int | None = None  # --format delta: the scores table's version once published
+    alerts: list[Alert] = field(default_factory=list)  # of the drift and calibration written
+    fail_on_alert: bool = field(default=False, repr=False)  # [monitor]: alerts make the exit 3
 
     @property
     def exit_code(self) -> int:
         if self.status == "interrupted":
             return 130
-        return 1 if self.shards_failed else 0
+        return exit_code(1 if self.shards_failed else 0, self.alerts, self.fail_on_alert)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"exit_code": self.exit_code}
+        summary = dataclasses.asdict(self)
+        del summary["fail_on_alert"]  # the config's, not something the run did
+        return summary | {"exit_code": self.exit_code}
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ class Ledger:
         self.drift: dict[str | None, DriftState] = {}
         """Drift states merged per `dt` partition, like `calibration`."""
         self.attempts_failed = 0
+        self.written: dict[str, pa.Table] = {}
+        """The run tables `write` put under OUTPUT, by folder (`layout.RUN_TABLES`)."""
         if reference is None:
             summary.drift_skipped = "model card has no reference"
 
@@ -232,6 +239,7 @@ class Ledger:
         def put(folder: str, table: pa.Table) -> str:
             location = output.child(run_table_relpath(folder, self.run_id))
             write_table(output.filesystem, location.path, table)
+            self.written[folder] = table
             return location.uri
 
         put(SHARD_STATS, stats_table(self.shard_stats, SHARD_STATS_SCHEMA))

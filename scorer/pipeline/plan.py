@@ -124,7 +124,7 @@ class InputFile:
     row_group_bytes: tuple[int, ...]
     """Compressed bytes per row group."""
     schema: pa.Schema = field(compare=False, repr=False)
-    metadata: pq.FileMetaData | None = field(default=None, compare=False, repr=False)
+    footer: Footer | None = field(default=None, compare=False, repr=False)
     """The parsed footer, kept for this process (the in-process worker opens files with it)."""
 
     @property
@@ -521,7 +521,7 @@ def _discover(location: Location) -> list[_Candidate]:
     candidates = []
     for info, below in listed:
         parts = below.split("/")
-        if any(p.startswith(("_", ".")) for p in parts):
+        if is_hidden(parts):
             continue
         folders = prefix + parts[:-1]
         candidates.append(
@@ -534,6 +534,12 @@ def _discover(location: Location) -> list[_Candidate]:
             )
         )
     return sorted(candidates, key=lambda c: c.relpath)
+
+
+def is_hidden(parts: Sequence[str]) -> bool:
+    """Whether a path below a dataset's root (its ``parts``) is outside the data, as every
+    engine reads it: a name starting with ``_`` or ``.`` (``_scorer``, ``_delta_log``)."""
+    return any(part.startswith(("_", ".")) for part in parts)
 
 
 def _hive_pair(folder: str) -> tuple[str, str] | None:
@@ -572,7 +578,7 @@ def _read_footer(
         row_group_rows=_row_group_rows(meta),
         row_group_bytes=_row_group_bytes(meta),
         schema=schema,
-        metadata=meta,
+        footer=footer,
     )
 
 
@@ -654,18 +660,17 @@ def legacy_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaDat
 
 def footers_by_digest(files: Iterable[InputFile]) -> dict[str, pq.FileMetaData]:
     """The parsed footers a plan holds, for `read_footer`'s ``known`` in the same process."""
-    return {
-        f.fingerprint.rpartition(FOOTER_DIGEST_TAG)[2]: f.metadata
-        for f in files
-        if f.metadata is not None
-    }
+    return {f.footer.digest: f.footer.metadata for f in files if f.footer is not None}
 
 
 def adopt_legacy(f: InputFile, recorded: str) -> bool:
     """Whether ``recorded``, a fingerprint an older release wrote, names ``f``'s current version."""
     if FOOTER_DIGEST_TAG in recorded or not recorded.startswith(f"{f.size}-{f.mtime_ns}-"):
         return False
-    return f.metadata is not None and legacy_fingerprint(f.size, f.mtime_ns, f.metadata) == recorded
+    footer = f.footer
+    return (
+        footer is not None and legacy_fingerprint(f.size, f.mtime_ns, footer.metadata) == recorded
+    )
 
 
 class _SchemaCache:
