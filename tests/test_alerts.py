@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -10,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+import scorer
 from scorer.cli import cli
 from scorer.config import DEFAULT_ALERT_PSI, MonitorConfig, load_config
 from scorer.errors import ConfigError
@@ -263,3 +267,31 @@ def test_a_dry_run_has_no_alerts(tmp_path):
     generate(tmp_path / "history", sessions=2_000, files=1, days=1, seed=3)
     result = score(tmp_path / "history", tmp_path / "out", "--dry-run", "--fail-on-alert")
     assert result.exit_code == 0 and json.loads(result.stdout)["alerts"] == []
+
+
+def test_the_library_and_the_nightly_job_raise_the_alerts_and_exit_3_as_the_cli_does(tmp_path):
+    history = tmp_path / "funnel"
+    generate(history, sessions=12_000, files=2, days=2, seed=4, conversion_rate=0.015)
+    summary = scorer.score(history, tmp_path / "out", monitor__fail_on_alert=True)
+    assert {a.kind for a in summary.alerts} == {"calibration"} and summary.exit_code == 3
+
+    config = tmp_path / "nightly.toml"
+    config.write_text(
+        f'input = "{history}"\noutput = "{tmp_path / "nightly"}"\n[monitor]\nfail_on_alert = true\n'
+    )
+    job = subprocess.run(
+        [
+            sys.executable,
+            "jobs/nightly_backfill.py",
+            "--config",
+            str(config),
+            "--date",
+            "2026-11-27",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert job.returncode == 3, job.stderr
+    assert "ALERT calibration dt=2026-11-27 intent_calibrated:" in job.stderr
+    assert json.loads(job.stdout)["exit_code"] == 3
