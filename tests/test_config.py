@@ -165,7 +165,7 @@ def captured_config(monkeypatch):
 
     def fake_score(input, output, *, config, progress, dry_run):
         seen["config"] = config
-        return types.SimpleNamespace(plan_text="the plan", exit_code=0)
+        return types.SimpleNamespace(plan_text="the plan", exit_code=0, alerts=[])
 
     monkeypatch.setattr(scorer.pipeline.driver, "score", fake_score)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave the test's SIGTERM alone
