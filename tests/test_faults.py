@@ -60,6 +60,20 @@ def _wait_for(condition, timeout: float, what: str, poll: float = 0.01):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def _wait_until_stopped(pid: int, timeout: float = 30) -> None:
+    """Until every thread of ``pid`` is stopped: `kill` returns before a thread running on
+    another core takes SIGSTOP, so a commit it is making could still land after it."""
+
+    def stopped() -> bool:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError):
+                states.append(stat.read_text().rpartition(")")[2].split()[0])
+        return all(state in "tTZX" for state in states)
+
+    _wait_for(stopped, timeout, f"pid {pid} to stop")
+
+
 def _commits(out: Path) -> int:
     folder = out / "_scorer" / "commits"
     return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
@@ -227,6 +241,8 @@ class _Drivers:
             os.killpg(proc.pid, signum)
         else:
             os.kill(proc.pid, signum)
+        if signum == signal.SIGSTOP:  # what the test does next sees the driver still
+            _wait_until_stopped(proc.pid)
 
     def signal_mid_run(
         self, proc: subprocess.Popen, signum: int, out: Path, *, group: bool = False
