@@ -8,11 +8,13 @@ and batch *i-1* is written, each stage on its own thread (pyarrow and onnxruntim
 GIL, so they really run at once). Being async also lets object-storage latency of one stage
 hide behind the others. Memory is bounded by a few batches, not by the file.
 
-A shard that packs many small files (one piece per file) is read ahead on a small thread pool,
-a few row groups in flight, so each file's fixed cost (opening it, its footer, ~1.5 ms of
-per-column-chunk work for 1,000 rows) overlaps the others'; and the small batches of
-consecutive files are coalesced into batches of up to ``batch_rows`` before they are scored,
-because encoding costs ~2 ms per batch whatever its size.
+A shard that packs many small local files is read by DuckDB, a group of files of about
+``batch_rows`` rows a scan (`bulk`): pyarrow's fixed cost per file (~1.0-1.3 ms of per-column-
+chunk work for 1,000 rows, much of it holding the GIL) was the whole job's. Where DuckDB might
+not give back pyarrow's types, and on object storage, a packed shard is read ahead on a small
+thread pool instead, a few row groups in flight, so each file's fixed cost overlaps the others'.
+Either way the small batches of consecutive files are coalesced into batches of up to
+``batch_rows`` before they are scored, because encoding costs ~2 ms per batch whatever its size.
 """
 
 from __future__ import annotations
