@@ -8,16 +8,18 @@ import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from conftest import make_history
-from test_faults import _zero_data_pages
+from test_faults import _assert_exactly_once, _zero_data_pages
 from test_input_changes import _replace_with_a_new_version
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline.actor import ActorSettings, ShardScorer
 from scorer.pipeline.bulk import bulk_readable, file_groups, is_bulk_type
+from scorer.pipeline.driver import score
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.plan import plan_shards, scan_inputs
 from scorer.storage import resolve
@@ -202,3 +204,22 @@ def test_paths_duckdb_would_glob_keep_the_per_file_reader(model, tmp_path):
     opened, batches = _read(scorer, shard)
     assert not bulk_readable(shard, opened.parquet.schema_arrow, local=True)
     assert sum(b.num_rows for b in batches) == 4_000
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_actors_read_packed_shards_in_bulk_scoring_each_file_as_the_model_does(model, tmp_path):
+    source = make_history(tmp_path / "in", **FILES)
+    summary = score(str(source), str(tmp_path / "out"), actors=2, shard_rows=1_000)
+    assert summary.executor == "ray" and summary.shards_committed == 4
+    assert summary.rows == 4_000
+    _assert_exactly_once(source, tmp_path / "out")
+    columns = ["session_id", "intent_raw", "intent_calibrated"]
+    got = ds.dataset(tmp_path / "out" / "scores").to_table(columns=columns).sort_by("session_id")
+    key = model.card.key_column
+    want = pa.concat_tables(
+        [
+            model.score(pq.read_table(path), key_column=key, run_id="x").select(columns)
+            for path in sorted(source.rglob("*.parquet"))
+        ]
+    ).sort_by("session_id")
+    assert got.equals(want)
