@@ -8,13 +8,11 @@ and batch *i-1* is written, each stage on its own thread (pyarrow and onnxruntim
 GIL, so they really run at once). Being async also lets object-storage latency of one stage
 hide behind the others. Memory is bounded by a few batches, not by the file.
 
-A shard that packs many small local files is read by DuckDB, a group of files of about
-``batch_rows`` rows a scan (`bulk`): pyarrow's fixed cost per file (~1.0-1.3 ms of per-column-
-chunk work for 1,000 rows, much of it holding the GIL) was the whole job's. Where DuckDB might
-not give back pyarrow's types, and on object storage, a packed shard is read ahead on a small
-thread pool instead, a few row groups in flight, so each file's fixed cost overlaps the others'.
-Either way the small batches of consecutive files are coalesced into batches of up to
-``batch_rows`` before they are scored, because encoding costs ~2 ms per batch whatever its size.
+A shard that packs many small files (one piece per file) is read ahead on a small thread pool,
+a few row groups in flight, so each file's fixed cost (opening it, its footer, ~1.5 ms of
+per-column-chunk work for 1,000 rows) overlaps the others'; and the small batches of
+consecutive files are coalesced into batches of up to ``batch_rows`` before they are scored,
+because encoding costs ~2 ms per batch whatever its size.
 """
 
 from __future__ import annotations
@@ -42,10 +40,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
-from scorer.errors import ShardReadError, StorageError
+from scorer.errors import InputChangedError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
-from scorer.pipeline.bulk import BulkReader, bulk_readable, read_groups
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.plan import FOOTER_TAIL_BYTES, Piece, Shard, file_fingerprint, read_footer
 from scorer.pipeline.ranges import (
@@ -111,8 +108,6 @@ class ActorSettings:
     """Object storage: row groups of a shard fetched ahead of the one decoded."""
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
     """Object storage: ranged reads an actor has in flight at most."""
-    bulk_reads: int = 1
-    """Packed shards of small local files: DuckDB scans at once (`bulk`); an actor has a core."""
 
 
 @dataclass
@@ -192,7 +187,6 @@ class ShardScorer:
         """Footers already parsed, by digest: the plan's, for a worker in the driver process."""
         self._read_pool: ThreadPoolExecutor | None = None
         self._remote_reads: RemoteReads | None = None
-        self._bulk_reader: BulkReader | None = None
 
     @property
     def remote(self) -> bool:
@@ -233,7 +227,7 @@ class ShardScorer:
         try:
             source, size, mtime_ns = self._open_version(path)
         except FileNotFoundError as exc:
-            raise piece.changed("no file") from exc
+            raise InputChangedError(_changed(piece, "no file"), input_path=path) from exc
         except Exception as exc:
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
         in_memory = self.settings.input_location.is_local and size <= WHOLE_FILE_BYTES
@@ -248,11 +242,11 @@ class ShardScorer:
         except Exception as exc:
             if not piece.fingerprint.startswith(f"{size}-{mtime_ns}-"):
                 found = f"{size}-{mtime_ns}-(unreadable footer)"
-                raise piece.changed(found) from exc
+                raise InputChangedError(_changed(piece, found), input_path=path) from exc
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
         found = file_fingerprint(size, mtime_ns, footer)
         if found != piece.fingerprint:
-            raise piece.changed(found)
+            raise InputChangedError(_changed(piece, found), input_path=path)
         metadata = footer.metadata
         # Checked before the reader is made: given a dictionary column the file lacks, pyarrow
         # fails with a bare KeyError (b'month') that names neither the problem nor the file.
@@ -330,26 +324,9 @@ class ShardScorer:
             reads = (
                 (piece, self._row_group_batches(source, piece, group)) for group in piece.row_groups
             )
-        elif bulk_readable(shard, schema := self._read_schema(source), local=not self.remote):
-            reads = read_groups(
-                self.bulk_reader,
-                shard,
-                schema,
-                self.settings.batch_rows,
-                functools.partial(self._open_and_read, columns=source.columns),
-                self.read_pool,
-                self.settings.bulk_reads,
-            )
         else:
             reads = self._read_ahead(source, shard)
         yield from self._coalesced(reads)
-
-    @staticmethod
-    def _read_schema(source: ShardSource) -> pa.Schema:
-        """The columns read and their types, as pyarrow reads them from the shard's first file
-        (`read_dictionary` columns as dictionaries)."""
-        schema = source.parquet.schema_arrow
-        return pa.schema([schema.field(name) for name in source.columns])
 
     def _read_row_group(
         self,
@@ -365,14 +342,8 @@ class ShardScorer:
         return list(self._row_group_batches(opened, piece, group))
 
     def _open_and_read(self, piece: Piece, columns: list[str]) -> list[pa.RecordBatch]:
-        """A piece opened and read in one task: a file of one row group read ahead on
-        `read_pool`, or a file of a group DuckDB could not read (`bulk.read_groups`)."""
-        source = self._open(piece, columns)
-        return [
-            batch
-            for group in piece.row_groups
-            for batch in self._row_group_batches(source, piece, group)
-        ]
+        """A file of one row group, opened and read in one task (read ahead, on `read_pool`)."""
+        return list(self._row_group_batches(self._open(piece, columns), piece, piece.rg_start))
 
     def _fetched_ahead(
         self, source: ShardSource, piece: Piece
@@ -558,13 +529,6 @@ class ShardScorer:
         if self._remote_reads is None:
             self._remote_reads = RemoteReads(self.settings.requests_in_flight)
         return self._remote_reads
-
-    @property
-    def bulk_reader(self) -> BulkReader:
-        """DuckDB's scans of packed shards of small local files; made with the first."""
-        if self._bulk_reader is None:
-            self._bulk_reader = BulkReader()
-        return self._bulk_reader
 
     @property
     def read_pool(self) -> ThreadPoolExecutor:
@@ -846,6 +810,13 @@ def _footer_reads(metadata: pq.FileMetaData, size: int) -> tuple[int, int]:
     if footer + 8 <= tail:
         return 1, tail
     return 2, tail + footer
+
+
+def _changed(piece: Piece, found: str) -> str:
+    return (
+        f"input changed during the run: {piece.input_path} "
+        f"(planned {piece.fingerprint}, found {found})"
+    )
 
 
 def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch | pa.Table:

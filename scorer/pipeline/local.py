@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import socket
 import threading
@@ -57,7 +56,6 @@ ACTOR_ROWS_PER_S_PER_CPU = 1.75e6
 RAY_START_S = 5.7
 # Ray must win by this factor: an estimate, and the in-process run is the simpler one.
 RAY_MARGIN = 0.8
-IN_PROCESS_BULK_READS = 2
 
 
 def ray_pays_off(rows: int, cpus: int) -> bool:
@@ -93,10 +91,6 @@ class InProcessWorker:
         known_footers: Mapping[str, pq.FileMetaData] | None = None,
     ) -> None:
         # The plan's footers: the worker shares the driver's process, so it need not parse them.
-        # Alone on its machine, it scans two groups of small files at once (`bulk`): measured
-        # on 2 cores, 4,000 files of 1,000 rows in a work window of 3.0 s against 3.4-4.0 s
-        # with one, for ~110 MB more memory.
-        settings = dataclasses.replace(settings, bulk_reads=IN_PROCESS_BULK_READS)
         self.scorer = ShardScorer(settings, model, known_footers)
         self.threads = StageThreads.start()
         self.identity: Identity = {

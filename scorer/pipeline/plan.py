@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, InputChangedError, NoInputFilesError, PreflightError
+from scorer.errors import ConfigError, NoInputFilesError, PreflightError
 from scorer.pipeline.layout import shard_output_relpath
 from scorer.storage import Location, storage_errors
 
@@ -172,10 +172,6 @@ class Piece:
     rows: int
     input_bytes: int
     fingerprint: str
-    whole_file: bool = field(default=False, compare=False)
-    """Every row group of its file (a packed shard of such pieces may be read in bulk)."""
-    schema: pa.Schema | None = field(default=None, compare=False, repr=False)
-    """Its file's Arrow schema where planned in this run (commit records do not keep it)."""
 
     @property
     def piece_id(self) -> str:
@@ -185,14 +181,6 @@ class Piece:
     @property
     def row_groups(self) -> range:
         return range(self.rg_start, self.rg_stop)
-
-    def changed(self, found: str) -> InputChangedError:
-        """The error for its file found as ``found`` where the planned version was expected."""
-        return InputChangedError(
-            f"input changed during the run: {self.input_path} "
-            f"(planned {self.fingerprint}, found {found})",
-            input_path=self.input_path,
-        )
 
     def to_dict(self) -> dict:
         return {
@@ -636,17 +624,11 @@ def read_footer(
     else:
         source.seek(size - 8 - footer_bytes)
         serialized = source.read(footer_bytes)
-    digest = footer_digest(serialized)
+    digest = hashlib.sha256(serialized).hexdigest()[:16]
     metadata = known.get(digest) if known is not None else None
     if metadata is None:
         metadata = pq.read_metadata(pa.BufferReader(serialized + tail[-8:]))
     return Footer(metadata, digest)
-
-
-def footer_digest(serialized: bytes) -> str:
-    """16 hex digits of the sha256 of a footer's serialized bytes (between the data and the
-    footer's length and magic): `Footer.digest`."""
-    return hashlib.sha256(serialized).hexdigest()[:16]
 
 
 def file_fingerprint(size: int, mtime_ns: int | None, footer: Footer) -> str:
@@ -661,12 +643,7 @@ def file_fingerprint(size: int, mtime_ns: int | None, footer: Footer) -> str:
     (``If-Match``); pyarrow's filesystems expose neither, so it is not used: the footer digest
     is what tells such rewrites apart.
     """
-    return digest_fingerprint(size, mtime_ns, footer.digest)
-
-
-def digest_fingerprint(size: int, mtime_ns: int | None, digest: str) -> str:
-    """`file_fingerprint` from a footer's digest alone (`footer_digest`)."""
-    return f"{size}-{mtime_ns}-{FOOTER_DIGEST_TAG}{digest}"
+    return f"{size}-{mtime_ns}-{FOOTER_DIGEST_TAG}{footer.digest}"
 
 
 def legacy_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData) -> str:
@@ -764,8 +741,6 @@ def _piece(f: InputFile, start: int, stop: int) -> Piece:
         rows=sum(f.row_group_rows[start:stop]),
         input_bytes=sum(f.row_group_bytes[start:stop]),
         fingerprint=f.fingerprint,
-        whole_file=start == 0 and stop == len(f.row_group_rows),
-        schema=f.schema,
     )
 
 
