@@ -374,3 +374,15 @@ def test_commit_records_of_the_old_flat_format_still_resume(tmp_path, drivers):
     again, stderr = _run(drivers, history, out, "--shard-rows", "1000")
     assert "unreadable commit record" not in stderr
     assert again["shards_skipped"] == 2 and again["rows"] == 0
+
+
+def test_thousands_of_small_files_read_by_forked_processes_score_once_and_resume(tmp_path, drivers):
+    # 2,000 files: on 2 cores or more, a forked process reads half their footers
+    # (`plan.PROCESS_SCAN_MIN_FILES`), and the in-process worker opens those without them.
+    history = make_history(tmp_path / "in", sessions=4_000, files=2_000, days=1, row_group_rows=2)
+    out = tmp_path / "out"
+    summary, _ = _run(drivers, history, out, "--shard-rows", "500")
+    assert summary["rows"] == 4_000 and summary["shards_committed"] == 8
+    _assert_exactly_once(history, out)
+    again, _ = _run(drivers, history, out, "--shard-rows", "500")
+    assert again["shards_skipped"] == 8 and again["rows"] == 0

@@ -14,11 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scorer.errors import ConfigError, NoInputFilesError, PreflightError
+from scorer.pipeline import plan as plan_module
 from scorer.pipeline.plan import (
     FOOTER_TAIL_BYTES,
     FailedInput,
     InputFile,
     PartitionFilter,
+    adopt_legacy,
+    legacy_fingerprint,
     plan_shards,
     scan_inputs,
 )
@@ -221,6 +224,50 @@ def test_unreadable_footer_is_a_failed_item_not_a_failed_plan(tmp_path):
     assert [f.relpath for f in plan.failed] == ["b.parquet", "c.parquet"]
     assert [s.input_path for s in plan.shards] == [str(good)]
     assert "b.parquet: FAILED unreadable Parquet footer" in plan.describe()
+
+
+def _many_files(root, count=30):
+    for n in range(count):
+        write_sessions(root / f"dt=2026-11-{26 + n % 2}" / f"part-{n:03d}.parquet", 6, 3, 10 * n)
+    bad = root / "dt=2026-11-27" / "part-025.parquet"  # in the last process's files
+    bad.write_bytes(bad.read_bytes()[:40])
+    return bad
+
+
+def test_footers_read_by_forked_processes_plan_as_those_read_here(tmp_path, monkeypatch):
+    bad = _many_files(tmp_path)
+    here = scan_inputs(resolve(tmp_path))
+    monkeypatch.setattr(plan_module, "PROCESS_SCAN_MIN_FILES", 10)
+    forked = scan_inputs(resolve(tmp_path), processes=3)
+    assert forked == here  # fingerprints, row groups, sizes, partitions, failed items
+    assert [type(i) for i in forked].count(FailedInput) == 1
+    failed = next(i for i in forked if isinstance(i, FailedInput))
+    assert failed.path == str(bad) and "unreadable Parquet footer" in failed.reason
+    readable = [i for i in forked if isinstance(i, InputFile)]
+    before = [i for i in here if isinstance(i, InputFile)]
+    assert all(a.schema.equals(b.schema) for a, b in zip(readable, before, strict=True))
+    # The first third were read here and keep their parsed footers; the others come without.
+    assert [i.footer is not None for i in readable] == [True] * 10 + [False] * 19
+    assert plan_shards(forked, 12).to_dict() == plan_shards(here, 12).to_dict()
+
+
+def test_few_files_are_read_here_whatever_the_processes(tmp_path):
+    _many_files(tmp_path)
+    assert all(
+        i.footer is not None
+        for i in scan_inputs(resolve(tmp_path), processes=4)
+        if isinstance(i, InputFile)
+    )
+
+
+def test_a_legacy_record_is_adopted_for_a_file_a_forked_process_read(tmp_path, monkeypatch):
+    _many_files(tmp_path)
+    monkeypatch.setattr(plan_module, "PROCESS_SCAN_MIN_FILES", 10)
+    last = [i for i in scan_inputs(resolve(tmp_path), processes=3) if isinstance(i, InputFile)][-1]
+    assert last.footer is None
+    recorded = legacy_fingerprint(last.size, last.mtime_ns, pq.read_metadata(last.path))
+    assert adopt_legacy(last, recorded)
+    assert not adopt_legacy(last, f"{last.size}-{last.mtime_ns}-0123456789abcdef")
 
 
 @pytest.mark.parametrize(

@@ -293,7 +293,10 @@ def _scan(context: _Context) -> list[InputFile | FailedInput]:
     selection = PartitionFilter.parse(
         [f"{k}={v}" for k, v in config.partition.items()], config.since, config.until
     )
-    return scan_inputs(context.input, selection)
+    # Local footers are read by a process per core where many files make it pay; never with a
+    # Ray connected in this process (a fork would copy its threads and sockets).
+    processes = 1 if ray_connected() else os.cpu_count() or 1
+    return scan_inputs(context.input, selection, processes=processes)
 
 
 def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInput]) -> None:

@@ -25,9 +25,11 @@ scoring ``sessions`` name (and partition) that day's files alike.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field, replace
 from datetime import date
 from urllib.parse import unquote
 
@@ -125,7 +127,8 @@ class InputFile:
     """Compressed bytes per row group."""
     schema: pa.Schema = field(compare=False, repr=False)
     footer: Footer | None = field(default=None, compare=False, repr=False)
-    """The parsed footer, kept for this process (the in-process worker opens files with it)."""
+    """The parsed footer, kept for this process (the in-process worker opens files with it);
+    None for a file a forked process read (`scan_inputs`)."""
 
     @property
     def folder(self) -> str:
@@ -356,8 +359,13 @@ def scan_inputs(
     selection: PartitionFilter = PartitionFilter(),
     *,
     max_workers: int = 16,
+    processes: int = 1,
 ) -> list[InputFile | FailedInput]:
     """The selected input files under ``location`` with their footers, sorted by relpath.
+
+    On object storage the footers are read on up to ``max_workers`` threads (latency bound);
+    locally, with ``processes`` > 1 and at least `PROCESS_SCAN_MIN_FILES` files a process, by
+    that many processes, this one included (CPU bound: see `_scan_forked`).
 
     Raises ``NoInputFilesError`` when nothing is selected and ``StorageError`` when INPUT
     cannot be listed. Unreadable footers are ``FailedInput`` items, not errors.
@@ -368,10 +376,60 @@ def scan_inputs(
         raise NoInputFilesError(f"{location.uri}: no Parquet file{why}")
     schemas = _SchemaCache()
     if location.is_local:
-        # Locally a footer is ~0.2 ms of mostly Python (measured): threads only queue on the GIL.
+        # Locally a footer is ~0.2 ms of mostly Python (measured): threads only queue on the GIL,
+        # so many footers are read by forked processes as well as this one (`_scan_forked`).
+        chunks = _chunks(candidates, processes, PROCESS_SCAN_MIN_FILES)
+        if len(chunks) > 1:
+            return _scan_forked(location.filesystem, chunks, schemas)
         return [_read_footer(location.filesystem, c, schemas) for c in candidates]
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(candidates)))) as pool:
         return list(pool.map(lambda c: _read_footer(location.filesystem, c, schemas), candidates))
+
+
+PROCESS_SCAN_MIN_FILES = 1_000
+"""Local footers a forked process reads at least: a fork and the pickled result cost ~30 ms,
+what ~150 footers take (measured, 19-column footers of 4 KB)."""
+
+
+def _chunks(candidates: list[_Candidate], processes: int, minimum: int) -> list[list[_Candidate]]:
+    """``candidates`` in order, in up to ``processes`` runs of at least ``minimum``."""
+    count = max(1, min(processes, len(candidates) // max(1, minimum)))
+    size = -(-len(candidates) // count)
+    return [candidates[i : i + size] for i in range(0, len(candidates), size)]
+
+
+def _scan_forked(
+    fs: pafs.FileSystem, chunks: list[list[_Candidate]], schemas: _SchemaCache
+) -> list[InputFile | FailedInput]:
+    """The first chunk's footers read here, the others' by forked processes at the same time
+    (measured on 2 cores, 4,000 files: 0.88-0.94 s against 1.26-1.98 s in this process alone).
+
+    A forked process's files come back without their parsed footers (`InputFile.footer` is
+    None: pickling one is a parse again on this side); the in-process worker parses those when
+    it opens them, as an actor does. A process that fails has its files read here instead.
+    Fork, not spawn: a spawned process would import pyarrow first (~0.3 s); the caller forks
+    only where no Ray is connected (its threads and sockets must not be copied).
+    """
+    context = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(max_workers=len(chunks) - 1, mp_context=context)
+    try:
+        forked = [pool.submit(_read_footers, fs, chunk) for chunk in chunks[1:]]
+        items = [_read_footer(fs, c, schemas) for c in chunks[0]]
+        for future, chunk in zip(forked, chunks[1:], strict=True):
+            try:
+                items += future.result()
+            except BrokenProcessPool:
+                items += [_read_footer(fs, c, schemas) for c in chunk]
+        return items
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_footers(fs: pafs.FileSystem, chunk: list[_Candidate]) -> list[InputFile | FailedInput]:
+    """In a forked process: the chunk's footers, without the parsed ones (`_scan_forked`)."""
+    schemas = _SchemaCache()
+    items = [_read_footer(fs, c, schemas) for c in chunk]
+    return [replace(i, footer=None) if isinstance(i, InputFile) else i for i in items]
 
 
 def plan_shards(
@@ -667,10 +725,14 @@ def adopt_legacy(f: InputFile, recorded: str) -> bool:
     """Whether ``recorded``, a fingerprint an older release wrote, names ``f``'s current version."""
     if FOOTER_DIGEST_TAG in recorded or not recorded.startswith(f"{f.size}-{f.mtime_ns}-"):
         return False
-    footer = f.footer
-    return (
-        footer is not None and legacy_fingerprint(f.size, f.mtime_ns, footer.metadata) == recorded
-    )
+    if f.footer is not None:
+        metadata = f.footer.metadata
+    else:  # read by a forked process (`_scan_forked`): parsed again, for old records alone
+        try:
+            metadata = pq.read_metadata(f.path)
+        except (OSError, pa.ArrowException):
+            return False
+    return legacy_fingerprint(f.size, f.mtime_ns, metadata) == recorded
 
 
 class _SchemaCache:
