@@ -381,7 +381,7 @@ def scan_inputs(
         chunks = _chunks(candidates, processes, PROCESS_SCAN_MIN_FILES)
         if len(chunks) > 1:
             return _scan_forked(location.filesystem, chunks, schemas)
-        return [_read_footer(location.filesystem, c, schemas) for c in candidates]
+        return _read_footers(location.filesystem, candidates, schemas)
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(candidates)))) as pool:
         return list(pool.map(lambda c: _read_footer(location.filesystem, c, schemas), candidates))
 
@@ -413,22 +413,27 @@ def _scan_forked(
     context = multiprocessing.get_context("fork")
     pool = ProcessPoolExecutor(max_workers=len(chunks) - 1, mp_context=context)
     try:
-        forked = [pool.submit(_read_footers, fs, chunk) for chunk in chunks[1:]]
-        items = [_read_footer(fs, c, schemas) for c in chunks[0]]
+        forked = [pool.submit(_read_forked, fs, chunk) for chunk in chunks[1:]]
+        items = _read_footers(fs, chunks[0], schemas)
         for future, chunk in zip(forked, chunks[1:], strict=True):
             try:
                 items += future.result()
             except BrokenProcessPool:
-                items += [_read_footer(fs, c, schemas) for c in chunk]
+                items += _read_footers(fs, chunk, schemas)
         return items
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_footers(fs: pafs.FileSystem, chunk: list[_Candidate]) -> list[InputFile | FailedInput]:
+def _read_footers(
+    fs: pafs.FileSystem, candidates: Sequence[_Candidate], schemas: _SchemaCache
+) -> list[InputFile | FailedInput]:
+    return [_read_footer(fs, c, schemas) for c in candidates]
+
+
+def _read_forked(fs: pafs.FileSystem, chunk: list[_Candidate]) -> list[InputFile | FailedInput]:
     """In a forked process: the chunk's footers, without the parsed ones (`_scan_forked`)."""
-    schemas = _SchemaCache()
-    items = [_read_footer(fs, c, schemas) for c in chunk]
+    items = _read_footers(fs, chunk, _SchemaCache())
     return [replace(i, footer=None) if isinstance(i, InputFile) else i for i in items]
 
 
