@@ -178,6 +178,12 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     "cluster, or none on one machine when the driver alone is faster.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=0),
+    help="Without Ray: worker processes scoring beside the driver. Default: one per spare core "
+    "when the job keeps the driver busy for more than a second or two; 0: none.",
+)
+@click.option(
     "--batch-rows",
     type=click.IntRange(min=1),
     help=f"Rows per scored batch (default {DEFAULT_BATCH_ROWS}).",
@@ -264,6 +270,7 @@ def score_command(
     model: str | None,
     config_file: str | None,
     actors: int | None,
+    processes: int | None,
     batch_rows: int | None,
     shard_rows: int | None,
     address: str | None,
@@ -288,9 +295,10 @@ def score_command(
     Plans shards from the Parquet footers (small files of one folder packed together), scores
     every row with raw and calibrated intent, and commits each shard atomically. With
     --address it joins that Ray cluster; with --actors N it starts a private local Ray with N
-    actors. Otherwise the driver scores in its own process from the first second, and starts a
-    private Ray beside it only where its actors would finish the job sooner (many cores, many
-    rows); the summary says which. Rerunning the same command resumes: committed shards are
+    actors. Otherwise the driver scores in its own process from the first second, with worker
+    processes on the spare cores once they are ready (--processes), and starts a private Ray
+    beside it only where its actors would finish the job sooner (many cores, many rows); the
+    summary says which. Rerunning the same command resumes: committed shards are
     skipped.
 
     After the run its drift and (with labels) calibration per day are checked against the
@@ -322,6 +330,7 @@ def score_command(
         keep=tuple(keep),
         key_column=key_column,
         label_column=label_column,
+        processes=processes,
         ray__actors=actors,
         ray__address=address,
         ray__cpus_per_actor=cpus_per_actor,

@@ -6,6 +6,7 @@ A config file mirrors the `scorer score` flags::
     output = "scored"
     shard_rows = 1_000_000
     keep = ["visitor_type"]
+    processes = 1                    # --processes: worker processes beside the driver (no Ray)
     format = "delta"                 # --format: "parquet" (default) or "delta" (a Delta table)
     since = 2026-11-01               # TOML dates or "YYYY-MM-DD" strings
 
@@ -158,6 +159,9 @@ class JobConfig:
     key_column: str | None = None
     label_column: str | None = None
     threads_per_actor: int = DEFAULT_THREADS_PER_ACTOR
+    processes: int | None = None
+    """Worker processes beside the in-process worker when no Ray is used (`pipeline.processes`);
+    None: one per spare core where the job is big enough, 0: none."""
     ray: RayOptions = field(default_factory=RayOptions)
     storage: StorageConfig = field(default_factory=StorageConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
@@ -166,6 +170,17 @@ class JobConfig:
         _check_positive(self, "batch_rows", "shard_rows", "max_attempts", "threads_per_actor")
         if self.max_failed_shards is not None and self.max_failed_shards < 1:
             raise ConfigError("max_failed_shards: must be at least 1")
+        if self.processes is not None and (
+            isinstance(self.processes, bool) or not isinstance(self.processes, int)
+        ):
+            raise ConfigError(f"processes: must be an integer, got {self.processes!r}")
+        if self.processes is not None and self.processes < 0:
+            raise ConfigError(f"processes: must be at least 0, got {self.processes}")
+        if self.processes and (self.ray.address or self.ray.actors is not None):
+            raise ConfigError(
+                "processes: worker processes are for runs without Ray; with ray.address or "
+                "ray.actors the actors score (leave processes unset)"
+            )
         if self.ray.actors is not None and self.ray.actors < 1:
             raise ConfigError("ray.actors: must be at least 1")
         if self.ray.cpus_per_actor <= 0:

@@ -732,12 +732,7 @@ class ScoringActor:
     """Holds the model session; `score_shard` streams one shard into the output layout."""
 
     def __init__(self, settings: ActorSettings) -> None:
-        from scorer.model.runtime import load_model
-
-        model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))
-        for name, payload in settings.model_files.items():
-            (model_dir / name).write_bytes(payload)
-        self.scorer = ShardScorer(settings, load_model(model_dir, threads=settings.threads))
+        self.scorer = ShardScorer(settings, load_shipped_model(settings))
         self.threads = StageThreads.start()
         self.identity = _identity()
         self.turn = asyncio.Lock()
@@ -750,6 +745,17 @@ class ScoringActor:
         return await stream_queued(
             self.scorer, shard, has_label, self.threads, self.identity, self.turn
         )
+
+
+def load_shipped_model(settings: ActorSettings) -> IntentModel:
+    """The model the settings carry, loaded in this process (an actor's, a worker process's):
+    its files written to a temporary folder first, as the loader checks them there."""
+    from scorer.model.runtime import load_model
+
+    model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))
+    for name, payload in settings.model_files.items():
+        (model_dir / name).write_bytes(payload)
+    return load_model(model_dir, threads=settings.threads)
 
 
 class ShardSink:

@@ -49,6 +49,7 @@ from scorer.pipeline.local import (
     RayInBackground,
     in_process_note,
     ray_pays_off,
+    worker_processes_for,
 )
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
@@ -65,6 +66,7 @@ from scorer.pipeline.plan import (
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree
+from scorer.pipeline.processes import InProcessAndProcesses
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
@@ -487,7 +489,20 @@ class _Run:
         )
         if not ray_pays_off(self.plan.rows, cpus):
             self.progress.message(in_process_note(self.plan.rows, cpus))
-            self._run_workers(worker)
+            processes = self.context.config.processes
+            if processes is None:
+                pieces = sum(len(shard.pieces) for shard in self.plan.shards)
+                shards = len(self.plan.shards)
+                processes = worker_processes_for(self.plan.rows, pieces, shards, cpus)
+            if not processes:
+                self._run_workers(worker)
+                return
+            self.progress.message(f"{processes} worker process(es) starting beside it")
+            workers = InProcessAndProcesses(worker, _actor_settings(self.context), processes)
+            try:
+                self._run_workers(workers)
+            finally:
+                self._note_processes(workers)
             return
         self.progress.message(
             f"scoring in-process while a private Ray and {cpus} actor(s) start beside it"
@@ -497,6 +512,22 @@ class _Run:
             self._run_workers(InProcessThenActors(worker, ray))
         finally:
             self._note_ray(ray)
+
+    def _note_processes(self, workers: InProcessAndProcesses) -> None:
+        summary = self.summary
+        for error in workers.errors:
+            self.progress.message(error)
+        if workers.admitted:
+            summary.executor = "in-process+processes"
+            summary.actors = 1 + len(workers.admitted)
+            self.progress.message(
+                f"{len(workers.admitted)} worker process(es) joined the in-process worker after "
+                f"{workers.ready_after:.1f} s"
+            )
+        else:
+            self.progress.message(
+                "the job ended before a worker process was ready: scored in-process alone"
+            )
 
     def _note_ray(self, ray: RayInBackground) -> None:
         summary = self.summary

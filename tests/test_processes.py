@@ -1,0 +1,233 @@
+"""Worker processes beside the in-process worker (`scorer.pipeline.processes`).
+
+A real worker process is started in each test (`python -m scorer.pipeline.processes`); the
+faults are delivered at points the test observes (the process holds its shard's output file
+open), never after a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+
+import psutil
+import pytest
+from conftest import make_history
+from test_faults import (
+    SLOW_HISTORY,
+    TOTAL_SHARDS,
+    _assert_exactly_once,
+    _assert_scores_whole,
+    _Drivers,
+    _run_stats,
+    _shard_stats,
+    _wait_for,
+)
+
+from scorer.config import JobConfig
+from scorer.errors import ConfigError
+from scorer.model.runtime import default_model_dir, load_model
+from scorer.pipeline.actor import ActorSettings, ShardOutcome
+from scorer.pipeline.layout import OutputLayout
+from scorer.pipeline.local import InProcessWorker, worker_processes_for
+from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.processes import InProcessAndProcesses
+from scorer.pipeline.retry import Failure
+from scorer.storage import resolve
+
+# 12 shards of 500 rows in 5-row batches: a few seconds in-process, so the process joins.
+WITH_A_PROCESS = ["--batch-rows", "5", "--shard-rows", "500", "--processes", "1"]
+RUN_ID = "20261201T000000Z-proc01"
+
+
+@pytest.fixture
+def drivers(tmp_path):
+    tracked = _Drivers(tmp_path)
+    yield tracked
+    tracked.close()
+
+
+def _worker_process(driver) -> psutil.Process | None:
+    try:
+        children = psutil.Process(driver.pid).children()
+    except psutil.NoSuchProcess:
+        return None
+    for child in children:
+        try:
+            if "scorer.pipeline.processes" in " ".join(child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def _writing_a_shard(process: psutil.Process) -> bool:
+    """The process holds a shard's output file open: it is scoring that shard."""
+    try:
+        return any("/_scorer/tmp/" in f.path for f in process.open_files())
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _scoring_process(driver) -> psutil.Process:
+    def found():
+        process = _worker_process(driver)
+        return process if process is not None and _writing_a_shard(process) else None
+
+    return _wait_for(found, 120, "the worker process writing a shard", poll=0.002)
+
+
+def test_processes_are_started_only_for_work_that_outlasts_their_start_up():
+    assert worker_processes_for(12_330, files=1, shards=1, cpus=2) == 0
+    assert worker_processes_for(500_000, files=4, shards=1, cpus=16) == 0
+    assert worker_processes_for(16_000_000, files=32, shards=16, cpus=2) == 1
+    assert worker_processes_for(4_000_000, files=4_000, shards=4, cpus=16) == 3  # per shard
+    assert worker_processes_for(16_000_000, files=32, shards=16, cpus=1) == 0
+
+
+def test_processes_config_is_checked_with_its_key():
+    with pytest.raises(ConfigError, match="processes: must be at least 0"):
+        JobConfig(processes=-1)
+    with pytest.raises(ConfigError, match="processes: must be an integer"):
+        JobConfig(processes="2")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="processes: worker processes are for runs without Ray"):
+        JobConfig(processes=1).with_overrides(ray__actors=2)
+    assert JobConfig(processes=0).processes == 0
+
+
+def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retry(tmp_path):
+    history = make_history(tmp_path / "in", sessions=3_000, files=3, days=1, row_group_rows=500)
+    shards = plan_shards(scan_inputs(resolve(str(history))), 1_000).shards
+    model = load_model(default_model_dir())
+    settings = ActorSettings(
+        model_files={p.name: p.read_bytes() for p in default_model_dir().iterdir()},
+        threads=1,
+        batch_rows=5,  # 200 batches a shard: the process is surely mid-shard when killed
+        key_column=model.card.key_column,
+        keep=(),
+        label_column=model.card.label_column,
+        run_id=RUN_ID,
+        input_location=resolve(str(history)),
+        layout=OutputLayout(resolve(str(tmp_path / "out"))),
+    )
+    workers = InProcessAndProcesses(InProcessWorker(settings, model), settings, processes=1)
+    try:
+        assert workers.has_starting()
+        workers.processes[0].ready.result(timeout=120)
+        workers.poll(busy=0)
+        assert sorted(workers.idle) == [0, 1] and workers.size == 2
+        assert workers.ready_after is not None
+
+        workers.idle.remove(1)
+        scored = workers.fetch(workers.submit(1, shards[0], 1, True), 1)
+        assert isinstance(scored, ShardOutcome), scored
+        assert scored.rows == shards[0].rows and scored.actor_id == "process-1"
+        assert scored.pid == workers.processes[0].process.pid != os.getpid()
+        assert scored.calibration is not None and scored.drift is not None
+        assert os.path.exists(settings.layout.temp_path_for(shards[0], RUN_ID))
+        assert 1 in workers.idle
+
+        workers.idle.remove(1)
+        held = workers.submit(1, shards[1], 1, True)
+        process = psutil.Process(workers.processes[0].process.pid)
+        _wait_for(lambda: _writing_a_shard(process), 60, "the process writing", poll=0.002)
+        process.kill()
+        lost = workers.fetch(held, 1)
+        assert isinstance(lost, Failure), lost
+        assert lost.retryable and lost.actor_lost
+        assert "worker process" in lost.error and "killed by signal 9" in lost.error
+        assert 1 not in workers.idle  # a dead process gets no shard
+
+        workers.idle.remove(0)  # the retry, on the in-process worker
+        again = workers.fetch(workers.submit(0, shards[1], 2, True), 0)
+        assert isinstance(again, ShardOutcome) and again.rows == shards[1].rows
+    finally:
+        workers.shutdown()
+    assert workers.processes[0].process.poll() is not None
+
+
+def test_a_run_with_a_worker_process_scores_every_row_once_and_resumes(tmp_path, drivers):
+    history = make_history(tmp_path / "in", **SLOW_HISTORY)
+    out = tmp_path / "out"
+    command = [str(history), str(out), *WITH_A_PROCESS, "--json"]
+    driver = drivers.start(*command)
+    process = _scoring_process(driver)  # the process joined and took a shard
+    code, stdout, stderr = drivers.wait(driver, 120)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["executor"] == "in-process+processes" and summary["actors"] == 2
+    assert "1 worker process(es) joined the in-process worker" in stderr
+    stats = _shard_stats(out, summary["run_id"])
+    assert {r["actor_id"] for r in stats} == {"in-process", "process-1"}
+    assert {r["pid"] for r in stats if r["actor_id"] == "process-1"} == {process.pid}
+    assert _run_stats(out, summary["run_id"])["actors"] == 2
+    assert not process.is_running(), "the worker process outlived the run"
+    _assert_exactly_once(history, out)
+    _assert_scores_whole(history, out)
+
+    code, stdout, stderr = drivers.wait(drivers.start(*command), 120)
+    assert code == 0, stderr
+    assert json.loads(stdout)["shards_skipped"] == TOTAL_SHARDS
+
+
+@pytest.mark.slow
+def test_a_killed_worker_process_has_its_shard_retried_exactly_once(tmp_path, drivers):
+    history = make_history(tmp_path / "in", **SLOW_HISTORY)
+    out = tmp_path / "out"
+    driver = drivers.start(str(history), str(out), *WITH_A_PROCESS, "--json")
+    process = _scoring_process(driver)
+    process.kill()
+    code, stdout, stderr = drivers.wait(driver, 120)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["shards_committed"] == TOTAL_SHARDS and summary["shards_failed"] == 0
+    assert f"worker process {process.pid} (process-1) died (killed by signal 9)" in stderr
+    stats = _shard_stats(out, summary["run_id"])
+    lost = [r for r in stats if r["status"] == "failed"]
+    assert len(lost) == 1 and "died" in lost[0]["error"]
+    assert not (out / "_scorer" / "tmp" / summary["run_id"]).exists()
+    _assert_exactly_once(history, out)
+    _assert_scores_whole(history, out)
+
+
+@pytest.mark.slow
+def test_a_killed_driver_takes_its_worker_process_with_it(tmp_path, drivers):
+    history = make_history(tmp_path / "in", **SLOW_HISTORY)
+    out = tmp_path / "out"
+    command = [str(history), str(out), *WITH_A_PROCESS, "--json"]
+    driver = drivers.start(*command)
+    process = _scoring_process(driver)
+    drivers.signal(driver, signal.SIGKILL)
+    assert drivers.wait(driver, 30)[0] == -signal.SIGKILL
+    _, alive = psutil.wait_procs([process], timeout=30)
+    assert not alive, "the worker process outlived its driver"
+
+    code, stdout, stderr = drivers.wait(drivers.start(*command), 120)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["shards_skipped"] + summary["shards_committed"] == TOTAL_SHARDS
+    _assert_exactly_once(history, out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_worker_process_quietly_and_the_rerun_completes(tmp_path, drivers):
+    history = make_history(tmp_path / "in", **SLOW_HISTORY)
+    out = tmp_path / "out"
+    command = [str(history), str(out), *WITH_A_PROCESS]
+    driver = drivers.start(*command)
+    process = _scoring_process(driver)
+    drivers.signal(driver, signal.SIGINT, group=True)  # as a terminal's Ctrl-C
+    code, _, stderr = drivers.wait(driver, 60)
+    assert code == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert not process.is_running()
+    run_id = re.search(r"run (\S+) interrupted", stderr).group(1)
+    assert _run_stats(out, run_id)["status"] == "interrupted"
+    assert not (out / "_scorer" / "tmp" / run_id).exists()
+    _assert_scores_whole(history, out)
+
+    code, _, stderr = drivers.wait(drivers.start(*command), 120)
+    assert code == 0, stderr
+    _assert_exactly_once(history, out)
