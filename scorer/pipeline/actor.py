@@ -33,7 +33,7 @@ from concurrent.futures import wait as futures_wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -59,12 +59,16 @@ if TYPE_CHECKING:
     from scorer.model.runtime import IntentModel, ScoredBatch
 
 StageSeconds = dict[str, float]
+Run = list[list[pa.RecordBatch]]
+"""The batches of a run of small files read by one task, a list per file."""
 """Seconds per stage (`stats.STAGES`) of one shard, summed over its batches."""
 
 # Row groups of a packed shard read ahead, at most (and about `batch_rows` rows in all).
 # Measured on 2 cores, 1,000-row files: 1.6-2.0 ms a file read one by one, 0.9-1.3 ms with 2-3
 # in flight (pyarrow releases the GIL while it opens and decodes).
 READ_AHEAD = 3
+# Consecutive small files one read-ahead task opens and reads in turn (see `_read_ahead`).
+FILES_PER_READ = 8
 
 # A row group of more than this many batches is streamed page by page: pre-buffering (pyarrow's
 # default) loads the whole group's column chunks before its first batch, and a file written as
@@ -447,10 +451,12 @@ class ShardScorer:
     ) -> Iterator[tuple[Piece, list[pa.RecordBatch]]]:
         """A packed shard's row groups in order, read on `read_pool` ahead of their use.
 
-        A file of one row group is opened and read by one task. Any other file is opened by a
-        task submitted before its row groups' reads, and each read waits for the file's read
-        before it (one reader is not safe on two threads): the pool takes tasks in order, so a
-        task never waits on one still queued.
+        A run of consecutive local files of one row group each is opened and read by one task
+        (`_open_and_read_run`): a task per file cost two thread hand-offs per file, each a
+        futex wake-up and a GIL hand-off. Any other file is opened by a task submitted before
+        its row groups' reads, and each read waits for the file's read before it (one reader is
+        not safe on two threads): the pool takes tasks in order, so a task never waits on one
+        still queued.
         """
         pool = self.read_pool
         todo = deque(
@@ -460,7 +466,9 @@ class ShardScorer:
         )
         opened: dict[int, ShardSource | Future[ShardSource]] = {0: first}
         last_read: dict[int, Future[list[pa.RecordBatch]]] = {}
-        window: deque[tuple[int, int, int, Future[list[pa.RecordBatch]]]] = deque()
+        # The pieces' indices, the row group of a single piece, their rows, and the read: of
+        # the row group's batches, or (`Run`) of a run of files.
+        window: deque[tuple[list[int], int, int, Future[Any]]] = deque()
         rows_ahead = 0
         try:
             while todo or window:
@@ -474,31 +482,61 @@ class ShardScorer:
                     if index in opened:
                         after = last_read.get(index)
                         read = pool.submit(self._read_row_group, opened[index], piece, group, after)
+                        last_read[index] = read
+                        indices = [index]
                     elif len(piece.row_groups) == 1:
-                        # One task opens and reads it: an open task apart would hold a second
-                        # thread of the pool waiting for it, and small files are most of these.
-                        read = pool.submit(self._open_and_read, piece, first.columns)
+                        run = self._run_of_files(piece, todo, remote=first.counts is not None)
+                        read = pool.submit(self._open_and_read_run, run, first.columns)
+                        indices = [index] + [todo.popleft()[0] for _ in run[1:]]
+                        group = -1  # a run
                     else:
                         opened[index] = pool.submit(self._open, piece, first.columns, first.counts)
                         read = pool.submit(self._read_row_group, opened[index], piece, group)
-                    last_read[index] = read
+                        last_read[index] = read
+                        indices = [index]
                     # Only a piece's total is known before its file is opened: spread evenly.
-                    rows = piece.rows // len(piece.row_groups)
-                    window.append((index, group, rows, read))
+                    rows = sum(shard.pieces[i].rows for i in indices) // len(piece.row_groups)
+                    window.append((indices, group, rows, read))
                     rows_ahead += rows
-                index, group, rows, read = window.popleft()
+                indices, group, rows, read = window.popleft()
                 rows_ahead -= rows
-                piece = shard.pieces[index]
-                if group == piece.rg_stop - 1:
-                    # Done with the file: its reader and its last rows go. Held here, memory
-                    # grew with a shard's files (measured, 4,000 files in shards of 1,000:
-                    # peak 500-600 MB against 320 MB).
-                    opened.pop(index, None)
-                    last_read.pop(index, None)
-                yield piece, read.result()
+                got = read.result()
+                per_file = got if group == -1 else [got]
+                for index, batches in zip(indices, per_file, strict=True):
+                    piece = shard.pieces[index]
+                    if group in (-1, piece.rg_stop - 1):
+                        # Done with the file: its reader and its last rows go. Held here,
+                        # memory grew with a shard's files (measured, 4,000 files in shards of
+                        # 1,000: peak 500-600 MB against 320 MB).
+                        opened.pop(index, None)
+                        last_read.pop(index, None)
+                    yield piece, batches
         finally:
             for _, _, _, read in window:
                 read.cancel()
+
+    def _run_of_files(
+        self, piece: Piece, todo: deque[tuple[int, Piece, int]], *, remote: bool
+    ) -> list[Piece]:
+        """`piece` and the files of one row group after it in `todo`, to be read by one task:
+        at most `FILES_PER_READ` and `WHOLE_FILE_BYTES` in all, one file on object storage
+        (there each open is round trips, overlapped file by file)."""
+        run = [piece]
+        size = piece.input_bytes
+        for _, following, _ in todo:
+            if remote or len(run) == FILES_PER_READ or len(following.row_groups) != 1:
+                break
+            size += following.input_bytes
+            if size > WHOLE_FILE_BYTES:
+                break
+            run.append(following)
+        return run
+
+    def _open_and_read_run(
+        self, pieces: list[Piece], columns: list[str]
+    ) -> list[list[pa.RecordBatch]]:
+        """Files of one row group each, opened and read in turn by one task (on `read_pool`)."""
+        return [self._open_and_read(piece, columns) for piece in pieces]
 
     def _coalesced(
         self, reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]
