@@ -13,6 +13,7 @@ import re
 import signal
 
 import psutil
+import pyarrow.parquet as pq
 import pytest
 from conftest import make_history
 from test_faults import (
@@ -33,7 +34,7 @@ from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.local import InProcessWorker, worker_processes_for
 from scorer.pipeline.plan import plan_shards, scan_inputs
-from scorer.pipeline.processes import InProcessAndProcesses
+from scorer.pipeline.processes import InProcessAndProcesses, start_worker_processes
 from scorer.pipeline.retry import Failure
 from scorer.storage import resolve
 
@@ -112,7 +113,8 @@ def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retr
         input_location=resolve(str(history)),
         layout=OutputLayout(resolve(str(tmp_path / "out"))),
     )
-    workers = InProcessAndProcesses(InProcessWorker(settings, model), settings, processes=1)
+    started = start_worker_processes(settings, 1)
+    workers = InProcessAndProcesses(InProcessWorker(settings, model), started)
     try:
         assert workers.has_starting()
         workers.processes[0].ready.result(timeout=120)
@@ -158,7 +160,7 @@ def test_a_run_with_a_worker_process_scores_every_row_once_and_resumes(tmp_path,
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["executor"] == "in-process+processes" and summary["actors"] == 2
-    assert "1 worker process(es) joined the in-process worker" in stderr
+    assert "1 worker process(es) joined the in-process worker, ready" in stderr
     stats = _shard_stats(out, summary["run_id"])
     assert {r["actor_id"] for r in stats} == {"in-process", "process-1"}
     assert {r["pid"] for r in stats if r["actor_id"] == "process-1"} == {process.pid}
@@ -170,6 +172,20 @@ def test_a_run_with_a_worker_process_scores_every_row_once_and_resumes(tmp_path,
     code, stdout, stderr = drivers.wait(drivers.start(*command), 120)
     assert code == 0, stderr
     assert json.loads(stdout)["shards_skipped"] == TOTAL_SHARDS
+
+
+def test_a_preflight_error_with_processes_asked_for_exits_2_quietly_and_writes_nothing(
+    tmp_path, drivers
+):
+    history = make_history(tmp_path / "in", sessions=2_000, files=2, days=1)
+    for path in sorted(history.rglob("*.parquet")):  # a model column missing everywhere
+        pq.write_table(pq.read_table(path).drop_columns(["page_value"]), path)
+    out = tmp_path / "out"
+    driver = drivers.start(str(history), str(out), "--processes", "1")
+    code, _, stderr = drivers.wait(driver, 120)
+    assert code == 2, stderr
+    assert "page_value" in stderr and "Traceback" not in stderr
+    assert not (out / "scores").exists()
 
 
 @pytest.mark.slow

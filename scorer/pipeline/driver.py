@@ -66,7 +66,7 @@ from scorer.pipeline.plan import (
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree
-from scorer.pipeline.processes import InProcessAndProcesses
+from scorer.pipeline.processes import InProcessAndProcesses, start_worker_processes
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
@@ -498,7 +498,8 @@ class _Run:
                 self._run_workers(worker)
                 return
             self.progress.message(f"{processes} worker process(es) starting beside it")
-            workers = InProcessAndProcesses(worker, _actor_settings(self.context), processes)
+            started = start_worker_processes(_actor_settings(self.context), processes)
+            workers = InProcessAndProcesses(worker, started)
             try:
                 self._run_workers(workers)
             finally:
@@ -521,8 +522,8 @@ class _Run:
             summary.executor = "in-process+processes"
             summary.actors = 1 + len(workers.admitted)
             self.progress.message(
-                f"{len(workers.admitted)} worker process(es) joined the in-process worker after "
-                f"{workers.ready_after:.1f} s"
+                f"{len(workers.admitted)} worker process(es) joined the in-process worker, "
+                f"ready {workers.ready_after:.1f} s after they were started"
             )
         else:
             self.progress.message(

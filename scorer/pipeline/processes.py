@@ -56,6 +56,7 @@ class WorkerProcess:
 
     def __init__(self, settings: ActorSettings, name: str) -> None:
         self.name = name
+        self.started = time.perf_counter()
         to_child, from_parent = os.pipe()
         to_parent, from_child = os.pipe()
         env = dict(os.environ)
@@ -148,13 +149,14 @@ class WorkerProcess:
 
 class InProcessAndProcesses:
     """`pool.Workers` over the in-process worker (index 0) and the worker processes (indices
-    1..N), each admitted by `poll` once its model is loaded. Unlike a private Ray's actors, the
+    1..N, started by `start_worker_processes`), each admitted by `poll` once its model is
+    loaded; `shutdown` stops them. Unlike a private Ray's actors, the
     processes do not take over: the in-process worker scores beside them to the end."""
 
-    def __init__(self, local: InProcessWorker, settings: ActorSettings, processes: int) -> None:
+    def __init__(self, local: InProcessWorker, processes: list[WorkerProcess]) -> None:
         self.local = local
-        self.started = time.perf_counter()
-        self.processes = [WorkerProcess(settings, f"process-{i + 1}") for i in range(processes)]
+        self.started = min((p.started for p in processes), default=time.perf_counter())
+        self.processes = processes
         self.admitted: list[int] = []  # indices into `processes`, in the order they got ready
         self.ready_after: float | None = None  # seconds from the start to the first admitted
         self.errors: list[str] = []
@@ -210,24 +212,40 @@ class InProcessAndProcesses:
                 self.ready_after = time.perf_counter() - self.started
 
     def shutdown(self) -> None:
-        """The in-process worker abandons its shard (its sink aborts); idle processes exit at
-        EOF; one still scoring (an interrupted or stopped run) is killed after `EXIT_WAIT_S`."""
+        """The in-process worker abandons its shard (its sink aborts); the processes stop."""
         try:
             self.local.shutdown()
         finally:
-            for process in self.processes:
-                process.stop()
-            deadline = time.monotonic() + EXIT_WAIT_S
-            for process in self.processes:
-                if process.held is not None or not process.ready.done():
-                    process.kill()  # abandoned mid-shard or mid-start: nothing to finish
-                try:
-                    process.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.process.wait()
-            for process in self.processes:
-                process.reader.join(timeout=5)
+            stop_worker_processes(self.processes)
+
+
+def start_worker_processes(
+    settings: ActorSettings, count: int, first: int = 1
+) -> list[WorkerProcess]:
+    """`count` worker processes, started now and named from ``process-{first}``; each loads
+    the model on its own."""
+    return [WorkerProcess(settings, f"process-{first + i}") for i in range(count)]
+
+
+def stop_worker_processes(processes: list[WorkerProcess]) -> None:
+    """Idle processes exit at EOF on their pipe; one still scoring or starting (an interrupted
+    or stopped run, a process not needed after all) is killed, one slow to exit after
+    `EXIT_WAIT_S`. Returns once they are all gone."""
+    for process in processes:
+        if process.held is not None or not process.ready.done():
+            process.kill()  # abandoned mid-shard or mid-start: nothing to finish
+        else:
+            process.stop()  # idle: EOF. Not before it is ready: its reader may be sending
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for process in processes:
+        try:
+            process.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.process.wait()
+    for process in processes:
+        process.reader.join(timeout=5)
+        process.stop()
 
 
 def _die_with_parent(parent_pid: int) -> None:
