@@ -113,10 +113,14 @@ def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retr
         input_location=resolve(str(history)),
         layout=OutputLayout(resolve(str(tmp_path / "out"))),
     )
-    started = start_worker_processes(settings, 1)
-    workers = InProcessAndProcesses(InProcessWorker(settings, model), started)
+    local = InProcessWorker(settings, model)
+    workers = InProcessAndProcesses(local, lambda: start_worker_processes(settings, 1), 60)
     try:
-        assert workers.has_starting()
+        assert workers.has_starting() and not workers.processes  # due after the first shard
+        workers.idle.remove(0)
+        first = workers.fetch(workers.submit(0, shards[2], 1, True), 0)
+        assert isinstance(first, ShardOutcome) and first.actor_id == "in-process"
+        assert len(workers.processes) == 1 and workers.started is not None
         workers.processes[0].ready.result(timeout=120)
         workers.poll(busy=0)
         assert sorted(workers.idle) == [0, 1] and workers.size == 2

@@ -48,6 +48,7 @@ from scorer.pipeline.local import (
     InProcessWorker,
     RayInBackground,
     in_process_note,
+    in_process_seconds,
     ray_pays_off,
     worker_processes_for,
 )
@@ -66,7 +67,7 @@ from scorer.pipeline.plan import (
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree
-from scorer.pipeline.processes import InProcessAndProcesses, start_worker_processes
+from scorer.pipeline.processes import START_DELAY_S, InProcessAndProcesses, start_worker_processes
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
@@ -497,9 +498,16 @@ class _Run:
             if not processes:
                 self._run_workers(worker)
                 return
-            self.progress.message(f"{processes} worker process(es) starting beside it")
-            started = start_worker_processes(_actor_settings(self.context), processes)
-            workers = InProcessAndProcesses(worker, started)
+            self.progress.message(f"{processes} worker process(es) to start beside it")
+            settings = _actor_settings(self.context)
+            first = self.plan.shards[0]
+            # Their start is held back only where the first shard is quick: see the class.
+            quick = in_process_seconds(first.rows, len(first.pieces)) <= START_DELAY_S
+            workers = InProcessAndProcesses(
+                worker,
+                functools.partial(start_worker_processes, settings, processes),
+                delay_s=START_DELAY_S if quick else 0.0,
+            )
             try:
                 self._run_workers(workers)
             finally:
@@ -528,6 +536,8 @@ class _Run:
         else:
             self.progress.message(
                 "the job ended before a worker process was ready: scored in-process alone"
+                if workers.started is not None
+                else "the job ended before the worker processes were due: scored in-process alone"
             )
 
     def _note_ray(self, ray: RayInBackground) -> None:

@@ -72,12 +72,16 @@ def ray_pays_off(rows: int, cpus: int) -> bool:
     return with_ray < RAY_MARGIN * in_process
 
 
+def in_process_seconds(rows: int, files: int) -> float:
+    """About how long the in-process worker alone takes for `rows` in `files` files."""
+    return rows / IN_PROCESS_ROWS_PER_S + files * IN_PROCESS_FILE_S
+
+
 def worker_processes_for(rows: int, files: int, shards: int, cpus: int) -> int:
     """How many worker processes (`processes`) to start beside the in-process worker where Ray
     does not pay off: one per spare core (and per shard beyond the first), if the in-process
     worker alone would be busy long enough for them to be ready and take shards."""
-    alone = rows / IN_PROCESS_ROWS_PER_S + files * IN_PROCESS_FILE_S
-    if alone < PROCESSES_MIN_WORK_S:
+    if in_process_seconds(rows, files) < PROCESSES_MIN_WORK_S:
         return 0
     return max(0, min(cpus - 1, shards - 1))
 
