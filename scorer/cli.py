@@ -768,8 +768,9 @@ def bench_command(
 
     In one run, alternating the contestants, REPS repetitions each of: the I/O floor (plain
     processes reading the scorer's columns and writing its output columns with pyarrow, no
-    model), `scorer score` with each actor count (setup reported apart from the work window),
-    Ray Data read_parquet → map_batches(model.score) → write_parquet with fractional CPUs per
+    model), `scorer score` with each actor count (setup reported apart from the work window)
+    and as typed with no --actors (scorer_default: the in-process worker and its worker
+    processes; its actor count is the workers it had), Ray Data read_parquet → map_batches(model.score) → write_parquet with fractional CPUs per
     actor (needs pip install -e '.[bench]'; skipped otherwise), and the model alone in-process
     (1M-row batch, and single-row latency p50/p99). Prints medians with ratios to the floor;
     writes OUT/measurements.parquet, OUT/scaling.png and OUT/stages.png. The default takes a few

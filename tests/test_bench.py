@@ -36,6 +36,8 @@ def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeyp
     for key in [("floor", 1), ("floor", 2), ("scorer", 1), ("scorer", 2), ("scorer_joined", 2)]:
         assert rows[key]["rows"] == 24_000  # every row of the data set, read and written
         assert rows[key]["work_seconds"] > 0 and rows[key]["peak_rss_mb"] > 0
+    default = [r for (contestant, _), r in rows.items() if contestant == "scorer_default"]
+    assert len(default) == 1 and default[0]["rows"] == 24_000  # the command as typed
     assert rows[("scorer", 2)]["encode_seconds"] > 0
     assert rows[("scorer", 2)]["cpu_seconds"] > 0 and rows[("floor", 1)]["cpu_seconds"] > 0
     assert (

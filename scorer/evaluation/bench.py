@@ -57,6 +57,9 @@ RUN_ID = "bench"
 # The scorer on a Ray that is already running, the one Ray Data runs on: its wall time is the
 # whole job (plan, actors, work, stats) without starting Ray, the fair comparison with Ray Data.
 JOINED = "scorer_joined"
+# The scorer as a user types it on one machine, no --actors: the in-process worker and its
+# worker processes (`pipeline.processes`); its actor count is the workers it had.
+DEFAULT_PATH = "scorer_default"
 
 MEASUREMENTS_SCHEMA = pa.schema(
     [
@@ -109,7 +112,7 @@ class BenchResult:
                 cpu / work if cpu and work and not contestant.startswith("model") else None
             )
             floor = summary.get(("floor", actors), {}).get("work_rows_per_second")
-            compared = contestant in ("scorer", JOINED, "ray_data")
+            compared = contestant in ("scorer", JOINED, DEFAULT_PATH, "ray_data")
             row["vs_floor"] = rate / floor if compared and rate and floor else None
             row["scaling_efficiency"] = (
                 rate / (actors * one) if contestant == "scorer" and rate and one else None
@@ -175,6 +178,11 @@ def run_bench(
                 _measure_scorer(plan, n, work / f"scorer-{n}", address)
                 | _tag("scorer", n, repetition)
             )
+            on_message(_line(rows[-1]))
+        if address is None:
+            measured = _measure_scorer(plan, None, work / DEFAULT_PATH, None)
+            workers = measured.pop("workers")
+            rows.append(measured | _tag(DEFAULT_PATH, workers, repetition))
             on_message(_line(rows[-1]))
         # The whole-job comparison with Ray Data runs both on one Ray started beforehand (or
         # the --address cluster): neither pays for starting Ray, each for its own actors.
@@ -377,7 +385,8 @@ def _peak_rss_mb() -> float:
 # -- the scorer -------------------------------------------------------------------------------
 
 
-def _measure_scorer(plan: _Plan, actors: int, out: Path, address: str | None) -> dict:
+def _measure_scorer(plan: _Plan, actors: int | None, out: Path, address: str | None) -> dict:
+    """`scorer score` on the bench data; with `actors` None, the default path (no Ray here)."""
     from scorer.pipeline.driver import score
 
     shutil.rmtree(out, ignore_errors=True)
@@ -398,6 +407,8 @@ def _measure_scorer(plan: _Plan, actors: int, out: Path, address: str | None) ->
     row |= {f"{stage}_seconds": summary.stage_seconds.get(stage) for stage in STAGES}
     row["cpu_seconds"] = summary.cpu_seconds
     row["peak_rss_mb"] = peak / 2**20
+    if actors is None:
+        row["workers"] = summary.actors
     return row
 
 
