@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -1159,7 +1160,32 @@ def _card_text(model_dir: Path, card: ModelCard, problem: str | None) -> str:
 
 
 def main() -> None:
-    cli(prog_name="scorer")
+    """The `scorer` console script (and ``python -m scorer``).
+
+    Once a command has ended and everything it wrote is closed, the process exits without the
+    interpreter's teardown: finalizing pyarrow, onnxruntime, thread pools and a plan of
+    thousands of files took 0.15-0.6 s after the summary was printed (measured on 2 cores), with
+    nothing left to write. An exception that escapes the command ends it the usual way.
+    """
+    try:
+        cli(prog_name="scorer")
+    except SystemExit as ended:
+        code = ended.code
+        if isinstance(code, str):  # sys.exit("message"): what Python would print
+            print(code, file=sys.stderr)
+            code = 1
+        _exit_now(0 if code is None else code)
+
+
+def _exit_now(code: int) -> None:
+    if "logging" in sys.modules:  # Ray's handlers among them
+        import logging
+
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
