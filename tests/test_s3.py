@@ -7,6 +7,7 @@ actors through the runtime environment the driver gives them.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,44 @@ def test_credentials_reach_actors_inside_their_settings_only(endpoint, lake):
         timeout=60,
     ).stdout.decode()
     assert out.split() == ["True", str(int(pafs.FileType.Directory))]
+
+
+def test_worker_processes_read_and_write_s3_with_the_credentials_they_are_sent(
+    endpoint, lake, tmp_path
+):
+    """The command as typed (no Ray) on s3:// with a worker process: it scores shards through
+    its own S3 client, every row once, and no secret reaches what it writes."""
+    from test_faults import _Drivers
+
+    source = f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http"
+    target = f"s3://lake/by-processes?endpoint_override={endpoint}&scheme=http"
+    drivers = _Drivers(tmp_path)
+    try:  # 5-row batches: the in-process worker is still busy when the process is ready
+        driver = drivers.start(
+            source,
+            target,
+            "--processes",
+            "1",
+            "--batch-rows",
+            "5",
+            "--shard-rows",
+            "500",
+            "--json",
+        )
+        code, stdout, stderr = drivers.wait(driver, 300)
+    finally:
+        drivers.close()
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    assert summary["executor"] == "in-process+processes" and summary["rows"] == 6_000
+    stats = pq.read_table(
+        f"lake/by-processes/stats/shards/run_id={summary['run_id']}", filesystem=lake
+    )
+    assert "process-1" in set(stats["actor_id"].to_pylist())
+    scores = ds.dataset(
+        "lake/by-processes/scores", filesystem=lake, format="parquet", partitioning="hive"
+    ).to_table(columns=["session_id"])
+    assert scores.num_rows == 6_000 == pc.count_distinct(scores["session_id"]).as_py()
+    for path in _objects(lake, "lake/by-processes"):
+        with lake.open_input_stream(path) as f:
+            assert SECRET.encode() not in f.read(), path
