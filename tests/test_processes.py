@@ -38,8 +38,8 @@ from scorer.pipeline.processes import InProcessAndProcesses, start_worker_proces
 from scorer.pipeline.retry import Failure
 from scorer.storage import resolve
 
-# 12 shards of 500 rows in 5-row batches: a few seconds in-process, so the process joins.
-WITH_A_PROCESS = ["--batch-rows", "5", "--shard-rows", "500", "--processes", "1"]
+# 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready after ~1 s.
+WITH_A_PROCESS = ["--batch-rows", "2", "--shard-rows", "500", "--processes", "1"]
 RUN_ID = "20261201T000000Z-proc01"
 
 
