@@ -771,8 +771,9 @@ def bench_command(
     processes reading the scorer's columns and writing its output columns with pyarrow, no
     model), `scorer score` with each actor count (setup reported apart from the work window)
     and as typed with no --actors (scorer_default: the in-process worker and its worker
-    processes; its actor count is the workers it had), Ray Data read_parquet → map_batches(model.score) → write_parquet with fractional CPUs per
-    actor (needs pip install -e '.[bench]'; skipped otherwise), and the model alone in-process
+    processes; its actor count is the workers it had), Ray Data read_parquet →
+    map_batches(model.score) → write_parquet with fractional CPUs per actor (needs pip install
+    -e '.[bench]'; skipped otherwise), and the model alone in-process
     (1M-row batch, and single-row latency p50/p99). Prints medians with ratios to the floor;
     writes OUT/measurements.parquet, OUT/scaling.png and OUT/stages.png. The default takes a few
     minutes on 2 cores.

@@ -59,9 +59,9 @@ if TYPE_CHECKING:
     from scorer.model.runtime import IntentModel, ScoredBatch
 
 StageSeconds = dict[str, float]
+"""Seconds per stage (`stats.STAGES`) of one shard, summed over its batches."""
 Run = list[list[pa.RecordBatch]]
 """The batches of a run of small files read by one task, a list per file."""
-"""Seconds per stage (`stats.STAGES`) of one shard, summed over its batches."""
 
 # Row groups of a packed shard read ahead, at most (and about `batch_rows` rows in all).
 # Measured on 2 cores, 1,000-row files: 1.6-2.0 ms a file read one by one, 0.9-1.3 ms with 2-3
@@ -485,7 +485,7 @@ class ShardScorer:
                         last_read[index] = read
                         indices = [index]
                     elif len(piece.row_groups) == 1:
-                        run = self._run_of_files(piece, todo, remote=first.counts is not None)
+                        run = self._run_of_files(piece, todo)
                         read = pool.submit(self._open_and_read_run, run, first.columns)
                         indices = [index] + [todo.popleft()[0] for _ in run[1:]]
                         group = -1  # a run
@@ -515,16 +515,14 @@ class ShardScorer:
             for _, _, _, read in window:
                 read.cancel()
 
-    def _run_of_files(
-        self, piece: Piece, todo: deque[tuple[int, Piece, int]], *, remote: bool
-    ) -> list[Piece]:
+    def _run_of_files(self, piece: Piece, todo: deque[tuple[int, Piece, int]]) -> list[Piece]:
         """`piece` and the files of one row group after it in `todo`, to be read by one task:
-        at most `FILES_PER_READ` and `WHOLE_FILE_BYTES` in all, one file on object storage
-        (there each open is round trips, overlapped file by file)."""
+        at most `FILES_PER_READ` and `WHOLE_FILE_BYTES` in all. (Local files only: on object
+        storage every file is opened ahead, one by one, by `_open_files_ahead`.)"""
         run = [piece]
         size = piece.input_bytes
         for _, following, _ in todo:
-            if remote or len(run) == FILES_PER_READ or len(following.row_groups) != 1:
+            if len(run) == FILES_PER_READ or len(following.row_groups) != 1:
                 break
             size += following.input_bytes
             if size > WHOLE_FILE_BYTES:
@@ -532,9 +530,7 @@ class ShardScorer:
             run.append(following)
         return run
 
-    def _open_and_read_run(
-        self, pieces: list[Piece], columns: list[str]
-    ) -> list[list[pa.RecordBatch]]:
+    def _open_and_read_run(self, pieces: list[Piece], columns: list[str]) -> Run:
         """Files of one row group each, opened and read in turn by one task (on `read_pool`)."""
         return [self._open_and_read(piece, columns) for piece in pieces]
 

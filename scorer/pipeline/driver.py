@@ -48,7 +48,7 @@ from scorer.pipeline.local import (
     InProcessWorker,
     RayInBackground,
     in_process_note,
-    in_process_seconds,
+    processes_start_delay,
     ray_pays_off,
     worker_processes_for,
 )
@@ -67,7 +67,7 @@ from scorer.pipeline.plan import (
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree
-from scorer.pipeline.processes import START_DELAY_S, InProcessAndProcesses, start_worker_processes
+from scorer.pipeline.processes import InProcessAndProcesses, start_worker_processes
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
@@ -485,9 +485,8 @@ class _Run:
         summary = self.summary
         summary.executor = "in-process"
         summary.actors, summary.nodes, summary.cpus = 1, 1, float(cpus)
-        worker = InProcessWorker(
-            _actor_settings(self.context), self.context.model, footers_by_digest(self.plan.files)
-        )
+        settings = _actor_settings(self.context)
+        worker = InProcessWorker(settings, self.context.model, footers_by_digest(self.plan.files))
         if not ray_pays_off(self.plan.rows, cpus):
             self.progress.message(in_process_note(self.plan.rows, cpus))
             processes = self.context.config.processes
@@ -499,14 +498,11 @@ class _Run:
                 self._run_workers(worker)
                 return
             self.progress.message(f"{processes} worker process(es) to start beside it")
-            settings = _actor_settings(self.context)
             first = self.plan.shards[0]
-            # Their start is held back only where the first shard is quick: see the class.
-            quick = in_process_seconds(first.rows, len(first.pieces)) <= START_DELAY_S
             workers = InProcessAndProcesses(
                 worker,
                 functools.partial(start_worker_processes, settings, processes),
-                delay_s=START_DELAY_S if quick else 0.0,
+                delay_s=processes_start_delay(first.rows, len(first.pieces)),
             )
             try:
                 self._run_workers(workers)

@@ -60,6 +60,9 @@ IN_PROCESS_FILE_S = 1.5e-3
 # A worker process is ready ~0.6 s after it is started (`processes`); below this much work for
 # the in-process worker alone, it would arrive when the job is nearly done.
 PROCESSES_MIN_WORK_S = 1.5
+# When worker processes start at the latest, seconds into the work, where the first shard is
+# quick (`processes_start_delay`): a first shard of 1M rows is done in ~0.35 s on 2 cores.
+PROCESSES_START_DELAY_S = 0.5
 # Ray must win by this factor: an estimate, and the in-process run is the simpler one.
 RAY_MARGIN = 0.8
 
@@ -84,6 +87,14 @@ def worker_processes_for(rows: int, files: int, shards: int, cpus: int) -> int:
     if in_process_seconds(rows, files) < PROCESSES_MIN_WORK_S:
         return 0
     return max(0, min(cpus - 1, shards - 1))
+
+
+def processes_start_delay(first_shard_rows: int, first_shard_files: int) -> float:
+    """How long the worker processes wait to start (`processes.InProcessAndProcesses`): behind
+    a quick first shard, whose CPU their imports would take on a small machine, none behind a
+    long one (a thousand small files), where they are needed at once."""
+    quick = in_process_seconds(first_shard_rows, first_shard_files) <= PROCESSES_START_DELAY_S
+    return PROCESSES_START_DELAY_S if quick else 0.0
 
 
 def in_process_note(rows: int, cpus: int) -> str:

@@ -42,9 +42,6 @@ if TYPE_CHECKING:
     from scorer.pipeline.local import InProcessWorker
     from scorer.pipeline.plan import Shard
 
-# When the worker processes start at the latest, seconds into the work (see
-# `InProcessAndProcesses`): the first shard of 1M rows is done in ~0.35 s on 2 cores.
-START_DELAY_S = 0.5
 # How long a worker process finishing its last shard may take to exit before it is killed.
 EXIT_WAIT_S = 2.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -142,7 +139,7 @@ class WorkerProcess:
         return f"worker process {self.process.pid} ({self.name}) died ({how})"
 
     def stop(self) -> None:
-        """Close its pipe: an idle process exits at once; see `WorkerProcesses.shutdown`."""
+        """Close its pipe: an idle process exits at once; see `stop_worker_processes`."""
         with contextlib.suppress(OSError):
             self.outbox.close()
 
@@ -159,7 +156,7 @@ class InProcessAndProcesses:
 
     The processes are started (`start`) once the in-process worker has returned its first
     shard, or `delay_s` into the work, whichever comes first. The driver holds them back where
-    the first shard is quick (`START_DELAY_S`): on 2 cores their imports took the CPU that shard
+    the first shard is quick (`local.processes_start_delay`): on 2 cores their imports took the CPU that shard
     needed (measured at 16M rows in 32 files: first commit 0.84-1.86 s after the process
     started, against 0.75-0.88 s held back), and they lose little by it. Where the first shard
     is long (a thousand small files), they start at once.
@@ -169,7 +166,7 @@ class InProcessAndProcesses:
         self,
         local: InProcessWorker,
         start: Callable[[], list[WorkerProcess]],
-        delay_s: float = START_DELAY_S,
+        delay_s: float,
     ) -> None:
         self.local = local
         self._start: Callable[[], list[WorkerProcess]] | None = start
@@ -217,11 +214,9 @@ class InProcessAndProcesses:
         process = self.processes[index - 1]
         try:
             result = handle.result()
-        except WorkerProcessLost as exc:
+        except WorkerProcessLost as exc:  # the only error its reader sets
             self.errors.append(str(exc))
             return Failure(str(exc), retryable=True, actor_lost=True)
-        except Exception as exc:  # pragma: no cover - the reader sets only the above
-            return local_failure(exc)
         if process.alive:
             self.idle.append(index)
         return result
@@ -300,7 +295,13 @@ def main(inbox_fd: int, outbox_fd: int) -> None:
     import asyncio
     import socket
 
-    from scorer.pipeline.actor import ShardScorer, StageThreads, load_shipped_model, stream_shard
+    from scorer.pipeline.actor import (
+        Identity,
+        ShardScorer,
+        StageThreads,
+        load_shipped_model,
+        stream_shard,
+    )
     from scorer.pipeline.retry import one_line
 
     settings, name = inbox.recv()
@@ -310,12 +311,7 @@ def main(inbox_fd: int, outbox_fd: int) -> None:
         outbox.send(("not-ready", one_line(exc)))
         return
     threads = StageThreads.start()
-    identity = {
-        "actor_id": name,
-        "node_id": socket.gethostname(),
-        "node_ip": "",
-        "pid": os.getpid(),
-    }
+    identity = Identity(actor_id=name, node_id=socket.gethostname(), node_ip="", pid=os.getpid())
     outbox.send(("ready", identity))
     loop = asyncio.new_event_loop()
     while True:
@@ -326,7 +322,7 @@ def main(inbox_fd: int, outbox_fd: int) -> None:
         result: object
         try:
             result = loop.run_until_complete(
-                stream_shard(scorer, shard, has_label, threads, identity)  # type: ignore[arg-type]
+                stream_shard(scorer, shard, has_label, threads, identity)
             )
         except Exception as exc:
             result = local_failure(exc)
