@@ -4,6 +4,8 @@ run in this process on a generated file written into a local layout."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from scorer.pipeline.actor import (
     Identity,
     ShardScorer,
     StageThreads,
+    load_shipped_model,
     stream_shard,
 )
 from scorer.pipeline.layout import OutputLayout
@@ -210,3 +213,17 @@ def test_a_shard_of_empty_row_groups_writes_an_empty_file(model, tmp_path):
     assert outcome.rows == written.num_rows == 0
     assert "intent_raw" in written.column_names
     assert written.schema.field("intent_raw").type == pa.float32()
+
+
+def test_a_shipped_model_leaves_no_temporary_folder(model, source, tmp_path, monkeypatch):
+    # An actor and a worker process load the model from the files their settings carry; the
+    # folder those are written to went away with nothing (one was left per actor, ~4,000 here).
+    from scorer.model.runtime import default_model_dir
+
+    settings = _scorer(model, source, tmp_path / "out").settings
+    files = {p.name: p.read_bytes() for p in default_model_dir().iterdir()}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
+    shipped = load_shipped_model(dataclasses.replace(settings, model_files=files))
+    assert shipped.card.sha256 == model.card.sha256
+    assert list((tmp_path / "temp").iterdir()) == []

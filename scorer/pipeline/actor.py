@@ -783,13 +783,15 @@ class ScoringActor:
 
 def load_shipped_model(settings: ActorSettings) -> IntentModel:
     """The model the settings carry, loaded in this process (an actor's, a worker process's):
-    its files written to a temporary folder first, as the loader checks them there."""
+    its files written to a temporary folder first, as the loader checks them there, and the
+    folder removed once the session holds the graph (one was left behind per actor)."""
     from scorer.model.runtime import load_model
 
-    model_dir = Path(tempfile.mkdtemp(prefix="scorer-model-"))
-    for name, payload in settings.model_files.items():
-        (model_dir / name).write_bytes(payload)
-    return load_model(model_dir, threads=settings.threads)
+    with tempfile.TemporaryDirectory(prefix="scorer-model-") as folder:
+        model_dir = Path(folder)
+        for name, payload in settings.model_files.items():
+            (model_dir / name).write_bytes(payload)
+        return load_model(model_dir, threads=settings.threads)
 
 
 class ShardSink:
