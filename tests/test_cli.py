@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -162,3 +163,16 @@ def test_changing_a_default_changes_the_help(monkeypatch):
     finally:
         monkeypatch.undo()
         importlib.reload(scorer.cli)
+
+
+def test_the_command_keeps_blas_to_one_thread_unless_told_otherwise():
+    # Set before numpy loads (`scorer.__main__`): OpenBLAS reads it once.
+    probe = "import os, sys, scorer.__main__; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    found = []
+    for preset in (None, "3"):
+        if preset:
+            env["OPENBLAS_NUM_THREADS"] = preset
+        run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        found.append(run.stdout.strip())
+    assert found == ["1", "3"]
