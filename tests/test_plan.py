@@ -24,6 +24,7 @@ from scorer.pipeline.plan import (
     legacy_fingerprint,
     plan_shards,
     scan_inputs,
+    with_quick_head,
 )
 from scorer.storage import resolve
 
@@ -342,6 +343,48 @@ def test_every_row_group_is_planned_exactly_once(rg_rows, first_rows, second_row
     assert covered == list(range(len(rg_rows)))
     assert [(s.rg_start, s.rg_stop) for s in second.skipped] == committed
     assert second.rows + second.skipped_rows == sum(rg_rows)
+
+
+def _rows_below(limit):
+    return lambda rows, files: rows <= limit
+
+
+def test_the_first_shard_is_cut_to_a_quick_head_and_the_others_keep_their_names():
+    files = [synthetic(f"p-{i}.parquet", [10]) for i in range(6)] + [
+        synthetic("q.parquet", [10] * 4)
+    ]
+    plan = plan_shards(files, 40)
+    cut = with_quick_head(plan, _rows_below(20))
+    assert [[p.piece_id for p in s.pieces] for s in cut.shards[:2]] == [
+        ["p-0.parquet:0-1", "p-1.parquet:0-1"],
+        ["p-2.parquet:0-1", "p-3.parquet:0-1"],
+    ]
+    assert cut.shards[2:] == plan.shards[1:]
+    assert cut.rows == plan.rows and with_quick_head(plan, _rows_below(20)) == cut
+
+
+def test_a_head_cut_inside_a_file_splits_it_on_a_row_group_boundary():
+    plan = plan_shards([synthetic("a.parquet", [10] * 10)], 60)
+    cut = with_quick_head(plan, _rows_below(25))
+    assert [(s.rg_start, s.rg_stop) for s in cut.shards] == [(0, 2), (2, 6), (6, 10)]
+    assert cut.shards[0].shard_id == "a.parquet:0-2"
+
+
+def test_a_head_is_one_row_group_at_least_and_a_quick_first_shard_is_kept():
+    plan = plan_shards([synthetic("a.parquet", [50, 10]), synthetic("b.parquet", [10])], 100)
+    never = with_quick_head(plan, lambda rows, files: False)
+    assert [[p.piece_id for p in s.pieces] for s in never.shards] == [
+        ["a.parquet:0-1"],
+        ["a.parquet:1-2", "b.parquet:0-1"],
+    ]
+    assert with_quick_head(plan, _rows_below(1_000)) == plan
+    assert with_quick_head(plan_shards([], 10), _rows_below(1)).shards == ()
+
+
+def test_a_head_counts_files_as_well_as_rows():
+    plan = plan_shards([synthetic(f"p-{i}.parquet", [1]) for i in range(10)], 100)
+    cut = with_quick_head(plan, lambda rows, files: files <= 3)
+    assert [len(s.pieces) for s in cut.shards] == [3, 7]
 
 
 def test_plan_summary_is_json_and_text(tmp_path):

@@ -49,6 +49,7 @@ from scorer.pipeline.local import (
     RayInBackground,
     in_process_note,
     processes_start_delay,
+    quick_first_shard,
     ray_pays_off,
     worker_processes_for,
 )
@@ -64,6 +65,7 @@ from scorer.pipeline.plan import (
     plan_shards,
     scan_inputs,
     split_off,
+    with_quick_head,
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree
@@ -352,7 +354,12 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
         committed = manifest.committed_ranges(
             files, model_sha256=context.model.card.sha256, options_digest=context.options_digest
         )
-    return plan_shards(items, context.config.shard_rows, committed)
+    plan = plan_shards(items, context.config.shard_rows, committed)
+    # In-process first: a quick first commit whatever the files' shape. With actors (a cluster,
+    # an actor count) the shards are as planned.
+    return (
+        with_quick_head(plan, quick_first_shard) if _private_ray_optional(context.config) else plan
+    )
 
 
 _COMMIT_POLL_S = 0.02  # how often the loop looks at commits in progress while it waits on actors

@@ -63,6 +63,9 @@ PROCESSES_MIN_WORK_S = 1.5
 # When worker processes start at the latest, seconds into the work, where the first shard is
 # quick (`processes_start_delay`): a first shard of 1M rows is done in ~0.35 s on 2 cores.
 PROCESSES_START_DELAY_S = 0.5
+# The work the first shard of a run scored in-process is cut to (`quick_first_shard`), so that
+# the first commit comes ~1 s after the start (imports, listing, footers) whatever the shape.
+FIRST_SHARD_S = 0.2
 # Ray must win by this factor: an estimate, and the in-process run is the simpler one.
 RAY_MARGIN = 0.8
 
@@ -87,6 +90,12 @@ def worker_processes_for(rows: int, files: int, shards: int, cpus: int) -> int:
     if in_process_seconds(rows, files) < PROCESSES_MIN_WORK_S:
         return 0
     return max(0, min(cpus - 1, shards - 1))
+
+
+def quick_first_shard(rows: int, files: int) -> bool:
+    """Whether a first shard of `rows` in `files` files is quick enough for the in-process
+    worker (`plan.with_quick_head` cuts it until it is)."""
+    return in_process_seconds(rows, files) <= FIRST_SHARD_S
 
 
 def processes_start_delay(first_shard_rows: int, first_shard_files: int) -> float:

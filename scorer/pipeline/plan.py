@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -495,6 +495,34 @@ def split_off(shard: Shard, input_path: str) -> tuple[Shard, Shard | None]:
         _make_shard(alone, shard.partition),
         _make_shard(rest, shard.partition) if rest else None,
     )
+
+
+def with_quick_head(plan: Plan, quick: Callable[[int, int], bool]) -> Plan:
+    """The plan with its first shard cut in two where that shard is not quick: a head of its
+    leading row groups for which ``quick(rows, files)`` still holds (one row group at least),
+    then the rest. Every other shard keeps its boundaries and name, and the cut depends on the
+    plan alone, so a rerun of the same plan cuts alike. It gets a run that scores in-process a
+    first commit within a second or so whatever the files' shape: a first shard of 1,000 small
+    files took ~2-3 s on 2 cores."""
+    if not plan.shards:
+        return plan
+    first = plan.shards[0]
+    files = {f.relpath: f for f in plan.files}
+    rows = 0
+    for index, piece in enumerate(first.pieces):
+        f = files[piece.input_relpath]
+        for group in piece.row_groups:
+            taken = index > 0 or group > piece.rg_start
+            if taken and not quick(rows + f.row_group_rows[group], index + 1):
+                head = first.pieces[:index]
+                rest = first.pieces[index + 1 :]
+                if group > piece.rg_start:  # the piece itself is cut on a row-group boundary
+                    head += (_piece(f, piece.rg_start, group),)
+                rest = (_piece(f, group, piece.rg_stop), *rest)
+                cut = (_make_shard(head, first.partition), _make_shard(rest, first.partition))
+                return replace(plan, shards=(*cut, *plan.shards[1:]))
+            rows += f.row_group_rows[group]
+    return plan
 
 
 def shard_id(relpath: str, rg_start: int, rg_stop: int) -> str:
