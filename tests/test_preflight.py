@@ -14,7 +14,7 @@ from conftest import make_history
 from scorer.cli import cli
 from scorer.errors import ColumnTypeConflictError, PreflightError
 from scorer.pipeline.plan import InputFile, scan_inputs
-from scorer.pipeline.preflight import check_column_types_agree
+from scorer.pipeline.preflight import check_column_types_agree, first_file_per_schema
 from scorer.storage import resolve
 
 
@@ -37,6 +37,8 @@ def test_a_key_of_int64_in_one_file_and_string_in_another_is_refused_naming_both
             "c": pa.array(["s-5", "s-6"]),
         },
     )
+    # a and b share one schema object (the scan's), so a stands for both
+    assert first_file_per_schema(files) == [files[0], files[2]]
     with pytest.raises(ColumnTypeConflictError) as caught:
         check_column_types_agree(files, ["session_id"])
     message = str(caught.value)

@@ -24,7 +24,7 @@ import pyarrow as pa
 from scorer.errors import ColumnTypeConflictError
 from scorer.pipeline.plan import InputFile
 
-__all__ = ["check_column_types_agree"]
+__all__ = ["check_column_types_agree", "first_file_per_schema"]
 
 
 def check_column_types_agree(files: Sequence[InputFile], columns: Sequence[str]) -> None:
@@ -33,9 +33,12 @@ def check_column_types_agree(files: Sequence[InputFile], columns: Sequence[str])
 
     Files without a column are not compared for it: they fail as their own shards.
     """
+    # The first file of each schema stands for the others: a file whose type differs from the
+    # first file's is the first of its schema to (its schema's earlier files would have it too).
+    distinct = first_file_per_schema(files)
     for column in dict.fromkeys(columns):
         first: tuple[InputFile, pa.DataType] | None = None
-        for file in files:
+        for file in distinct:
             if column not in file.schema.names:
                 continue
             arrow_type = file.schema.field(column).type
@@ -48,6 +51,16 @@ def check_column_types_agree(files: Sequence[InputFile], columns: Sequence[str])
                     f"{file.path}: their score files could not be read as one table; rewrite "
                     "the input so that every file has the same type for it"
                 )
+
+
+def first_file_per_schema(files: Sequence[InputFile]) -> list[InputFile]:
+    """The first of `files` with each schema *object*, in order. The scan gives the files of
+    one schema one object (`plan._SchemaCache`), so this is a file per schema for a few
+    microseconds each, where hashing 4,000 schemas cost 0.1 s."""
+    first: dict[int, InputFile] = {}
+    for file in files:
+        first.setdefault(id(file.schema), file)
+    return list(first.values())
 
 
 def _as_read(arrow_type: pa.DataType) -> pa.DataType:
