@@ -1,8 +1,8 @@
 """Worker processes beside the in-process worker (`scorer.pipeline.processes`).
 
-A real worker process is started in each test (`python -m scorer.pipeline.processes`); the
-faults are delivered at points the test observes (the process holds its shard's output file
-open), never after a sleep.
+A real worker process is forked in each test (``scorer-worker`` in ``ps``); the faults are
+delivered at points the test observes (the process holds its shard's output file open), never
+after a sleep.
 """
 
 from __future__ import annotations
@@ -33,12 +33,17 @@ from scorer.model.runtime import default_model_dir, load_model
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.local import InProcessWorker, worker_processes_for
-from scorer.pipeline.plan import plan_shards, scan_inputs
-from scorer.pipeline.processes import InProcessAndProcesses, start_worker_processes
+from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
+from scorer.pipeline.processes import (
+    PROCESS_NAME,
+    InProcessAndProcesses,
+    start_worker_processes,
+    stop_worker_processes,
+)
 from scorer.pipeline.retry import Failure
 from scorer.storage import resolve
 
-# 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready after ~1 s.
+# 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready in well under 1 s.
 WITH_A_PROCESS = ["--batch-rows", "2", "--shard-rows", "500", "--processes", "1"]
 RUN_ID = "20261201T000000Z-proc01"
 
@@ -57,7 +62,7 @@ def _worker_process(driver) -> psutil.Process | None:
         return None
     for child in children:
         try:
-            if "scorer.pipeline.processes" in " ".join(child.cmdline()):
+            if child.name() == PROCESS_NAME:
                 return child
         except psutil.NoSuchProcess:
             continue
@@ -98,46 +103,55 @@ def test_processes_config_is_checked_with_its_key():
     assert JobConfig(processes=0).processes == 0
 
 
-def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retry(tmp_path):
-    history = make_history(tmp_path / "in", sessions=3_000, files=3, days=1, row_group_rows=500)
-    shards = plan_shards(scan_inputs(resolve(str(history))), 1_000).shards
+def _settings(history, out, batch_rows=5) -> ActorSettings:
     model = load_model(default_model_dir())
-    settings = ActorSettings(
+    return ActorSettings(
         model_files={p.name: p.read_bytes() for p in default_model_dir().iterdir()},
         threads=1,
-        batch_rows=5,  # 200 batches a shard: the process is surely mid-shard when killed
+        batch_rows=batch_rows,
         key_column=model.card.key_column,
         keep=(),
         label_column=model.card.label_column,
         run_id=RUN_ID,
         input_location=resolve(str(history)),
-        layout=OutputLayout(resolve(str(tmp_path / "out"))),
+        layout=OutputLayout(resolve(str(out))),
     )
+
+
+def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retry(tmp_path):
+    history = make_history(tmp_path / "in", sessions=3_000, files=3, days=1, row_group_rows=500)
+    shards = plan_shards(scan_inputs(resolve(str(history))), 1_000).shards
+    model = load_model(default_model_dir())
+    # 5-row batches, 200 a shard: the process is surely mid-shard when killed
+    settings = _settings(history, tmp_path / "out", batch_rows=5)
+    scan = scan_inputs(resolve(str(history)))
+    forked = start_worker_processes(settings, 1, footers_by_digest(scan))
     local = InProcessWorker(settings, model)
-    workers = InProcessAndProcesses(local, lambda: start_worker_processes(settings, 1), 60)
+    workers = InProcessAndProcesses(local, forked)
     try:
-        assert workers.has_starting() and not workers.processes  # due after the first shard
-        workers.idle.remove(0)
-        first = workers.fetch(workers.submit(0, shards[2], 1, True), 0)
-        assert isinstance(first, ShardOutcome) and first.actor_id == "in-process"
-        assert len(workers.processes) == 1 and workers.started is not None
+        assert workers.has_starting() and workers.size == 1
         workers.processes[0].ready.result(timeout=120)
         workers.poll(busy=0)
         assert sorted(workers.idle) == [0, 1] and workers.size == 2
         assert workers.ready_after is not None
+        assert psutil.Process(workers.processes[0].pid).name() == PROCESS_NAME
+
+        workers.idle.remove(0)
+        first = workers.fetch(workers.submit(0, shards[2], 1, True), 0)
+        assert isinstance(first, ShardOutcome) and first.actor_id == "in-process"
 
         workers.idle.remove(1)
         scored = workers.fetch(workers.submit(1, shards[0], 1, True), 1)
         assert isinstance(scored, ShardOutcome), scored
         assert scored.rows == shards[0].rows and scored.actor_id == "process-1"
-        assert scored.pid == workers.processes[0].process.pid != os.getpid()
+        assert scored.pid == workers.processes[0].pid != os.getpid()
         assert scored.calibration is not None and scored.drift is not None
         assert os.path.exists(settings.layout.temp_path_for(shards[0], RUN_ID))
         assert 1 in workers.idle
 
         workers.idle.remove(1)
         held = workers.submit(1, shards[1], 1, True)
-        process = psutil.Process(workers.processes[0].process.pid)
+        process = psutil.Process(workers.processes[0].pid)
         _wait_for(lambda: _writing_a_shard(process), 60, "the process writing", poll=0.002)
         process.kill()
         lost = workers.fetch(held, 1)
@@ -151,7 +165,25 @@ def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retr
         assert isinstance(again, ShardOutcome) and again.rows == shards[1].rows
     finally:
         workers.shutdown()
-    assert workers.processes[0].process.poll() is not None
+    assert workers.processes[0].process.exitcode is not None
+
+
+def test_forked_processes_each_end_at_eof_on_their_own_pipe(tmp_path):
+    # Each child closes the driver's ends of its siblings' pipes as well as its own: a copy
+    # left open in the second would keep the first from seeing EOF, and it would be killed.
+    history = make_history(tmp_path / "in", sessions=100, files=1, days=1)
+    forked = start_worker_processes(_settings(history, tmp_path / "out"), 2, {})
+    for process in forked:
+        process.ready.result(timeout=60)
+    first = psutil.Process(forked[0].pid)
+    ends = (forked[0].outbox, forked[0].inbox)  # the driver's: two pipes to the first
+    first_pipes = {os.readlink(f"/proc/self/fd/{end.fileno()}") for end in ends}
+    second_fds = f"/proc/{forked[1].pid}/fd"
+    held_by_second = {os.readlink(f"{second_fds}/{fd}") for fd in os.listdir(second_fds)}
+    assert len(first_pipes) == 2 and not first_pipes & held_by_second
+    stop_worker_processes(forked)
+    assert [p.process.exitcode for p in forked] == [0, 0]  # EOF, not EXIT_WAIT_S and a kill
+    assert not first.is_running()
 
 
 def test_a_run_with_a_worker_process_scores_every_row_once_and_resumes(tmp_path, drivers):

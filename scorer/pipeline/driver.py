@@ -48,7 +48,6 @@ from scorer.pipeline.local import (
     InProcessWorker,
     RayInBackground,
     in_process_note,
-    processes_start_delay,
     quick_first_shard,
     ray_pays_off,
     worker_processes_for,
@@ -69,7 +68,11 @@ from scorer.pipeline.plan import (
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree, first_file_per_schema
-from scorer.pipeline.processes import InProcessAndProcesses, start_worker_processes
+from scorer.pipeline.processes import (
+    InProcessAndProcesses,
+    start_worker_processes,
+    stop_worker_processes,
+)
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
@@ -494,7 +497,7 @@ class _Run:
         summary.executor = "in-process"
         summary.actors, summary.nodes, summary.cpus = 1, 1, float(cpus)
         settings = _actor_settings(self.context)
-        worker = InProcessWorker(settings, self.context.model, footers_by_digest(self.plan.files))
+        footers = footers_by_digest(self.plan.files)
         if not ray_pays_off(self.plan.rows, cpus):
             self.progress.message(in_process_note(self.plan.rows, cpus))
             processes = self.context.config.processes
@@ -503,20 +506,23 @@ class _Run:
                 shards = len(self.plan.shards)
                 processes = worker_processes_for(self.plan.rows, pieces, shards, cpus)
             if not processes:
-                self._run_workers(worker)
+                self._run_workers(InProcessWorker(settings, self.context.model, footers))
                 return
             self.progress.message(f"{processes} worker process(es) to start beside it")
-            first = self.plan.shards[0]
-            workers = InProcessAndProcesses(
-                worker,
-                functools.partial(start_worker_processes, settings, processes),
-                delay_s=processes_start_delay(first.rows, len(first.pieces)),
-            )
+            # Forked first, while this process is one thread (`start_worker_processes`).
+            forked = start_worker_processes(settings, processes, footers)
+            try:
+                local = InProcessWorker(settings, self.context.model, footers)
+            except BaseException:
+                stop_worker_processes(forked)
+                raise
+            workers = InProcessAndProcesses(local, forked)
             try:
                 self._run_workers(workers)
             finally:
                 self._note_processes(workers)
             return
+        worker = InProcessWorker(settings, self.context.model, footers)
         self.progress.message(
             f"scoring in-process while a private Ray and {cpus} actor(s) start beside it"
         )
@@ -540,8 +546,6 @@ class _Run:
         else:
             self.progress.message(
                 "the job ended before a worker process was ready: scored in-process alone"
-                if workers.started is not None
-                else "the job ended before the worker processes were due: scored in-process alone"
             )
 
     def _note_ray(self, ray: RayInBackground) -> None:

@@ -57,12 +57,10 @@ RAY_START_S = 5.7
 # Each input file's fixed cost in the in-process worker (open, footer, ~20 column chunks),
 # measured with 1,000-row files: 4,000 files scored in 2.7-9 s, against ~1.4 s for their rows.
 IN_PROCESS_FILE_S = 1.5e-3
-# A worker process is ready ~0.6 s after it is started (`processes`); below this much work for
-# the in-process worker alone, it would arrive when the job is nearly done.
+# Below this much work for the in-process worker alone, worker processes (`processes`) are not
+# started: forked, one is ready in well under 0.1 s, but it takes whole shards, and a job this
+# short has one or two.
 PROCESSES_MIN_WORK_S = 1.5
-# When worker processes start at the latest, seconds into the work, where the first shard is
-# quick (`processes_start_delay`): a first shard of 1M rows is done in ~0.35 s on 2 cores.
-PROCESSES_START_DELAY_S = 0.5
 # The work the first shard of a run scored in-process is cut to (`quick_first_shard`), so that
 # the first commit comes ~1 s after the start (imports, listing, footers) whatever the shape.
 FIRST_SHARD_S = 0.2
@@ -96,14 +94,6 @@ def quick_first_shard(rows: int, files: int) -> bool:
     """Whether a first shard of `rows` in `files` files is quick enough for the in-process
     worker (`plan.with_quick_head` cuts it until it is)."""
     return in_process_seconds(rows, files) <= FIRST_SHARD_S
-
-
-def processes_start_delay(first_shard_rows: int, first_shard_files: int) -> float:
-    """How long the worker processes wait to start (`processes.InProcessAndProcesses`): behind
-    a quick first shard, whose CPU their imports would take on a small machine, none behind a
-    long one (a thousand small files), where they are needed at once."""
-    quick = in_process_seconds(first_shard_rows, first_shard_files) <= PROCESSES_START_DELAY_S
-    return PROCESSES_START_DELAY_S if quick else 0.0
 
 
 def in_process_note(rows: int, cpus: int) -> str:
