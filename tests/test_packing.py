@@ -387,3 +387,24 @@ def test_thousands_of_small_files_read_by_forked_processes_score_once_and_resume
     _assert_exactly_once(history, out)
     again, _ = _run(drivers, history, out, "--shard-rows", "500")
     assert again["shards_skipped"] == 9 and again["rows"] == 0
+
+
+def test_a_run_in_process_cuts_its_first_shard_to_a_quick_head_alike_on_every_rerun(
+    tmp_path, drivers
+):
+    # 400 files of 2 rows, shards of 250 files: the first is ~0.4 s of in-process work, so it
+    # is cut (`plan.with_quick_head`); a run with actors keeps the shards as packed.
+    history = make_history(tmp_path / "in", sessions=800, files=400, days=1, row_group_rows=2)
+    out = tmp_path / "out"
+    args = [history, out, "--shard-rows", "500", "--dry-run"]
+    plans = [_run(drivers, *args)[0]["plan"]["shards"] for _ in range(2)]
+    with_actors = _run(drivers, *args, "--actors", "2")[0]["plan"]["shards"]
+    assert plans[0] == plans[1]
+    assert [len(s["pieces"]) for s in with_actors] == [250, 150]
+    head, rest, last = (len(s["pieces"]) for s in plans[0])
+    assert 1 <= head < 250 and head + rest == 250 and last == 150
+    assert plans[0][2] == with_actors[1]  # the other shards keep their names
+
+    summary, _ = _run(drivers, history, out, "--shard-rows", "500")
+    assert summary["shards_committed"] == 3 and summary["rows"] == 800
+    _assert_exactly_once(history, out)
