@@ -7,10 +7,13 @@ after a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import subprocess
+import sys
 
 import psutil
 import pyarrow.parquet as pq
@@ -282,4 +285,27 @@ def test_ctrl_c_stops_the_worker_process_quietly_and_the_rerun_completes(tmp_pat
 
     code, _, stderr = drivers.wait(drivers.start(*command), 120)
     assert code == 0, stderr
+    _assert_exactly_once(history, out)
+
+
+def test_a_run_on_a_terminal_forks_its_process_beside_the_live_progress_bar(tmp_path):
+    # On a terminal a progress bar refreshes on a thread of the driver's at the fork; the
+    # process must not use what that thread could hold (the streams' locks: `_child`).
+    import pty
+
+    history = make_history(tmp_path / "in", sessions=2_000, files=4, days=1)
+    out = tmp_path / "out"
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "scorer", "score", str(history), str(out)]
+    command += ["--shard-rows", "500", "--batch-rows", "5", "--processes", "1"]
+    driver = subprocess.Popen(command, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the driver has exited
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    os.close(leader)
+    assert driver.wait(timeout=120) == 0, shown.decode(errors="replace")
+    assert b"worker process(es) joined" in shown or b"before a worker process" in shown
     _assert_exactly_once(history, out)

@@ -298,7 +298,9 @@ def _child(
 ) -> None:
     """A forked worker process: load the model, then score the shards the driver sends until
     EOF. SIGINT is blocked on arrival (`WorkerProcess`): it gets its own process group and
-    ignores Ctrl-C before taking signals again; the driver's handlers are not its own."""
+    ignores Ctrl-C before taking signals again; the driver's handlers are not its own. Of the
+    driver's objects it uses the settings and the footers alone, never one another thread of
+    the driver could have held a lock of at the fork."""
     parent_pid = os.getppid()
     os.setpgid(0, 0)  # Ctrl-C at the terminal goes to the driver alone
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -310,6 +312,10 @@ def _child(
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # the driver's stdout may be --json
     os.close(devnull)
+    # New stream objects: the driver's may have been mid-write on another thread at the fork
+    # (a terminal's progress bar refreshes on one), and their locks would stay held here.
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (for the life of the process)
+    sys.stderr = open(os.dup(2), "w", buffering=1)  # noqa: SIM115
     import asyncio
     import socket
 
