@@ -181,8 +181,9 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
 @click.option(
     "--processes",
     type=click.IntRange(min=0),
-    help="Without Ray: worker processes scoring beside the driver. Default: one per spare core "
-    "when the job keeps the driver busy for more than a second or two; 0: none.",
+    help="Without Ray: worker processes (forked after planning) scoring beside the driver. "
+    "Default: one per spare core when the job keeps the driver busy for more than ~0.5 s; "
+    "0: none.",
 )
 @click.option(
     "--batch-rows",
