@@ -12,19 +12,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
+from conftest import make_history, shard_scorer
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline.actor import (
-    ActorSettings,
     Identity,
-    ShardScorer,
     StageThreads,
     load_shipped_model,
     stream_shard,
 )
-from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.plan import plan_shards, scan_inputs
 from scorer.pipeline.stats import STAGES
 from scorer.storage import resolve
@@ -44,18 +41,7 @@ def source(tmp_path_factory):
 
 
 def _scorer(model, source, out, *, batch_rows=700, keep=()):
-    settings = ActorSettings(
-        model_files={},  # read by ScoringActor only; the scorer gets the loaded model
-        threads=1,
-        batch_rows=batch_rows,
-        key_column=model.card.key_column,
-        keep=keep,
-        label_column=model.card.label_column,
-        run_id=RUN_ID,
-        input_location=resolve(source),
-        layout=OutputLayout(resolve(out)),
-    )
-    return ShardScorer(settings, model)
+    return shard_scorer(model, source, out, batch_rows=batch_rows, keep=keep, run_id=RUN_ID)
 
 
 def _shards(source, shard_rows=4_000):

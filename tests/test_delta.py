@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_history
 from deltalake import DeltaTable
-from test_faults import SLOW_HISTORY, TOTAL_SHARDS, _commits, _Drivers, _wait_for
+from test_faults import SLOW_HISTORY, TOTAL_SHARDS, _commits, _wait_for
 
 from scorer.cli import cli
 from scorer.config import JobConfig
@@ -43,13 +43,6 @@ def _assert_once(history: Path, table: pa.Table) -> None:
     got = table["session_id"]
     assert len(got) == len(want) == pc.count_distinct(got).as_py(), "a session missing or twice"
     assert pc.all(pc.is_in(want, value_set=got)).as_py()
-
-
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
 
 
 def test_a_delta_run_is_one_version_read_by_deltalake_polars_and_pandas(tmp_path):

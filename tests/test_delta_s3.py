@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pytest
 from deltalake import DeltaTable, write_deltalake
 from servers import moto_s3
-from test_faults import _Drivers, _wait_for
+from test_faults import _wait_for
 
 from scorer.evaluation.generate import generate
 from scorer.pipeline.delta import PAUSE_ENV
@@ -39,13 +39,6 @@ CREDENTIALS = {
 def endpoint():
     with moto_s3(CREDENTIALS) as address:
         yield address
-
-
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
 
 
 def _options(endpoint: str) -> dict[str, str]:

@@ -279,13 +279,6 @@ class _Drivers:
                 process.kill()  # psutil checks the pid still names the same process
 
 
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
-
-
 def _zero_data_pages(path: Path) -> None:
     """Overwrite everything between the magic and the footer with zeros: the footer still
     plans, every page header is garbage."""

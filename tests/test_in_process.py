@@ -22,7 +22,6 @@ from test_faults import (
     _assert_exactly_once,
     _assert_scores_whole,
     _commits,
-    _Drivers,
     _run_stats,
     _ScoresWatcher,
     _shard_stats,
@@ -34,13 +33,6 @@ from scorer.pipeline.local import RAY_START_S, ray_pays_off
 
 # As test_faults' slow runs, without --actors: 12 shards of 500 rows, 5-row batches.
 IN_PROCESS_OPTIONS = ["--batch-rows", "5", "--shard-rows", "500"]
-
-
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
 
 
 def test_ray_pays_off_only_for_work_longer_than_its_start_up():

@@ -31,13 +31,6 @@ OPTIONS = ["--shard-rows", "5000", "--batch-rows", "50", "--json"]
 NEW_IDS = 10_000_000  # the new version's session ids start here; the old one's below
 
 
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
-
-
 def _history(root: Path, files: int) -> Path:
     return make_history(
         root, sessions=ROWS * files, files=files, days=1, row_group_rows=ROW_GROUP_ROWS

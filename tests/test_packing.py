@@ -15,13 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
+from conftest import make_history, shard_scorer
 from hypothesis import given
 from hypothesis import strategies as st
 from test_faults import (
     _assert_exactly_once,
     _commits,
-    _Drivers,
     _shard_stats,
     _wait_for,
     _zero_data_pages,
@@ -31,8 +30,6 @@ from test_plan import synthetic
 
 from scorer.errors import ShardReadError
 from scorer.model.runtime import load_model
-from scorer.pipeline.actor import ActorSettings, ShardScorer
-from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.manifest import CommitRecord, Manifest
 from scorer.pipeline.plan import plan_shards, scan_inputs, split_off
 from scorer.pipeline.retry import local_failure
@@ -42,13 +39,6 @@ from scorer.storage import resolve
 SMALL_FILES = dict(sessions=6_000, files=60, days=2, row_group_rows=50)
 PACKED = ["--shard-rows", "1000", "--batch-rows", "300"]
 PACKED_SHARDS = 6
-
-
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
 
 
 def _run(drivers, *args, code=0):
@@ -184,18 +174,7 @@ def model():
 
 
 def _scorer(model, source, out, batch_rows):
-    settings = ActorSettings(
-        model_files={},
-        threads=1,
-        batch_rows=batch_rows,
-        key_column=model.card.key_column,
-        keep=(),
-        label_column=model.card.label_column,
-        run_id="run-packed",
-        input_location=resolve(source),
-        layout=OutputLayout(resolve(out)),
-    )
-    return ShardScorer(settings, model)
+    return shard_scorer(model, source, out, batch_rows=batch_rows, run_id="run-packed")
 
 
 def test_a_packed_shard_is_read_file_by_file_and_coalesced_scoring_as_each_file_alone(

@@ -24,7 +24,6 @@ from test_faults import (
     TOTAL_SHARDS,
     _assert_exactly_once,
     _assert_scores_whole,
-    _Drivers,
     _run_stats,
     _shard_stats,
     _wait_for,
@@ -49,13 +48,6 @@ from scorer.storage import resolve
 # 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready in well under 1 s.
 WITH_A_PROCESS = ["--batch-rows", "2", "--shard-rows", "500", "--processes", "1"]
 RUN_ID = "20261201T000000Z-proc01"
-
-
-@pytest.fixture
-def drivers(tmp_path):
-    tracked = _Drivers(tmp_path)
-    yield tracked
-    tracked.close()
 
 
 def _worker_process(driver) -> psutil.Process | None:
