@@ -252,6 +252,33 @@ def test_footers_read_by_forked_processes_plan_as_those_read_here(tmp_path, monk
     assert plan_shards(forked, 12).to_dict() == plan_shards(here, 12).to_dict()
 
 
+def test_files_of_one_schema_share_one_schema_object_whichever_process_read_them(
+    tmp_path, monkeypatch
+):
+    """What `preflight.first_file_per_schema` and `Piece.schema_token` rely on."""
+    _many_files(tmp_path)
+    odd = tmp_path / "dt=2026-11-27" / "part-027.parquet"  # in the last process's files
+    table = pq.read_table(odd)
+    pq.write_table(table.set_column(0, "session_id", table["session_id"].cast("int32")), odd)
+    monkeypatch.setattr(plan_module, "PROCESS_SCAN_MIN_FILES", 10)
+    readable = [i for i in scan_inputs(resolve(tmp_path), processes=3) if isinstance(i, InputFile)]
+    assert readable[-1].footer is None  # read by a forked process
+    objects = {id(i.schema) for i in readable}
+    assert len(objects) == 2
+    assert {id(i.schema) for i in readable if i.path != str(odd)} == {id(readable[0].schema)}
+    plan = plan_shards(readable, 1_000)
+    tokens = {p.input_path: p.schema_token for s in plan.shards for p in s.pieces}
+    assert len(set(tokens.values())) == 2 and tokens[str(odd)] != tokens[readable[0].path]
+    assert all(p.whole_file for s in plan.shards for p in s.pieces)
+
+
+def test_a_piece_of_part_of_a_file_is_not_whole(tmp_path):
+    write_sessions(tmp_path / "a.parquet", 30, 10)
+    plan = plan_shards(scan_inputs(resolve(tmp_path)), 10)
+    assert [p.whole_file for s in plan.shards for p in s.pieces] == [False] * 3
+    assert plan_shards(scan_inputs(resolve(tmp_path)), 30).shards[0].pieces[0].whole_file
+
+
 def test_few_files_are_read_here_whatever_the_processes(tmp_path):
     _many_files(tmp_path)
     assert all(

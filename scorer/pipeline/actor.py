@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
-from scorer.errors import InputChangedError, ShardReadError, StorageError
+from scorer.errors import ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.layout import OutputLayout
@@ -231,7 +231,7 @@ class ShardScorer:
         try:
             source, size, mtime_ns = self._open_version(path)
         except FileNotFoundError as exc:
-            raise InputChangedError(_changed(piece, "no file"), input_path=path) from exc
+            raise piece.changed("no file") from exc
         except Exception as exc:
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
         in_memory = self.settings.input_location.is_local and size <= WHOLE_FILE_BYTES
@@ -246,11 +246,11 @@ class ShardScorer:
         except Exception as exc:
             if not piece.fingerprint.startswith(f"{size}-{mtime_ns}-"):
                 found = f"{size}-{mtime_ns}-(unreadable footer)"
-                raise InputChangedError(_changed(piece, found), input_path=path) from exc
+                raise piece.changed(found) from exc
             raise ShardReadError(f"{path}: cannot open: {exc}", input_path=path) from exc
         found = file_fingerprint(size, mtime_ns, footer)
         if found != piece.fingerprint:
-            raise InputChangedError(_changed(piece, found), input_path=path)
+            raise piece.changed(found)
         metadata = footer.metadata
         # Checked before the reader is made: given a dictionary column the file lacks, pyarrow
         # fails with a bare KeyError (b'month') that names neither the problem nor the file.
@@ -852,13 +852,6 @@ def _footer_reads(metadata: pq.FileMetaData, size: int) -> tuple[int, int]:
     if footer + 8 <= tail:
         return 1, tail
     return 2, tail + footer
-
-
-def _changed(piece: Piece, found: str) -> str:
-    return (
-        f"input changed during the run: {piece.input_path} "
-        f"(planned {piece.fingerprint}, found {found})"
-    )
 
 
 def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch | pa.Table:

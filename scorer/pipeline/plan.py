@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, NoInputFilesError, PreflightError
+from scorer.errors import ConfigError, InputChangedError, NoInputFilesError, PreflightError
 from scorer.pipeline.layout import shard_output_relpath
 from scorer.storage import Location, storage_errors
 
@@ -175,6 +175,11 @@ class Piece:
     rows: int
     input_bytes: int
     fingerprint: str
+    whole_file: bool = field(default=False, compare=False)
+    """Every row group of its file: a run of such pieces may be read by DuckDB (`bulk`)."""
+    schema_token: int | None = field(default=None, compare=False)
+    """Equal for pieces of files of one Arrow schema in this run's plan (the scan gives them one
+    schema object); None where not known (pieces rebuilt from commit records)."""
 
     @property
     def piece_id(self) -> str:
@@ -184,6 +189,15 @@ class Piece:
     @property
     def row_groups(self) -> range:
         return range(self.rg_start, self.rg_stop)
+
+    def changed(self, found: str) -> InputChangedError:
+        """The error for its file found as ``found`` (a fingerprint, or what was found instead)
+        where the planned version was expected."""
+        return InputChangedError(
+            f"input changed during the run: {self.input_path} "
+            f"(planned {self.fingerprint}, found {found})",
+            input_path=self.input_path,
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -417,7 +431,7 @@ def _scan_forked(
         items = _read_footers(fs, chunks[0], schemas)
         for future, chunk in zip(forked, chunks[1:], strict=True):
             try:
-                items += future.result()
+                items += [schemas.adopted(item) for item in future.result()]
             except BrokenProcessPool:
                 items += _read_footers(fs, chunk, schemas)
         return items
@@ -702,6 +716,22 @@ def read_footer(
     bytes costs microseconds where walking the parsed footer in Python cost ~0.3 ms a file
     (measured, 19 columns), which planning 4,000 small files paid twice (plan and open).
     """
+    serialized, end = _footer_bytes(source, size)
+    digest = _digest(serialized)
+    metadata = known.get(digest) if known is not None else None
+    if metadata is None:
+        metadata = _parsed(serialized + end)
+    return Footer(metadata, digest)
+
+
+def read_footer_digest(source: pa.NativeFile, size: int) -> str:
+    """`Footer.digest` of an open Parquet file of ``size`` bytes, without parsing the footer
+    (as `read_footer` reads it; raises ValueError where it would)."""
+    return _digest(_footer_bytes(source, size)[0])
+
+
+def _footer_bytes(source: pa.NativeFile, size: int) -> tuple[bytes, bytes]:
+    """A file's serialized footer and the 8 bytes after it (its length and magic)."""
     tail_bytes = min(size, FOOTER_TAIL_BYTES)
     source.seek(size - tail_bytes)
     tail = source.read(tail_bytes)
@@ -711,15 +741,13 @@ def read_footer(
     if footer_bytes + 12 > size:
         raise ValueError(f"footer length {footer_bytes} exceeds the file ({size} bytes)")
     if footer_bytes + 8 <= tail_bytes:
-        serialized = tail[-8 - footer_bytes : -8]
-    else:
-        source.seek(size - 8 - footer_bytes)
-        serialized = source.read(footer_bytes)
-    digest = hashlib.sha256(serialized).hexdigest()[:16]
-    metadata = known.get(digest) if known is not None else None
-    if metadata is None:
-        metadata = _parsed(serialized + tail[-8:])
-    return Footer(metadata, digest)
+        return tail[-8 - footer_bytes : -8], tail[-8:]
+    source.seek(size - 8 - footer_bytes)
+    return source.read(footer_bytes), tail[-8:]
+
+
+def _digest(serialized: bytes) -> str:
+    return hashlib.sha256(serialized).hexdigest()[:16]
 
 
 def _parsed(footer: bytes) -> pq.FileMetaData:
@@ -744,7 +772,12 @@ def file_fingerprint(size: int, mtime_ns: int | None, footer: Footer) -> str:
     (``If-Match``); pyarrow's filesystems expose neither, so it is not used: the footer digest
     is what tells such rewrites apart.
     """
-    return f"{size}-{mtime_ns}-{FOOTER_DIGEST_TAG}{footer.digest}"
+    return digest_fingerprint(size, mtime_ns, footer.digest)
+
+
+def digest_fingerprint(size: int, mtime_ns: int | None, digest: str) -> str:
+    """`file_fingerprint` from a footer's digest alone (`read_footer_digest`)."""
+    return f"{size}-{mtime_ns}-{FOOTER_DIGEST_TAG}{digest}"
 
 
 def legacy_fingerprint(size: int, mtime_ns: int | None, metadata: pq.FileMetaData) -> str:
@@ -784,6 +817,9 @@ class _SchemaCache:
 
     def __init__(self) -> None:
         self._known: dict[tuple[int, bytes | None], list[tuple[pq.ParquetSchema, pa.Schema]]] = {}
+        # Schemas of files a forked process read, by the id of the object it sent (`adopted`):
+        # its files of one schema come as one object, so one comparison serves them all.
+        self._adopted: dict[int, tuple[pa.Schema, pa.Schema]] = {}
 
     def arrow_schema(self, metadata: pq.FileMetaData) -> pa.Schema:
         kv = metadata.metadata or {}
@@ -796,6 +832,23 @@ class _SchemaCache:
         arrow_schema = metadata.schema.to_arrow_schema()
         known.append((metadata.schema, arrow_schema))
         return arrow_schema
+
+    def adopted(self, item: InputFile | FailedInput) -> InputFile | FailedInput:
+        """A file a forked process read, with this cache's object for its schema: the files of
+        one schema then share one object whichever process read them (what
+        `preflight.first_file_per_schema` and `Piece.schema_token` rely on)."""
+        if not isinstance(item, InputFile):
+            return item
+        _, schema = self._adopted.get(id(item.schema), (None, None))
+        if schema is None:
+            known = [arrow for pairs in self._known.values() for _, arrow in pairs]
+            known += [adopted for _, adopted in self._adopted.values()]
+            schema = next(
+                (s for s in known if s.equals(item.schema, check_metadata=True)), item.schema
+            )
+            # The object sent is kept with it: its id is not reused while it is a key here.
+            self._adopted[id(item.schema)] = (item.schema, schema)
+        return item if schema is item.schema else replace(item, schema=schema)
 
 
 def _row_group_rows(metadata: pq.FileMetaData) -> tuple[int, ...]:
@@ -846,6 +899,8 @@ def _piece(f: InputFile, start: int, stop: int) -> Piece:
         rows=sum(f.row_group_rows[start:stop]),
         input_bytes=sum(f.row_group_bytes[start:stop]),
         fingerprint=f.fingerprint,
+        whole_file=start == 0 and stop == len(f.row_group_rows),
+        schema_token=id(f.schema),
     )
 
 
