@@ -314,7 +314,8 @@ def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInpu
     if not readable:
         return  # every footer unreadable: each file fails as its own shard, exit 1
     # Each distinct schema once: the loop cost 0.5 s over 4,000 small files' schemas.
-    schemas = [f.schema for f in first_file_per_schema(readable)]
+    distinct = first_file_per_schema(readable)
+    schemas = [f.schema for f in distinct]
     card = context.model.card
     wanted: list[tuple[str, InputSpec | None]] = [(spec.name, spec) for spec in card.inputs]
     wanted += [(context.key_column, None)] + [(name, None) for name in context.config.keep]
@@ -333,7 +334,8 @@ def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInpu
                 f"model needs a {spec.kind} column of {spec.dtype}"
             )
     # Copied into every score file: of two types across files, readers could not union them.
-    check_column_types_agree(readable, [context.key_column, *context.config.keep])
+    # The first file of each schema stands for its others there too (`check_column_types_agree`).
+    check_column_types_agree(distinct, [context.key_column, *context.config.keep])
 
 
 def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
