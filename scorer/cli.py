@@ -188,12 +188,18 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
 @click.option(
     "--batch-rows",
     type=click.IntRange(min=1),
-    help=f"Rows per scored batch (default {DEFAULT_BATCH_ROWS}).",
+    help=(
+        f"Rows per scored batch (default {DEFAULT_BATCH_ROWS}); also the most rows one read of a "
+        "run of small files takes."
+    ),
 )
 @click.option(
     "--shard-rows",
     type=click.IntRange(min=1),
-    help=f"Target rows per shard; files split on row-group boundaries (default {DEFAULT_SHARD_ROWS}).",
+    help=(
+        "Target rows per shard; big files split on row-group boundaries, small files of one "
+        f"folder packed together (default {DEFAULT_SHARD_ROWS})."
+    ),
 )
 @click.option(
     "--address",

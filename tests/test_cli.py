@@ -143,8 +143,8 @@ def _help_text(*args: str) -> str:
 
 def test_help_shows_the_defaults_of_their_owners():
     score = _help_text("score")
-    assert f"Rows per scored batch (default {DEFAULT_BATCH_ROWS})." in score
-    assert f"boundaries (default {DEFAULT_SHARD_ROWS})." in score
+    assert f"Rows per scored batch (default {DEFAULT_BATCH_ROWS});" in score
+    assert f"packed together (default {DEFAULT_SHARD_ROWS})." in score
     assert f"Attempts per shard (default {DEFAULT_MAX_ATTEMPTS})." in score
     assert f"per actor (default {DEFAULT_CPUS_PER_ACTOR:g});" in score
     assert f"the bundled {BUNDLED_MODEL}." in score
