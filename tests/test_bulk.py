@@ -381,6 +381,36 @@ def test_the_command_as_typed_scores_each_file_as_the_model_does(model, tmp_path
     _assert_scored_as_the_model_does(model, source, out)
 
 
+def test_a_poison_file_in_a_scanned_shard_fails_alone_and_the_rest_commits(tmp_path, drivers):
+    """`scorer score IN OUT` as typed, shards of `BULK_MIN_FILES` one-row-group files (so runs
+    of them are DuckDB scans in whichever process scores them): the scan of the poison file's
+    run fails, the per-file reader names it, the shard is split around it, and every other
+    file is scored in the same run; repaired, a rerun scores it alone."""
+    files = 3 * actor.BULK_MIN_FILES
+    source = make_history(tmp_path / "in", sessions=25 * files, files=files, days=1)
+    paths = sorted(source.rglob("*.parquet"))
+    assert len(paths) == files and pq.ParquetFile(paths[0]).metadata.num_row_groups == 1
+    poison = paths[files - 100]  # mid-run in the last shard
+    _zero_data_pages(poison)
+    out = tmp_path / "out"
+    options = ["--shard-rows", str(25 * actor.BULK_MIN_FILES), "--json"]
+    code, stdout, stderr = drivers.wait(drivers.start(str(source), str(out), *options), 180)
+    assert code == 1, stderr
+    summary = json.loads(stdout)
+    assert [f["input"] for f in summary["failures"]] == [str(poison)]
+    assert f"{poison}: unreadable data" in stderr
+    assert summary["rows"] == 25 * (files - 1)
+
+    pq.write_table(pq.read_table(paths[0]), poison)  # repaired: another file's 25 rows
+    code, stdout, stderr = drivers.wait(drivers.start(str(source), str(out), *options), 180)
+    assert code == 0, stderr
+    rerun = json.loads(stdout)
+    assert rerun["rows"] == 25 and rerun["shards_committed"] == 1
+    got = ds.dataset(out / "scores").to_table(columns=["session_id"])["session_id"]
+    assert len(got) == 25 * files  # the repaired file's keys are another file's: rows, not keys
+    assert pc.count_distinct(got).as_py() == 25 * (files - 1)
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_actors_scan_packed_shards_scoring_each_file_as_the_model_does(model, tmp_path):
     # Shards of `BULK_MIN_FILES` files: an actor, a process of Ray's, scans them.
