@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from scorer.evaluation.bench import bench_data
+from scorer.evaluation.whole_job import scorer_bin
 
 # Each reader in a process of its own, timed after its import: what reading the files costs.
 READ_ONLY = {
@@ -121,11 +122,8 @@ def main() -> None:
 
 def _scored(data: str, out: Path) -> tuple[float, float]:
     """The scorer's work-window rows/s and its workers' CPU seconds on ``data``."""
-    scorer = Path(sys.executable).with_name("scorer")
     done = subprocess.run(
-        [str(scorer) if scorer.exists() else "scorer", "score", data, str(out), "--json"],
-        check=True,
-        capture_output=True,
+        [scorer_bin(), "score", data, str(out), "--json"], check=True, capture_output=True
     )
     shutil.rmtree(out)
     summary = json.loads(done.stdout)

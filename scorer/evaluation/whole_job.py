@@ -117,7 +117,7 @@ def run_whole_job(
             target = out / f"out-{contestant}"
             shutil.rmtree(target, ignore_errors=True)
             if contestant == "scorer":
-                command = [_scorer_bin(), "score", str(data), str(target), "--json", *scorer_args]
+                command = [scorer_bin(), "score", str(data), str(target), "--json", *scorer_args]
             else:
                 command = [sys.executable, str(scripts[contestant]), str(data), str(target)]
             row = _timed(command, contestant) | {"contestant": contestant}
@@ -173,7 +173,7 @@ def _seconds(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _scorer_bin() -> str:
+def scorer_bin() -> str:
     # The console script beside this interpreter: what `scorer` on a user's PATH runs.
     installed = Path(sys.executable).with_name("scorer")
     return str(installed) if installed.exists() else "scorer"

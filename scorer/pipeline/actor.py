@@ -494,8 +494,8 @@ class ShardScorer:
                         last_read[index] = read
                         indices = [index]
                     elif len(piece.row_groups) == 1:
-                        run = self._run_of_files(piece, todo, scan)
-                        read = pool.submit(self._open_and_read_run, run, first.columns, scan)
+                        run, bulk = self._run_of_files(piece, todo, scan)
+                        read = pool.submit(self._open_and_read_run, run, first.columns, bulk)
                         indices = [index] + [todo.popleft()[0] for _ in run[1:]]
                         group = -1  # a run
                     else:
@@ -526,12 +526,13 @@ class ShardScorer:
 
     def _run_of_files(
         self, piece: Piece, todo: deque[tuple[int, Piece, int]], scan: bool
-    ) -> list[Piece]:
+    ) -> tuple[list[Piece], bool]:
         """`piece` and the files of one row group after it in `todo`, to be read by one task:
         at most `FILES_PER_READ` and `WHOLE_FILE_BYTES` in all, or, where DuckDB may scan
         them (``scan``, the shard's `_scans`, and `bulk.joins_run`), at most
-        `BULK_FILES_PER_READ` and `batch_rows` rows. (Local files only: on object storage every
-        file is opened ahead, one by one, by `_open_files_ahead`.)"""
+        `BULK_FILES_PER_READ` and `batch_rows` rows; and whether it is such a run. (Local files
+        only: on object storage every file is opened ahead, one by one, by
+        `_open_files_ahead`.)"""
         run = [piece]
         size, rows = piece.input_bytes, piece.rows
         bulk = scan and scannable(piece)
@@ -546,7 +547,7 @@ class ShardScorer:
             if size > WHOLE_FILE_BYTES or (bulk and rows > self.settings.batch_rows):
                 break
             run.append(following)
-        return run
+        return run, bulk
 
     def _scans(self, shard: Shard) -> bool:
         """Whether runs of the shard's files may be scanned by DuckDB (`bulk`): local files,
@@ -558,22 +559,18 @@ class ShardScorer:
         started = self._bulk_reader is not None and self._bulk_reader.started
         return started or shard.files >= BULK_MIN_FILES
 
-    def _open_and_read_run(self, pieces: list[Piece], columns: list[str], scan: bool) -> Run:
+    def _open_and_read_run(self, pieces: list[Piece], columns: list[str], bulk: bool) -> Run:
         """Files of one row group each, opened and read by one task (on `read_pool`): in turn,
-        or, for a run `bulk.joins_run` allows, the first so and the rest by one DuckDB scan
+        or, for a ``bulk`` run (`_run_of_files`), the first so and the rest by one DuckDB scan
         (`bulk`), whose rows then all come as the first file's."""
-        first = self._open(pieces[0], columns)
+        if not bulk or len(pieces) == 1:
+            return [self._open_and_read(piece, columns) for piece in pieces]
+        first, rest = self._open(pieces[0], columns), pieces[1:]
         batches = list(self._row_group_batches(first, pieces[0], pieces[0].rg_start))
-        rest = pieces[1:]
-        if rest and scan and scannable(pieces[0]):
-            schema = pa.schema([first.parquet.schema_arrow.field(name) for name in columns])
-            if bulk_schema(schema):
-                try:
-                    scanned = self.bulk_reader.read(rest, schema)
-                except BulkReadFailed:
-                    pass  # read file by file below, which names a bad file
-                else:
-                    return [batches + scanned] + [[] for _ in rest]
+        schema = pa.schema([first.parquet.schema_arrow.field(name) for name in columns])
+        if bulk_schema(schema):
+            with contextlib.suppress(BulkReadFailed):  # read file by file below: names a bad file
+                return [batches + self.bulk_reader.read(rest, schema)] + [[] for _ in rest]
         return [batches] + [self._open_and_read(piece, columns) for piece in rest]
 
     def _coalesced(
