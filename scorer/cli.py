@@ -30,6 +30,7 @@ from scorer.config import (
     DEFAULT_CPUS_PER_ACTOR,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARD_ROWS,
+    DEFAULT_THREADS_PER_ACTOR,
     OUTPUT_FORMATS,
 )
 from scorer.errors import Interrupted, ScorerError, Terminated
@@ -46,6 +47,7 @@ from scorer.model.card import (
     DEFAULT_CALIBRATION,
     DEFAULT_SEED,
     DEFAULT_VERSION,
+    OUTPUT_KINDS,
     InputSpec,
     ModelCard,
 )
@@ -194,6 +196,12 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     ),
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="onnxruntime threads per worker or actor (key threads_per_actor; default "
+    f"{DEFAULT_THREADS_PER_ACTOR}): more for a heavy imported model on few workers.",
+)
+@click.option(
     "--shard-rows",
     type=click.IntRange(min=1),
     help=(
@@ -280,6 +288,7 @@ def score_command(
     actors: int | None,
     processes: int | None,
     batch_rows: int | None,
+    threads: int | None,
     shard_rows: int | None,
     address: str | None,
     cpus_per_actor: float | None,
@@ -327,6 +336,7 @@ def score_command(
     config = load_config(config_file).with_overrides(
         model=model,
         batch_rows=batch_rows,
+        threads_per_actor=threads,
         shard_rows=shard_rows,
         partition=parse_partitions(partitions),
         since=parse_date(since, "--since") if since else None,
@@ -747,6 +757,12 @@ def _describe_evaluation(evaluation: Evaluation) -> str:
 )
 @click.option("--address", metavar="ADDR", help="Run the scorer and Ray Data on this Ray cluster.")
 @click.option(
+    "--model",
+    "model_dir",
+    metavar="DIR",
+    help=f"Model every contestant scores with (an imported one too). Default: {BUNDLED_MODEL}.",
+)
+@click.option(
     "--s3-latency",
     metavar="MS,MS,...",
     help="Instead: s3 → s3 through a latency proxy holding each request MS ms (e.g. 0,20,50; "
@@ -769,6 +785,7 @@ def bench_command(
     actors: str | None,
     batch_rows: int,
     address: str | None,
+    model_dir: str | None,
     s3_latency: str | None,
     whole_job: bool,
 ) -> None:
@@ -832,6 +849,7 @@ def bench_command(
         actors=counts,
         batch_rows=batch_rows,
         address=address,
+        model_dir=model_dir,
         on_message=lambda text: click.echo(text, err=True),
     )
     console = Console()
@@ -1060,6 +1078,178 @@ def calibrate_command(
     click.echo(_holdout_table(card))
 
 
+@cli.command("import")
+@click.argument("onnx_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Labelled sessions (a Parquet file or folder, with the label column): they fit the "
+    "calibration, give the vocabularies, the drift reference and the holdout metrics.",
+)
+@out_option("Model directory to write (model.onnx and model.json); nothing is written on error.")
+@click.option(
+    "--features",
+    metavar="COL,COL,...",
+    help="The session columns of the graph's 2-D numeric input, in matrix order (required when "
+    "the graph has one).",
+)
+@click.option(
+    "--input",
+    "input_map",
+    multiple=True,
+    metavar="GRAPH_INPUT=COLUMN",
+    help="Feed a one-column graph input from this column (repeatable). Default: inputs named "
+    "like a session column take it.",
+)
+@click.option(
+    "--output",
+    metavar="NAME[:INDEX]",
+    help="The output holding the positive-class score, and its column. Default: the one [N, 2] "
+    "float output (column 1) or ZipMap (key 1).",
+)
+@click.option(
+    "--output-kind",
+    type=click.Choice(OUTPUT_KINDS),
+    help="Whether the score is a probability or a logit; required for one float per row.",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(("auto", *CALIBRATION_METHODS)),
+    default="auto",
+    show_default=True,
+    help="Calibration stage; auto: the lowest out-of-fold log loss on the calibration half, "
+    "none included.",
+)
+@click.option(
+    "--range",
+    "ranges",
+    multiple=True,
+    metavar="COL=MIN:MAX",
+    help="Valid range of a numeric column, either end may be empty (repeatable); rows outside "
+    "get status out_of_range:COL.",
+)
+@click.option("--name", help="Model name in the card. Default: the --out folder's name.")
+@click.option(
+    "--version",
+    "model_version",
+    default=DEFAULT_VERSION,
+    show_default=True,
+    help="Model version in the card.",
+)
+@click.option(
+    "--key-column", default=KEY_COLUMN, show_default=True, help="Row key column of the card."
+)
+@click.option(
+    "--label-column",
+    default=LABEL_COLUMN,
+    show_default=True,
+    help="Label column of DATA (bool or 0/1).",
+)
+@seed_option("Seed of the stratified calibration/test halves of DATA and of the folds.")
+@handle_errors
+def import_command(
+    onnx_file: Path,
+    data: Path,
+    out_dir: Path,
+    features: str | None,
+    input_map: tuple[str, ...],
+    output: str | None,
+    output_kind: str | None,
+    calibration: str,
+    ranges: tuple[str, ...],
+    name: str | None,
+    model_version: str,
+    key_column: str,
+    label_column: str,
+    seed: int,
+) -> None:
+    """Make a model directory from a binary classifier exported to ONNX elsewhere.
+
+    The graph is kept as it is (a ZipMap output is cut off at its input tensor); the scorer adds
+    intent_raw (the model's own positive-class probability, bit for bit; a logit goes through a
+    sigmoid) and intent_calibrated (a calibration stage in the same graph). DATA is split in
+    stratified halves: the calibration half fits the calibrator (with auto, each method is
+    scored by 5-fold out-of-fold log loss and the card records every score), the test half gives
+    the holdout metrics. The card also gets the inputs as the graph declares them, string
+    vocabularies and the drift reference from DATA, and where the file came from (its sha256,
+    producer, these flags). Every command then works with the directory as with a trained one.
+
+    Exit 2, with nothing written, for: no probability-like output or two candidates without
+    --output, a multi-class model, --features of the wrong count, a graph input without a
+    column, a string input over a numeric column, one float output without --output-kind, a
+    graph with external data or an operator domain onnxruntime lacks, DATA with one class.
+
+    \b
+    Examples:
+      scorer import lgbm.onnx --data labelled.parquet --out models/lgbm \\
+          --features admin_pages,admin_seconds,info_pages,...
+      scorer import pipeline.onnx --data labelled.parquet --out models/skl
+      scorer import net.onnx --data labelled.parquet --out models/net --output-kind logit \\
+          --features ...  --range page_value=0:
+    """
+    from scorer.model.importer import ImportOptions, import_model
+
+    options = ImportOptions(
+        features=_column_list(features) if features is not None else None,
+        inputs=_pairs(input_map, "--input", "GRAPH_INPUT=COLUMN"),
+        output=output,
+        output_kind=output_kind,
+        calibration=calibration,
+        ranges={
+            col: _bounds(col, text)
+            for col, text in _pairs(ranges, "--range", "COL=MIN:MAX").items()
+        },
+        name=name,
+        version=model_version,
+        key_column=key_column,
+        label_column=label_column,
+        seed=seed,
+    )
+    with _shown_warnings():
+        card = import_model(onnx_file, data, out_dir, options)
+    assert card.imported is not None
+    search = card.imported.calibration_search
+    click.echo(
+        f"wrote {out_dir}: {card.name} {card.version}, calibration {card.calibration.method}"
+    )
+    if "log_loss" in search:
+        scores = ", ".join(f"{m} {v:.4f}" for m, v in search["log_loss"].items())
+        click.echo(f"auto calibration, {search['folds']}-fold out-of-fold log loss: {scores}")
+    click.echo(_holdout_table(card))
+
+
+def _column_list(text: str) -> tuple[str, ...]:
+    columns = tuple(c.strip() for c in text.split(","))
+    if not all(columns):
+        raise click.BadParameter(f"empty column name in {text!r}", param_hint="--features")
+    return columns
+
+
+def _pairs(items: tuple[str, ...], flag: str, form: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected {form}, got {item!r}", param_hint=flag)
+        pairs[key] = value
+    return pairs
+
+
+def _bounds(column: str, text: str) -> tuple[float | None, float | None]:
+    low, sep, high = text.partition(":")
+    try:
+        bounds = (float(low) if low else None, float(high) if high else None)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or bounds == (None, None):
+        raise click.BadParameter(
+            f"expected {column}=MIN:MAX with numbers (one end may be empty), got {column}={text}",
+            param_hint="--range",
+        )
+    return bounds
+
+
 @cli.command("inspect")
 @click.argument(
     "model_dir",
@@ -1158,6 +1348,7 @@ def _card_text(model_dir: Path, card: ModelCard, problem: str | None) -> str:
         f"training    {training.rows:,} rows ({training.positives:,} converted) of {training.data}",
         f"            seed {training.seed}, splits {splits}, class weight {training.class_weight}",
         f"            {training.estimator}",
+        *_imported_lines(card),
         "",
         _holdout_table(card),
         "",
@@ -1165,6 +1356,30 @@ def _card_text(model_dir: Path, card: ModelCard, problem: str | None) -> str:
     ]
     lines += [f"  {entry.version:<16}{entry.created:<27}{entry.change}" for entry in card.history]
     return "\n".join(lines)
+
+
+def _imported_lines(card: ModelCard) -> list[str]:
+    imported = card.imported
+    if imported is None:
+        return []
+    where = "" if imported.output_index is None else f", column {imported.output_index}"
+    lines = [
+        f"imported    from {imported.source} (sha256 {imported.source_sha256})",
+        f"            by {imported.producer_name} {imported.producer_version}; score: "
+        f"{imported.output_kind} of output {imported.output!r}{where}"
+        + (" (a ZipMap, cut off at its input)" if imported.zipmap else ""),
+    ]
+    for graph_input in imported.inputs:
+        lines.append(
+            f"            input {graph_input.name!r} {graph_input.element_type} "
+            f"[{', '.join('N' if d is None else str(d) for d in graph_input.shape)}] <- "
+            + ", ".join(graph_input.columns)
+        )
+    scores = imported.calibration_search.get("log_loss")
+    if scores:
+        listed = ", ".join(f"{m} {v:.4f}" for m, v in scores.items())
+        lines.append(f"            auto calibration (out-of-fold log loss): {listed}")
+    return lines
 
 
 def main() -> None:

@@ -8,7 +8,8 @@ ScorerError                      root: the CLI prints "TypeName: message"
 │   ├── ColumnTypeConflictError  the key (or a kept column) has types readers cannot union
 │   └── OutputConflictError      OUTPUT inside INPUT, or holds another model's scores
 ├── ModelError                   a model directory is unusable
-│   └── ChecksumError            model.onnx does not match its card's sha256
+│   ├── ChecksumError            model.onnx does not match its card's sha256
+│   └── ForeignGraphError        an ONNX file `scorer import` cannot make a model of
 ├── TrainingDataError            labelled data unfit for training or calibration
 ├── LockError                    another run holds OUTPUT's lock
 ├── ClusterError                 Ray could not be started or joined
@@ -65,6 +66,10 @@ class ModelError(ScorerError):
 
 class ChecksumError(ModelError):
     """model.onnx does not match the sha256 recorded in its card."""
+
+
+class ForeignGraphError(ModelError):
+    """An ONNX file cannot be imported as it is, or not with the options given."""
 
 
 class TrainingDataError(ScorerError):

@@ -137,6 +137,7 @@ def run_bench(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     address: str | None = None,
     seed: int = 0,
+    model_dir: str | Path | None = None,
     on_message: Callable[[str], None] = lambda text: None,
 ) -> BenchResult:
     """Run the benchmark into `out_dir` (data, measurements.parquet, PNGs) and return it.
@@ -145,6 +146,7 @@ def run_bench(
     files (default 4 per actor of the largest count, at least 8) under `out_dir`, or reuse that
     set from an earlier run. `actors`: the counts to measure (default 1, 2, ... CPUs).
     `address`: a Ray cluster to run the scorer and Ray Data on (the floor runs here).
+    `model_dir`: the model every contestant scores with (default: the bundled one).
     """
     out_dir = Path(out_dir)
     cpus = os.cpu_count() or 1
@@ -153,7 +155,7 @@ def run_bench(
         raise ConfigError("actors, reps, sessions and batch_rows must be at least 1")
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data or bench_data(out_dir, sessions, files or max(8, 4 * actors[-1]), seed, on_message)
-    plan = _Plan.of(data, batch_rows)
+    plan = _Plan.of(data, batch_rows, model_dir)
     work = out_dir / "work"
     skipped = []
     floor_actors = [n for n in actors if n <= cpus]
@@ -232,10 +234,10 @@ class _Plan:
     model_dir: Path
 
     @classmethod
-    def of(cls, data: str, batch_rows: int) -> _Plan:
+    def of(cls, data: str, batch_rows: int, model_dir: str | Path | None) -> _Plan:
         from scorer.model.runtime import load_model
 
-        model = load_model()
+        model = load_model(model_dir)
         card = model.card
         paths = tuple(sorted(str(p) for p in Path(data).rglob("*.parquet")))
         if not paths:
@@ -394,6 +396,7 @@ def _measure_scorer(plan: _Plan, actors: int | None, out: Path, address: str | N
         plan.data,
         str(out),
         actors=actors,
+        model=str(plan.model_dir),
         batch_rows=plan.batch_rows,
         overwrite=True,
         address=address,
@@ -481,12 +484,12 @@ def _measure_model(plan: _Plan, repeats: int = 7) -> list[dict]:
     score_seconds = _median_seconds(
         lambda: model.score(table, key_column=plan.key_column, run_id=RUN_ID), repeats
     )
-    feed = model.encode(table).feed
+    feed = model.graph_feed(table)
     names = [o.name for o in model.session.get_outputs()]
     infer_seconds = _median_seconds(lambda: model.session.run(names, feed), repeats)
 
-    one_feed = {k: np.ascontiguousarray(v[:, :1]) for k, v in feed.items()}
     one_row = table.slice(0, 1)
+    one_feed = model.graph_feed(one_row)
     latency = {
         "model:latency_onnx": lambda: model.session.run(names, one_feed),
         "model:latency_score": lambda: model.score(one_row, key_column=plan.key_column),

@@ -102,6 +102,43 @@ class HistoryEntry:
     change: str
 
 
+# How an imported graph's inputs are fed (`scorer.model.foreign_feed`) and what its raw output is.
+ELEMENT_TYPES = ("float", "double", "int64", "int32", "string")
+OUTPUT_KINDS = ("probability", "logit")
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of an imported graph and the session columns it is fed from.
+
+    `shape` is what the graph declares, rows as None: `(None, F)` is one matrix whose columns
+    are `columns` in order; `(None, 1)` or `(None,)` is one column.
+    """
+
+    name: str
+    element_type: str  # one of ELEMENT_TYPES
+    shape: tuple[int | None, ...]
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Imported:
+    """Where an imported model came from and how its graph is read (`scorer import`)."""
+
+    inputs: tuple[GraphInput, ...]
+    output: str  # the foreign output holding the positive-class score
+    output_index: int | None  # its column (a [N, 2] tensor or a ZipMap's probabilities)
+    output_kind: str  # one of OUTPUT_KINDS
+    zipmap: bool  # the output was a ZipMap, cut off at its input tensor
+    source: str  # the original file as given
+    source_sha256: str
+    producer_name: str
+    producer_version: str
+    flags: dict[str, Any]  # the options of `scorer import` that shaped the graph
+    # `--calibration auto`: folds, each candidate's out-of-fold log loss, the choice.
+    calibration_search: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Everything `model.json` says about a model."""
@@ -121,6 +158,8 @@ class ModelCard:
     history: tuple[HistoryEntry, ...]
     # The training distribution drift is measured against; cards written before it have none.
     reference: Reference | None = None
+    # Set for a graph made elsewhere and brought in by `scorer import` (its `linear` is empty).
+    imported: Imported | None = None
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -141,7 +180,10 @@ class ModelCard:
             "metrics": {"holdout": vars(self.holdout)},
             "linear": self.linear,
             "history": [vars(entry) for entry in self.history],
-        } | ({} if self.reference is None else {"reference": reference_to_json(self.reference)})
+        } | (
+            ({} if self.reference is None else {"reference": reference_to_json(self.reference)})
+            | ({} if self.imported is None else {"imported": _imported_to_json(self.imported)})
+        )
 
 
 def load_card(model_dir: str | Path) -> ModelCard:
@@ -207,6 +249,47 @@ def _input_to_json(spec: InputSpec) -> dict[str, Any]:
     if spec.kind == "categorical":
         doc["vocabulary"] = list(spec.vocabulary or ())
     return doc
+
+
+def _imported_to_json(imported: Imported) -> dict[str, Any]:
+    doc = vars(imported) | {"inputs": [vars(i) for i in imported.inputs]}
+    doc["inputs"] = [
+        i | {"shape": list(i["shape"]), "columns": list(i["columns"])} for i in doc["inputs"]
+    ]
+    return doc
+
+
+def _imported_from_json(r: _Reader) -> Imported:
+    inputs = []
+    for item in r.items("inputs"):
+        element_type = item.get("element_type", str)
+        if element_type not in ELEMENT_TYPES:
+            raise ModelError(
+                f"{r.path}: key {item.prefix}'element_type' must be one of {ELEMENT_TYPES}"
+            )
+        shape = item.get("shape", list)
+        columns = item.get("columns", list)
+        if not all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in shape):
+            raise ModelError(f"{r.path}: key {item.prefix}'shape' must hold integers or null")
+        if not columns or not all(isinstance(c, str) for c in columns):
+            raise ModelError(f"{r.path}: key {item.prefix}'columns' must name columns")
+        inputs.append(GraphInput(item.get("name", str), element_type, tuple(shape), tuple(columns)))
+    kind = r.get("output_kind", str)
+    if kind not in OUTPUT_KINDS:
+        raise ModelError(f"{r.path}: key {r.prefix}'output_kind' must be one of {OUTPUT_KINDS}")
+    return Imported(
+        inputs=tuple(inputs),
+        output=r.get("output", str),
+        output_index=r.get("output_index", int, optional=True),
+        output_kind=kind,
+        zipmap=r.get("zipmap", bool),
+        source=r.get("source", str),
+        source_sha256=r.get("source_sha256", str),
+        producer_name=r.get("producer_name", str),
+        producer_version=r.get("producer_version", str),
+        flags=r.get("flags", dict),
+        calibration_search=r.get("calibration_search", dict),
+    )
 
 
 class _Reader:
@@ -276,6 +359,7 @@ def _card_from_json(r: _Reader) -> ModelCard:
     reference = None
     if r.doc.get("reference") is not None:
         reference = reference_from_json(r.child("reference"), inputs)
+    imported = _imported_from_json(r.child("imported")) if "imported" in r.doc else None
     return ModelCard(
         name=r.get("name", str),
         version=r.get("version", str),
@@ -312,10 +396,12 @@ def _card_from_json(r: _Reader) -> ModelCard:
             raw=holdout.get("raw", dict),
             calibrated=holdout.get("calibrated", dict),
         ),
-        linear=r.get("linear", dict),
+        # An imported graph has no linear model of ours to describe.
+        linear=r.get("linear", dict, optional=imported is not None) or {},
         history=tuple(
             HistoryEntry(h.get("version", str), h.get("created", str), h.get("change", str))
             for h in r.items("history")
         ),
         reference=reference,
+        imported=imported,
     )

@@ -231,14 +231,17 @@ _CALIBRATOR_FIELDS: dict[str, tuple[str, ...]] = {
 class _GraphBuilder:
     """Accumulates nodes and constants, naming every intermediate uniquely."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
+        self._prefix = (
+            prefix  # keeps the names apart from a foreign graph's (`scorer.model.foreign`)
+        )
 
     def _name(self, stem: str) -> str:
         self._count += 1
-        return f"{stem}_{self._count}"
+        return f"{self._prefix}{stem}_{self._count}"
 
     def const(self, value: Any, dtype: Any, stem: str = "c") -> str:
         name = self._name(stem)
@@ -492,6 +495,18 @@ def _calibrated(g: _GraphBuilder, logit: str, raw: str, calibrator: CalibratorPa
         return g.op("Cast", g.op("Sigmoid", scaled), to=TensorProto.FLOAT)
     assert calibrator.x is not None and calibrator.y is not None
     return g.op("Cast", _isotonic(g, logit, calibrator.x, calibrator.y), to=TensorProto.FLOAT)
+
+
+def calibration_stage(
+    logit: str, raw: str, calibrator: CalibratorParams, *, prefix: str, out: str
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """The nodes and constants that turn the logit and raw score, float32 [1, N] tensors of
+    another graph, into `out`, float32 [N]: the same calibration stage as `build_graph`'s, its
+    names starting with `prefix` (`scorer.model.foreign` appends it to imported graphs)."""
+    g = _GraphBuilder(prefix)
+    calibrated = _calibrated(g, logit, raw, calibrator)
+    g.op("Reshape", calibrated, g.const([-1], np.int64, "flat"), out=out)
+    return g.nodes, g.initializers
 
 
 def build_graph(

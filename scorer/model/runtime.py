@@ -26,10 +26,12 @@ from scorer.errors import ConfigError, ModelError, ShardReadError
 from scorer.model.card import BUNDLED_MODEL, CARD_FILE, ModelCard, load_card, verify_checksum
 from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
+    FEED_DTYPES,
     EncodedBatch,
     encode,
     feed_shapes,
 )
+from scorer.model.foreign_feed import ForeignFeed
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 from scorer.monitor.drift import DriftState
 
@@ -94,10 +96,14 @@ class IntentModel:
         self.card = card
         self.session = session
         self._version = string_array([card.version])
+        # An imported graph is fed from `encode`'s feed by `ForeignFeed` (docs/your-own-model.md).
+        self._foreign = None if card.imported is None else ForeignFeed(card.inputs, card.imported)
         # As the graph declares them: categorical indices are int64 in graphs of earlier releases.
-        self.feed_dtypes: dict[str, np.dtype[Any]] = {
-            i.name: _ONNX_TENSOR_TYPES[i.type] for i in session.get_inputs()
-        }
+        self.feed_dtypes: dict[str, np.dtype[Any]] = (
+            {kind: np.dtype(dtype) for kind, dtype in FEED_DTYPES.items()}
+            if self._foreign is not None
+            else {i.name: _ONNX_TENSOR_TYPES[i.type] for i in session.get_inputs()}
+        )
         self._buffers: dict[str, np.ndarray] = {}  # flat, grown to the largest batch seen
         self._zeros = numpy_array(np.zeros(0, np.int32), pa.int32())  # sliced, never written
 
@@ -205,9 +211,10 @@ class IntentModel:
     def _encode_and_infer(self, data: pa.Table | pa.RecordBatch, drift: bool) -> _Inferred:
         started = time.perf_counter()
         encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
+        feed = encoded.feed if self._foreign is None else self._foreign.feed(encoded, data)
         encoded_at = time.perf_counter()
         if data.num_rows:
-            raw, calibrated = self.session.run(_OUTPUT_NAMES, encoded.feed)
+            raw, calibrated = self.session.run(_OUTPUT_NAMES, feed)
         else:
             raw = calibrated = np.empty(0, np.float32)
         inferred_at = time.perf_counter()
@@ -284,6 +291,14 @@ class IntentModel:
         out = {kind: np.empty(shape, self.feed_dtypes[kind]) for kind, shape in shapes.items()}
         return encode(self.card, data, out)
 
+    def graph_feed(self, data: pa.Table | pa.RecordBatch) -> dict[str, np.ndarray]:
+        """Validate and encode `data` into fresh arrays of the inputs this graph declares, an
+        imported one's included: `session.run(None, feed)` runs the graph on them."""
+        encoded = self.encode(data)
+        if self._foreign is None:
+            return encoded.feed
+        return {name: np.array(v) for name, v in self._foreign.feed(encoded, data).items()}
+
     def _zero_indices(self, rows: int) -> pa.Array:
         if len(self._zeros) < rows:
             self._zeros = numpy_array(np.zeros(rows, np.int32), pa.int32())
@@ -338,6 +353,9 @@ def _check_graph_matches_card(
     model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession
 ) -> None:
     """A card and graph from different trainings would score garbage; refuse them at load."""
+    if card.imported is not None:
+        _check_imported_graph(model_dir, card, session)
+        return
     expected: dict[str, int] = {}
     for spec in card.inputs:
         expected[spec.kind] = expected.get(spec.kind, 0) + 1
@@ -357,4 +375,34 @@ def _check_graph_matches_card(
         raise ModelError(
             f"{model_dir}: model.onnx takes inputs of types the scorer cannot feed: "
             f"{', '.join(wrong_types)}"
+        )
+
+
+_ONNX_ELEMENT_TYPES = {
+    "float": "tensor(float)",
+    "double": "tensor(double)",
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+    "string": "tensor(string)",
+}
+
+
+def _check_imported_graph(
+    model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession
+) -> None:
+    """An imported graph takes the inputs its card's `imported` section describes."""
+    assert card.imported is not None
+    found = {i.name: i.type for i in session.get_inputs()}
+    expected = {i.name: _ONNX_ELEMENT_TYPES[i.element_type] for i in card.imported.inputs}
+    outputs = {o.name for o in session.get_outputs()}
+    columns = {column for i in card.imported.inputs for column in i.columns}
+    if (
+        found != expected
+        or not outputs.issuperset(_OUTPUT_NAMES)
+        or columns != set(card.input_names)
+    ):
+        raise ModelError(
+            f"{model_dir}: model.onnx takes {found} and gives {sorted(outputs)}, but the card "
+            f"describes inputs {expected} from columns {sorted(columns)} and outputs "
+            f"{list(_OUTPUT_NAMES)}"
         )

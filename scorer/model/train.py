@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,9 +60,11 @@ from scorer.model.card import (
     OutputSpec,
     Training,
     save_card,
+    verify_checksum,
     write_atomic,
 )
 from scorer.model.encode import encode, encode_inputs
+from scorer.model.foreign import LOGIT_OUTPUT, recalibrated
 from scorer.model.graph import CalibratorParams, LinearParams, build_graph
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
 from scorer.model.runtime import IntentModel, load_model
@@ -140,7 +143,7 @@ class FittedModel:
 
 
 @dataclass(frozen=True)
-class _ReferenceRows:
+class ReferenceRows:
     """The rows a model directory's reference is built from (`scorer.monitor.reference`)."""
 
     table: pa.Table
@@ -371,10 +374,10 @@ def train(
     """Train a model on labelled sessions (None = the bundled ones) and write it to `out_dir`."""
     table, source = read_labelled(data)
     labels = labels_of(table, session_inputs({}), LABEL_COLUMN, source)
-    table = _decode_dictionaries(table)
+    table = decode_dictionaries(table)
     fitted = fit(table, labels, calibration=calibration, seed=seed)
     splits = fitted.splits
-    created = _now()
+    created = now()
     card = ModelCard(
         name=name,
         version=version,
@@ -384,7 +387,7 @@ def train(
         outputs=OUTPUTS,
         key_column=KEY_COLUMN,
         label_column=LABEL_COLUMN,
-        calibration=_calibration(
+        calibration=calibration_of(
             fitted.calibrator,
             labels[splits["calibration"]],
             f"calibration split of {source} (seed {seed})",
@@ -405,14 +408,14 @@ def train(
         ),
     )
     test = splits["test"]
-    return _write_model(
+    graph = build_graph(fitted.linear, fitted.calibrator, name=name, version=version)
+    return write_model(
         out_dir,
         card,
-        fitted.linear,
-        fitted.calibrator,
+        graph.SerializeToString(),
         table.take(test),
         labels[test],
-        _ReferenceRows(table, labels, source),
+        ReferenceRows(table, labels, source),
     )
 
 
@@ -434,7 +437,8 @@ def recalibrate(
     Half of the new sessions (stratified, seeded) fit the calibrator, the other half give the
     card's holdout metrics. `method` defaults to the model's current one.
     """
-    old = load_model(model_dir).card
+    old_model = load_model(model_dir)
+    old = old_model.card
     method = method or old.calibration.method
     table, source = read_labelled(data, since=since, until=until)
     if labels_from is not None:
@@ -443,19 +447,24 @@ def recalibrate(
         )
     labels = labels_of(table, old.inputs, old.label_column, source)
     splits = split_rows(labels, seed, (("calibration", 0.5), ("test", 0.5)))
-    linear = LinearParams.from_json(old.linear)
     calibration_rows = splits["calibration"]
-    # The calibrator sees the logit the frozen linear model gives, in float64 as scikit-learn's
-    # decision_function would: the same parameters, the same encoding as scoring.
-    logits = linear.logit(**encode(old, table.take(calibration_rows)).feed)
+    if old.imported is None:
+        linear = LinearParams.from_json(old.linear)
+        # The calibrator sees the logit the frozen linear model gives, in float64 as
+        # scikit-learn's decision_function would: the same parameters, the same encoding as
+        # scoring.
+        logits = linear.logit(**encode(old, table.take(calibration_rows)).feed)
+    else:
+        # An imported graph's logit is its own output: the one its calibration stage reads.
+        logits = imported_logits(old_model, table.take(calibration_rows))
     calibrator = fit_calibrator(method, logits, labels[calibration_rows])
     version = _next_calibration_version(old.version)
-    created = _now()
+    created = now()
     card = dataclasses.replace(
         old,
         version=version,
         created=created,
-        calibration=_calibration(
+        calibration=calibration_of(
             calibrator, labels[calibration_rows], f"calibration half of {source} (seed {seed})"
         ),
         holdout=Holdout(f"test half of {source} (seed {seed})", 0, 0, {}, {}),
@@ -473,8 +482,24 @@ def recalibrate(
     test = splits["test"]
     # The inputs' reference stays the training data's, which the linear model learned from; only
     # the calibrated scores and the base rate are those of the new sessions.
-    rows = _ReferenceRows(_decode_dictionaries(table), labels, source, old.reference)
-    return _write_model(out_dir, card, linear, calibrator, table.take(test), labels[test], rows)
+    rows = ReferenceRows(decode_dictionaries(table), labels, source, old.reference)
+    if old.imported is None:
+        graph = build_graph(linear, calibrator, name=card.name, version=card.version)
+    else:
+        graph = recalibrated(
+            onnx.load_from_string(verify_checksum(old_model.model_dir, old)), calibrator
+        )
+    return write_model(
+        out_dir, card, graph.SerializeToString(), table.take(test), labels[test], rows
+    )
+
+
+def imported_logits(model: IntentModel, rows: pa.Table) -> np.ndarray:
+    """The logit z an imported graph's calibration stage reads (float32, as the graph has it),
+    in float64 as the calibrators are fitted on it."""
+    feed = model.graph_feed(rows)
+    (logits,) = model.session.run([LOGIT_OUTPUT], feed)
+    return np.asarray(logits, np.float64)
 
 
 def add_reference(data: str | Path | pa.Table | None, model_dir: str | Path) -> ModelCard:
@@ -486,30 +511,27 @@ def add_reference(data: str | Path | pa.Table | None, model_dir: str | Path) -> 
     card = model.card
     table, source = read_labelled(data)
     labels = labels_of(table, card.inputs, card.label_column, source)
-    reference = _reference(model, _ReferenceRows(_decode_dictionaries(table), labels, source))
+    reference = _reference(model, ReferenceRows(decode_dictionaries(table), labels, source))
     change = f"reference of the training distribution added, from {source}; graph unchanged"
     card = dataclasses.replace(
         card,
         reference=reference,
-        history=card.history + (HistoryEntry(card.version, _now(), change),),
+        history=card.history + (HistoryEntry(card.version, now(), change),),
     )
     save_card(card, model_dir)
     return card
 
 
-def _write_model(
+def write_model(
     out_dir: str | Path,
     card: ModelCard,
-    linear: LinearParams,
-    calibrator: CalibratorParams,
+    graph: bytes,
     test_rows: pa.Table,
     test_labels: np.ndarray,
-    reference_rows: _ReferenceRows,
+    reference_rows: ReferenceRows,
 ) -> ModelCard:
-    """Build the graph, measure it on the holdout rows, build the reference, write model.onnx
-    then model.json."""
-    graph = build_graph(linear, calibrator, name=card.name, version=card.version)
-    graph = graph.SerializeToString()
+    """Measure the graph on the holdout rows, build the reference, write model.onnx then
+    model.json; nothing is written before all of that succeeded."""
     card = dataclasses.replace(card, sha256=hashlib.sha256(graph).hexdigest())
     session = onnxruntime.InferenceSession(
         graph, sess_options=session_options(), providers=["CPUExecutionProvider"]
@@ -538,7 +560,7 @@ def _write_model(
     return card
 
 
-def _reference(model: IntentModel, rows: _ReferenceRows) -> Reference:
+def _reference(model: IntentModel, rows: ReferenceRows) -> Reference:
     """The reference of `rows` through `model`: the feed it is given and the scores it gives."""
     inputs = model.card.inputs
     feed = encode_inputs(inputs, rows.table).feed
@@ -557,7 +579,7 @@ def _reference(model: IntentModel, rows: _ReferenceRows) -> Reference:
     )
 
 
-def _calibration(calibrator: CalibratorParams, labels: np.ndarray, fitted_on: str) -> Calibration:
+def calibration_of(calibrator: CalibratorParams, labels: np.ndarray, fitted_on: str) -> Calibration:
     return Calibration(
         method=calibrator.method,
         fitted_rows=len(labels),
@@ -576,7 +598,7 @@ def _next_calibration_version(version: str) -> str:
     return f"{version}+cal.1"
 
 
-def _decode_dictionaries(table: pa.Table) -> pa.Table:
+def decode_dictionaries(table: pa.Table) -> pa.Table:
     # scikit-learn reads Arrow columns, but not dictionary-encoded ones.
     for i, field in enumerate(table.schema):
         if pa.types.is_dictionary(field.type):
@@ -588,5 +610,5 @@ def _as_float(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
-def _now() -> str:
+def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
