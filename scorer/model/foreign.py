@@ -408,7 +408,9 @@ def _score_nodes(output: ScoreOutput) -> tuple[list[onnx.NodeProto], list[Tensor
         index = const("index", np.array(output.index, np.int64))
         score = op("Gather", [tensor, index], f"{PREFIX}score_any", axis=1)
     else:
-        score = op("Reshape", [tensor, const("flat", np.array([-1], np.int64))], f"{PREFIX}flat")
+        score = op(
+            "Reshape", [tensor, const("flat", np.array([-1], np.int64))], f"{PREFIX}score_flat"
+        )
     # A float64 output (some exports) is rounded once, as the scores are float32.
     score = op("Cast", [score], f"{PREFIX}score", to=TensorProto.FLOAT)
     if output.kind == "logit":

@@ -119,8 +119,8 @@ def import_model(
         )
     graph = read_graph(onnx_file)
     table, source = read_labelled(data if isinstance(data, pa.Table) else Path(data))
-    graph_inputs = plan_inputs(graph, table.schema, options.features, options.inputs)
     output = find_output(graph, options.output, options.output_kind)
+    graph_inputs = plan_inputs(graph, table.schema, options.features, options.inputs)
     inputs = _input_specs(graph_inputs, table, options.ranges)
     labels = labels_of(table, inputs, options.label_column, source)
     name = options.name or Path(out_dir).resolve().name
