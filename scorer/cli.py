@@ -1168,17 +1168,17 @@ def import_command(
 
     The graph is kept as it is (a ZipMap output is cut off at its input tensor); the scorer adds
     intent_raw (the model's own positive-class probability, bit for bit; a logit goes through a
-    sigmoid) and intent_calibrated (a calibration stage in the same graph). DATA is split in
+    sigmoid) and intent_calibrated (a calibration stage in the same graph). LABELLED (--data) is split in
     stratified halves: the calibration half fits the calibrator (with auto, each method is
     scored by 5-fold out-of-fold log loss and the card records every score), the test half gives
     the holdout metrics. The card also gets the inputs as the graph declares them, string
-    vocabularies and the drift reference from DATA, and where the file came from (its sha256,
+    vocabularies and the drift reference from LABELLED, and where the file came from (its sha256,
     producer, these flags). Every command then works with the directory as with a trained one.
 
     Exit 2, with nothing written, for: no probability-like output or two candidates without
     --output, a multi-class model, --features of the wrong count, a graph input without a
     column, a string input over a numeric column, one float output without --output-kind, a
-    graph with external data or an operator domain onnxruntime lacks, DATA with one class.
+    graph with external data or an operator domain onnxruntime lacks, LABELLED with one class.
 
     \b
     Examples:

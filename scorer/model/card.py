@@ -252,11 +252,10 @@ def _input_to_json(spec: InputSpec) -> dict[str, Any]:
 
 
 def _imported_to_json(imported: Imported) -> dict[str, Any]:
-    doc = vars(imported) | {"inputs": [vars(i) for i in imported.inputs]}
-    doc["inputs"] = [
-        i | {"shape": list(i["shape"]), "columns": list(i["columns"])} for i in doc["inputs"]
+    inputs = [
+        vars(i) | {"shape": list(i.shape), "columns": list(i.columns)} for i in imported.inputs
     ]
-    return doc
+    return vars(imported) | {"inputs": inputs}
 
 
 def _imported_from_json(r: _Reader) -> Imported:

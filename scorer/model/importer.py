@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -296,8 +297,8 @@ def _dtype(graph_input: GraphInput) -> str:
     return "int" if graph_input.element_type in ("int64", "int32") else "float"
 
 
-def _model(out_dir: str | Path, card: ModelCard, graph: object) -> IntentModel:
-    data = graph.SerializeToString()  # type: ignore[attr-defined]
+def _model(out_dir: str | Path, card: ModelCard, graph: onnx.ModelProto) -> IntentModel:
+    data = graph.SerializeToString()
     session = onnxruntime.InferenceSession(
         data, sess_options=session_options(), providers=["CPUExecutionProvider"]
     )
