@@ -198,7 +198,7 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
-    help="onnxruntime threads per worker or actor (key threads_per_actor; default "
+    help="onnxruntime threads per worker or actor ([model] threads; default "
     f"{DEFAULT_THREADS_PER_ACTOR}): more for a heavy imported model on few workers.",
 )
 @click.option(

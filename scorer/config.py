@@ -13,6 +13,10 @@ A config file mirrors the `scorer score` flags::
     [partition]                      # --partition KEY=VALUE
     dt = "2026-11-27"
 
+    [model]                          # or top-level model = "models/lgbm" and threads_per_actor
+    dir = "models/lgbm"              # --model
+    threads = 2                      # --threads: onnxruntime threads per worker or actor
+
     [ray]                            # where and how wide
     address = "127.0.0.2:6379"
     actors = 16
@@ -227,9 +231,31 @@ def load_config(path: str | Path | None) -> JobConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
-        return _build(JobConfig, raw, prefix="")
+        return _build(JobConfig, _model_table(raw), prefix="")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _model_table(raw: dict[str, Any]) -> dict[str, Any]:
+    """`[model]` with `dir` and `threads`: the table form of `model` and `threads_per_actor`,
+    so the settings of a heavy imported model sit together (docs/your-own-model.md)."""
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return raw
+    unknown = sorted(set(model) - {"dir", "threads"})
+    if unknown:
+        raise ConfigError(f"unknown key 'model.{unknown[0]}' (known: dir, threads)")
+    threads = model.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)):
+        raise ConfigError(f"'model.threads' must be an integer, got {threads!r}")
+    if threads is not None and "threads_per_actor" in raw:
+        raise ConfigError("'model.threads' and 'threads_per_actor' are the same setting: keep one")
+    table = {key: value for key, value in raw.items() if key != "model"}
+    if "dir" in model:
+        table["model"] = model["dir"]
+    if threads is not None:
+        table["threads_per_actor"] = threads
+    return table
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:

@@ -378,3 +378,19 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(case, data, exports, tmp
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not out.exists()
+
+
+def test_model_table_of_the_config_sets_the_directory_and_threads(tmp_path):
+    from scorer.config import load_config
+    from scorer.errors import ConfigError
+
+    path = tmp_path / "job.toml"
+    path.write_text('[model]\ndir = "models/lgbm"\nthreads = 2\n')
+    config = load_config(path)
+    assert (config.model, config.threads_per_actor) == ("models/lgbm", 2)
+    path.write_text("[model]\nthreads = 0\n")
+    with pytest.raises(ConfigError, match="threads_per_actor: must be at least 1"):
+        load_config(path)
+    path.write_text("[model]\ncores = 2\n")
+    with pytest.raises(ConfigError, match=r"job.toml: unknown key 'model.cores'"):
+        load_config(path)
