@@ -4,7 +4,7 @@ Labels arrive days after the sessions were scored. LABELS is Parquet (a file, or
 ``*.parquet`` below a folder, hive ``dt=`` folders or not) with the key and the label; the
 scores are the files the commit records of OUTPUT name (``_scorer/commits``, as a resuming run
 reads them), never a temporary file. Each score row's day is the ``dt`` folder of its score
-file; a label's own folders are not used for the join (a label filed under the day it arrived
+file, or, outside one, its ``dt`` column (a run whose days were a column writes it); a label's own folders are not used for the join (a label filed under the day it arrived
 still finds its session).
 
 One DuckDB query streams the join: a FULL OUTER JOIN of the scores' key, intent_raw and
@@ -112,8 +112,9 @@ def evaluate(
     out = resolve(output, storage)
     source = resolve(labels, storage)
     scores = _committed_scores(out)
-    days = sorted({day for day, _ in scores}, key=_day_order)
     score_schema = _score_schema(out, scores, key)
+    column_days = _column_days(out, scores)
+    days = sorted({day for day, _ in scores} | set(column_days or ()), key=_day_order)
     label_files = _label_files(source, key, label)
     label_schema = _label_schema(source, label_files, key, label, score_schema.field(key).type)
     rows_scored = sum(record.rows for _, record in scores)
@@ -133,7 +134,9 @@ def evaluate(
                 )
             joined = _Joined(days, f"{source.uri}: label column '{label}'")
             try:
-                with _join(con, out, scores, days, score_schema, labels_data, key, label) as join:
+                with _join(
+                    con, out, scores, days, score_schema, labels_data, key, label, column_days
+                ) as join:
                     for batch in join:
                         joined.add(batch)
             except duckdb.IOException as exc:
@@ -148,7 +151,8 @@ def evaluate(
     by_day = {day: joined.states[i] for i, day in enumerate(days) if joined.labelled[i]}
     runs_by_day: dict[str | None, set[str]] = {}
     for day, record in scores:
-        runs_by_day.setdefault(day, set()).add(record.run_id)
+        for each in column_days if day is None and column_days is not None else [day]:
+            runs_by_day.setdefault(each, set()).add(record.run_id)
     table = _with_scored_runs(calibration_table(run_id, by_day, DATE_KEY), runs_by_day, source.uri)
     target = out.child(run_table_relpath(CALIBRATION, run_id))
     with storage_errors(target.uri, "cannot write"):
@@ -188,6 +192,23 @@ def _committed_scores(out: Location) -> list[tuple[str | None, CommitRecord]]:
     return sorted(
         ((_day_of(r.output_relpath), r) for r in records), key=lambda p: p[1].output_relpath
     )
+
+
+def _column_days(
+    out: Location, scores: Sequence[tuple[str | None, CommitRecord]]
+) -> list[str | None] | None:
+    """The days in the ``dt`` column of score files outside ``dt=`` folders, which a run whose
+    days were a column writes (docs/nights-in-a-column.md); None where they have none."""
+    paths = [out.child(r.output_relpath).path for day, r in scores if day is None]
+    if not paths:
+        return None
+    with storage_errors(out.uri, "cannot read a committed score file"):
+        schema = pq.read_schema(paths[0], filesystem=out.filesystem)
+        if DATE_KEY not in schema.names:
+            return None
+        data = ds.dataset(paths, format="parquet", filesystem=out.filesystem)
+        found = pc.unique(data.to_table(columns=[DATE_KEY])[DATE_KEY].combine_chunks())
+    return [None if d is None else d.isoformat() for d in found.to_pylist()]
 
 
 def _day_of(relpath: str) -> str | None:
@@ -289,22 +310,32 @@ def _join(
     labels_data: ds.Dataset,
     key: str,
     label: str,
+    column_days: Sequence[str | None] | None = None,
 ) -> pa.RecordBatchReader:
     """Batches of (part, intent_raw, intent_calibrated, label, unscored_key): ``part`` the index
     of the score row's day in ``days`` (null for a label no score has: its key in
-    ``unscored_key``), ``label`` null for a score without one."""
+    ``unscored_key``), ``label`` null for a score without one. ``column_days``: the score files
+    outside ``dt=`` folders give each row's day in their ``dt`` column."""
     k, y = _quoted(key), _quoted(label)
     selects = []
     for part, day in enumerate(days):
         paths = [out.child(r.output_relpath).path for d, r in scores if d == day]
-        with storage_errors(out.uri, "cannot read a committed score file"):
-            data = ds.dataset(
-                paths, schema=score_schema, format="parquet", filesystem=out.filesystem
+        if not paths:
+            continue
+        schema = score_schema
+        tag = f"{part}::SMALLINT"
+        if day is None and column_days is not None:
+            schema = pa.schema([*score_schema, pa.field(DATE_KEY, pa.date32())])
+            listed = ", ".join("NULL" if d is None else f"'{d}'" for d in days)
+            tag = (
+                f"COALESCE((list_position([{listed}], CAST({DATE_KEY} AS VARCHAR)) - 1)"
+                f"::SMALLINT, {part}::SMALLINT)"
             )
+        with storage_errors(out.uri, "cannot read a committed score file"):
+            data = ds.dataset(paths, schema=schema, format="parquet", filesystem=out.filesystem)
         con.register(f"scores_{part}", data)
         selects.append(
-            f"SELECT {part}::SMALLINT AS part, {k} AS key, intent_raw, intent_calibrated "
-            f"FROM scores_{part}"
+            f"SELECT {tag} AS part, {k} AS key, intent_raw, intent_calibrated FROM scores_{part}"
         )
     con.register("labels", labels_data)
     sql = f"""
