@@ -422,6 +422,13 @@ def _describe_run(summary: RunSummary) -> str:
         f"{summary.shards_skipped:,} committed shard(s) ({summary.rows_skipped:,} rows); "
         f"failed {summary.shards_failed:,}",
     ]
+    if summary.rows_read != summary.rows or summary.row_groups_pruned:
+        lines.append(  # a day filter on a day column (docs/nights-in-a-column.md)
+            f"  days: {summary.rows:,} rows selected of {summary.rows_read:,} read; "
+            f"{summary.row_groups_pruned:,} row group(s) skipped by their statistics"
+        )
+    if summary.rows_without_day:
+        lines.append(f"  {summary.rows_without_day:,} rows without a day (their own dt: null)")
     if summary.rows:
         lines.append(
             f"  {summary.wall_seconds:.1f} s wall ({summary.setup_seconds:.1f} s setup), "

@@ -303,3 +303,61 @@ def test_day_selections_subtract_and_name_themselves():
     days = pa.array([dt.date(2026, 11, 19), None, dt.date(2026, 11, 21)], pa.date32())
     assert wanted.mask(days).to_pylist() == [False, False, True]
     assert rest.mask(days).to_pylist() == [True, True, False]
+
+
+def test_late_labels_find_each_night_of_a_column_as_of_a_folder(store, tmp_path):
+    """`scorer evaluate` groups the scores of a day-column run by their ``dt`` column: the same
+    per-night calibration as the folder layout's."""
+    sessions, labels = tmp_path / "sessions", tmp_path / "labels"
+    for path in sorted(store.rglob("*.parquet")):
+        table = pq.read_table(path)
+        for root, columns in (
+            (sessions, [c for c in table.column_names if c != "converted"]),
+            (labels, ["session_id", "converted"]),
+        ):
+            target = root / path.relative_to(store)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table.select(columns), target)
+    one = _duckdb_one_file(sessions, tmp_path / "sessions.parquet")
+
+    evaluations = []
+    for source, out in ((sessions, "by-folder"), (one, "by-column")):
+        _score(str(source), str(tmp_path / out))
+        code, stdout, err = _cli("evaluate", str(tmp_path / out), str(labels), "--json")
+        assert code == 0, err
+        evaluations.append(json.loads(stdout))
+    tables = [
+        _partition_rows(pq.read_table(e["calibration_path"].removeprefix("file://")))
+        for e in evaluations
+    ]
+    assert len(set(tables[1]["dt"].to_pylist())) == NIGHTS
+    _assert_tables_close(*[t.drop_columns(["scored_run_ids"]) for t in tables])
+
+
+@pytest.mark.parametrize("writer", ["polars", "duckdb", "pandas", "pyarrow-1.0-gzip-plain"])
+def test_files_as_other_writers_write_them_score_once(tmp_path, writer):
+    """What already worked keeps working, day column and all: Polars (zstd, large strings),
+    DuckDB, pandas, and pyarrow's format 1.0 with gzip and no dictionaries."""
+    from scorer.model.sessions import load_bundled_sessions
+
+    table = load_bundled_sessions().slice(0, 3_000)
+    days = [dt.date(2026, 11, 20) + dt.timedelta(days=i // 1_000) for i in range(3_000)]
+    table = table.append_column("dt", pa.array(days, pa.date32()))
+    path = tmp_path / "in.parquet"
+    if writer == "polars":
+        pl.from_arrow(table).write_parquet(path, compression="zstd", row_group_size=700)
+    elif writer == "duckdb":
+        duckdb.sql(f"COPY (SELECT * FROM table) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 700)")
+    elif writer == "pandas":
+        table.to_pandas().to_parquet(path, index=False)
+    else:
+        pq.write_table(
+            table, path, version="1.0", compression="gzip", use_dictionary=False,
+            row_group_size=700,
+        )  # fmt: skip
+    summary = _score(str(path), str(tmp_path / "out"), "--since", "2026-11-21")
+    assert summary["rows"] == 2_000
+    rest = _score(str(path), str(tmp_path / "out"))
+    assert rest["rows"] == 1_000
+    keys = _scored_keys(tmp_path / "out")
+    assert sorted(keys) == sorted(table["session_id"].to_pylist())

@@ -32,6 +32,7 @@ has a score run's format; it writes no run-stats row (it scored nothing).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -48,12 +49,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scorer.arrow import to_numpy
-from scorer.errors import EvaluateError, StorageError
+from scorer.errors import EvaluateError, ScorerError, StorageError
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
-from scorer.monitor.alerts import RecalibrateHint, recalibrated_dir
+from scorer.monitor.alerts import RecalibrateHint, read_run_table, recalibrated_dir
 from scorer.pipeline.driver import new_run_id
-from scorer.pipeline.layout import CALIBRATION, OUTPUT_STATE, read_json, run_table_relpath
+from scorer.pipeline.layout import (
+    CALIBRATION,
+    OUTPUT_STATE,
+    RUN_STATS,
+    read_json,
+    run_table_relpath,
+)
 from scorer.pipeline.manifest import CommitRecord, Manifest
 from scorer.pipeline.plan import DATE_KEY, FailedInput, InputFile, scan_inputs
 from scorer.pipeline.stats import write_table
@@ -450,8 +457,15 @@ def _recalibrate_hint(
     out: Location, scores: Sequence[tuple[str | None, CommitRecord]], source: Location
 ) -> RecalibrateHint:
     """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
-    piece = scores[0][1].pieces[0]
+    record = scores[0][1]
+    piece = record.pieces[0]
     input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    # The run's own INPUT where its stats say it: a single file (a day column's year) is not
+    # its folder, which holds other files.
+    with contextlib.suppress(ScorerError):
+        runs = read_run_table(out, RUN_STATS, record.run_id)
+        if runs is not None and runs.num_rows and runs["input"][0].as_py():
+            input_root = runs["input"][0].as_py()
     model = _model_dir(out)
     return RecalibrateHint(
         data=input_root, model=model, out=recalibrated_dir(model), labels=source.uri

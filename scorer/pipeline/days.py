@@ -236,11 +236,16 @@ def resolve_days(
             "each file its day"
         )
     source = DaySource(name if with_column else None, timezone or "UTC")
+    uses_column = {f.relpath for f in with_column}
     for f in files:
-        if name in f.schema.names and (f in with_column or column is not None):
+        if name in f.schema.names and (f.relpath in uses_column or column is not None):
             _check_type(f, name)
-    wanted = selected_days(selection)
-    day_filter = wanted != DaySelection.every()
+    # Days as a column's values are ISO dates: parsed only where a file has such a column, so
+    # that `--partition dt=latest` still selects a `dt=latest` folder.
+    wanted = selected_days(selection) if source.column is not None else DaySelection.every()
+    day_filter = bool(selection.since or selection.until) or any(
+        k == DATE_KEY for k, _ in selection.partitions
+    )
     groups: dict[str, dict[int, DaySelection | None]] = {}
     dropped: set[str] = set()
     pruned = 0
@@ -305,6 +310,11 @@ def apply_commits(
                 chosen_groups[group] = left
             else:
                 del chosen_groups[group]
+    # A day filter's run skips the commits of the row groups it selects, not of the others: as
+    # with folders, where the unselected ones are not even listed.
+    for relpath, chosen in groups.items():
+        if relpath in whole and relpath in plan.groups:
+            whole[relpath] = [r for r in whole[relpath] if any(g in chosen for g in range(*r[:2]))]
     return whole, groups
 
 

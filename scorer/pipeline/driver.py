@@ -336,7 +336,7 @@ def _scan(context: _Context) -> list[InputFile | FailedInput]:
     # Local footers are read by a process per core where many files make it pay; never with a
     # Ray connected in this process (a fork would copy its threads and sockets).
     processes = 1 if ray_connected() else os.cpu_count() or 1
-    return scan_inputs(context.input, selection, processes=processes)
+    return scan_inputs(context.input, selection, processes=processes, day_columns=True)
 
 
 def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInput]) -> None:

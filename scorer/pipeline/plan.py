@@ -388,6 +388,7 @@ def scan_inputs(
     *,
     max_workers: int = 16,
     processes: int = 1,
+    day_columns: bool = False,
 ) -> list[InputFile | FailedInput]:
     """The selected input files under ``location`` with their footers, sorted by relpath.
 
@@ -395,16 +396,20 @@ def scan_inputs(
     locally, with ``processes`` > 1 and at least `PROCESS_SCAN_MIN_FILES` files a process, by
     that many processes, this one included (CPU bound: see `_scan_forked`).
 
+    ``day_columns``: a file outside a ``dt=`` folder is kept whatever the day filter, as its days
+    may be a column (`days.resolve_days` selects its row groups, or leaves it out).
+
     Raises ``NoInputFilesError`` when nothing is selected and ``StorageError`` when INPUT
     cannot be listed. Unreadable footers are ``FailedInput`` items, not errors.
     """
-    # A file outside a dt= folder may have its days in a column: kept for `days.resolve_days`.
     loose = selection.without_days()
     candidates = [
         c
         for c in _discover(location)
         if selection.matches(c.partition, c.path)
-        or (DATE_KEY not in dict(c.partition) and loose.matches(c.partition, c.path))
+        or (
+            day_columns and DATE_KEY not in dict(c.partition) and loose.matches(c.partition, c.path)
+        )
     ]
     if not candidates:
         why = f" selected by {selection.describe()}" if selection else ""
