@@ -347,7 +347,9 @@ def test_files_as_other_writers_write_them_score_once(tmp_path, writer):
     if writer == "polars":
         pl.from_arrow(table).write_parquet(path, compression="zstd", row_group_size=700)
     elif writer == "duckdb":
-        duckdb.sql(f"COPY (SELECT * FROM table) TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 700)")
+        con = duckdb.connect()
+        con.register("sessions", table)
+        con.execute(f"COPY sessions TO '{path}' (FORMAT parquet, ROW_GROUP_SIZE 700)")
     elif writer == "pandas":
         table.to_pandas().to_parquet(path, index=False)
     else:
