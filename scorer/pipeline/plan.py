@@ -40,6 +40,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import date
+from typing import NamedTuple
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -622,9 +623,9 @@ class _Candidate:
     mtime_ns: int | None
 
 
-@dataclass(frozen=True)
-class _Listed:
-    """A Parquet file found below INPUT: ``below`` is its path below INPUT's folder."""
+class _Listed(NamedTuple):
+    """A Parquet file found below INPUT: ``below`` is its path below INPUT's folder. (A tuple,
+    not a frozen dataclass: 4,000 small files made ~5 ms of the planning's critical path.)"""
 
     below: str
     path: str
@@ -642,26 +643,22 @@ def _discover(location: Location) -> list[_Candidate]:
             parent, listed = _list_local(root, location.uri)
         else:
             parent, listed = _list_remote(location, root)
-    prefix = _hive_tail(parent)
-    candidates = []
-    for found in listed:
-        parts = found.below.split("/")
-        if is_hidden(parts):
-            continue
-        folders = prefix + parts[:-1]
-        candidates.append(
-            _Candidate(
-                path=found.path,
-                identity=found.identity,
-                relpath="/".join(folders + parts[-1:]),
-                partition=partition_of("/".join(folders + parts[-1:])),
-                size=found.size,
-                mtime_ns=found.mtime_ns,
-            )
-        )
+    prefix = "/".join(_hive_tail(parent))
+    partitions: dict[str, Partition] = {}  # by folder: small files share a handful
     firsts: dict[str, _Candidate] = {}
-    for candidate in sorted(candidates, key=lambda c: c.relpath):
-        firsts.setdefault(candidate.identity, candidate)
+    for found in sorted(listed):
+        folder, _, name = found.below.rpartition("/")
+        if is_hidden(found.below.split("/")):
+            continue
+        folder = "/".join(p for p in (prefix, folder) if p)
+        partition = partitions.get(folder)
+        if partition is None:
+            partition = partitions[folder] = partition_of(f"{folder}/")
+        relpath = f"{folder}/{name}" if folder else name
+        firsts.setdefault(
+            found.identity,
+            _Candidate(found.path, found.identity, relpath, partition, found.size, found.mtime_ns),
+        )
     return list(firsts.values())
 
 
