@@ -459,7 +459,11 @@ def _recalibrate_hint(
     """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
     record = scores[0][1]
     piece = record.pieces[0]
-    input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    # The relpath is the name its scores go by, which may not end the path (`plan.with_output_names`).
+    if piece.input_path.endswith(piece.input_relpath):
+        input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    else:
+        input_root = piece.input_path.rpartition("/")[0] or piece.input_path
     # The run's own INPUT where its stats say it: a single file (a day column's year) is not
     # its folder, which holds other files.
     with contextlib.suppress(ScorerError):

@@ -30,7 +30,7 @@ import datetime as dt
 import itertools
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -194,11 +194,17 @@ class DayPlan:
 
     source: DaySource
     groups: Mapping[str, Mapping[int, DaySelection | None]]
-    """By relpath, the row groups to read of each file whose days are a column (a file not here
+    """By `InputFile.identity` (`by_relpath` for the plan), the row groups to read of each file whose days are a column (a file not here
     is read whole); None: the whole group, a selection: its rows of those days alone."""
     dropped: frozenset[str] = frozenset()
     """Files left out: a day filter is set and they have no day."""
     row_groups_pruned: int = 0
+
+    def by_relpath(self, files: Iterable[InputFile]) -> DayPlan:
+        """This plan with its files by the names their scores go by (`plan.with_output_names`
+        may rename a file after the days were resolved)."""
+        groups = {f.relpath: self.groups[f.identity] for f in files if f.identity in self.groups}
+        return replace(self, groups=groups)
 
 
 def resolve_days(
@@ -270,7 +276,7 @@ def resolve_days(
             else:
                 chosen[group] = picked
         if len(chosen) < len(ranges) or any(v is not None for v in chosen.values()):
-            groups[f.relpath] = chosen
+            groups[f.identity] = chosen
     return DayPlan(source, groups, frozenset(dropped), pruned)
 
 
