@@ -363,3 +363,70 @@ def test_files_as_other_writers_write_them_score_once(tmp_path, writer):
     assert rest["rows"] == 1_000
     keys = _scored_keys(tmp_path / "out")
     assert sorted(keys) == sorted(table["session_id"].to_pylist())
+
+
+def _dated_sessions(path: Path, rows: int = 3_000, row_group_size: int = 700) -> pa.Table:
+    """Bundled sessions over three days (a thousand each), written with a ``dt`` date column."""
+    from scorer.model.sessions import load_bundled_sessions
+
+    table = load_bundled_sessions().slice(0, rows)
+    days = [dt.date(2026, 11, 20) + dt.timedelta(days=i // 1_000) for i in range(rows)]
+    table = table.append_column("dt", pa.array(days, pa.date32()))
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return table
+
+
+def test_a_shard_of_some_days_commits_only_once_every_row_of_its_row_group_was_read(tmp_path):
+    from scorer.errors import ShardError
+    from scorer.pipeline.manifest import Manifest
+    from scorer.storage import resolve
+
+    path = tmp_path / "in.parquet"
+    _dated_sessions(path)
+    plan = _score(str(path), str(tmp_path / "dry"), "--since", "2026-11-21", "--dry-run")["plan"]
+    straddling = [s for s in plan["shards"] if "@dt=" in s["shard_id"]]
+    assert [s["pieces"][0]["days"] for s in straddling] == ["2026-11-21"]
+    assert straddling[0]["output_relpath"].endswith("-dt-2026-11-21.parquet")
+
+    # The same shard as the driver plans it, committed with a row of its row group unread.
+    from scorer.pipeline.days import DayPlan, DaySource, resolve_days
+    from scorer.pipeline.plan import plan_shards, scan_inputs
+
+    selection = PartitionFilter.parse((), "2026-11-21", None)
+    items = scan_inputs(resolve(str(path)), selection, day_columns=True)
+    days: DayPlan = resolve_days(items, selection, column=None, timezone=None)
+    assert days.source == DaySource("dt")
+    shards = plan_shards(items, 1_000_000, {}, days.by_relpath(items).groups).shards
+    shard = next(s for s in shards if s.pieces[0].days is not None)
+    manifest = Manifest.load(resolve(str(tmp_path / "out")))
+    with pytest.raises(ShardError, match="read 699 rows and wrote 300, expected 700"):
+        manifest.commit_shard(
+            shard, run_id="r", rows=300, model_sha256="m", options_digest="o", rows_read=699
+        )
+
+
+def test_a_string_day_that_is_not_a_day_fails_its_shard_naming_file_and_column(tmp_path):
+    from scorer.model.sessions import load_bundled_sessions
+
+    sessions = load_bundled_sessions().slice(0, 500)
+    days = ["2026-11-20"] * 499 + ["yesterday"]
+    path = tmp_path / "export.parquet"
+    pq.write_table(sessions.append_column("dt", pa.array(days)), path)
+    code, out, err = _cli("score", str(path), str(tmp_path / "out"), "--json")
+    assert code == 1, err
+    failure = json.loads(out)["failures"][0]["error"]
+    assert str(path) in failure and "day column 'dt'" in failure and "YYYY-MM-DD" in failure
+
+
+def test_actors_on_ray_select_and_score_days_as_the_driver_does(ray_cluster, tmp_path):
+    """The day source and each shard's days travel to Ray actors with the shard."""
+    from scorer import score
+
+    path = tmp_path / "in.parquet"
+    table = _dated_sessions(path)
+    summary = score(str(path), str(tmp_path / "out"), actors=1, since="2026-11-21")
+    assert summary.rows == 2_000 and summary.executor == "ray"
+    assert summary.rows_read > summary.rows and summary.row_groups_pruned >= 1
+    keys = _scored_keys(tmp_path / "out")
+    wanted = table.filter(pc.field("dt") >= dt.date(2026, 11, 21))["session_id"].to_pylist()
+    assert sorted(keys) == sorted(wanted)
