@@ -265,6 +265,8 @@ def resolve_days(
             if day_filter:
                 dropped.add(f.relpath)
             continue
+        if not day_filter:  # every row group whole: no footer statistics to read
+            continue
         ranges = _group_days(f, source.column, zone)
         chosen: dict[int, DaySelection | None] = {}
         for group, possible in enumerate(ranges):
