@@ -57,6 +57,9 @@ DEFAULT_CPUS_PER_ACTOR = 1.0
 DEFAULT_READ_AHEAD = 2
 DEFAULT_REQUESTS_IN_FLIGHT = 8
 OUTPUT_FORMATS = ("parquet", "delta")  # of OUTPUT/scores/: hive Parquet, or a Delta Lake table
+TABLE_FORMATS = frozenset({"delta"})
+"""Formats whose readers partition by folder: a day column's scores go to one ``dt=`` folder per
+day, the table's partition (docs/nights-in-a-column.md); plain Parquet keeps the day a column."""
 
 # Alert thresholds (`[monitor]`, SPEC §5a), in one place so that they are tuned in one place.
 # Starting points, to be set from measurements on clean generated days: PSI 0.25 is the usual

@@ -19,7 +19,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ import pyarrow as pa
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
-from scorer.config import JobConfig
+from scorer.config import TABLE_FORMATS, JobConfig
 from scorer.errors import (
     ConfigError,
     Interrupted,
@@ -60,6 +60,7 @@ from scorer.pipeline.local import (
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import (
+    DATE_KEY,
     FailedInput,
     InputFile,
     PartitionFilter,
@@ -353,7 +354,14 @@ def _with_days(
     whose days are a column (`days`); files without a day that a day filter leaves out go."""
     config = context.config
     selection = _selection(config)
-    plan = resolve_days(items, selection, column=config.date_column, timezone=config.date_timezone)
+    plan = resolve_days(
+        items,
+        selection,
+        column=config.date_column,
+        timezone=config.date_timezone,
+        day_folders=config.format in TABLE_FORMATS,
+        filesystem=context.input.filesystem,
+    )
     kept = [item for item in items if item.relpath not in plan.dropped]
     if not kept or all(
         isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
@@ -447,13 +455,36 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
     if context.days is not None:
         row_groups = {f.relpath: len(f.row_group_rows) for f in files}
         days = context.days.by_relpath(files)
+        if days.source.day_folders and committed:
+            _check_day_folders(context, manifest, days.groups)
         committed, groups = apply_commits(days, committed or {}, row_groups)
-    plan = plan_shards(items, context.config.shard_rows, committed, groups)
+    plan = plan_shards(
+        items,
+        context.config.shard_rows,
+        committed,
+        groups,
+        day_folders=context.days is not None and context.days.source.day_folders,
+    )
     # In-process first: a quick first commit whatever the files' shape. With actors (a cluster,
     # an actor count) the shards are as planned.
     return (
         with_quick_head(plan, quick_first_shard) if _private_ray_optional(context.config) else plan
     )
+
+
+def _check_day_folders(context: _Context, manifest: Manifest, files: Iterable[str]) -> None:
+    """A table's day partitions cannot hold scores a plain Parquet run committed of a day
+    column's file (the day a column of them, not their folder): refused before any scoring."""
+    day_column_files = set(files)
+    for record in manifest.records.values():
+        if any(p.input_relpath in day_column_files for p in record.pieces) and not any(
+            folder.startswith(f"{DATE_KEY}=") for folder in record.output_relpath.split("/")[:-1]
+        ):
+            raise OutputConflictError(
+                f"{context.output.child(record.output_relpath).uri}: scores of the day column "
+                f"of {record.pieces[0].input_relpath} committed by a plain Parquet run; "
+                f"--format {context.config.format} partitions them by day: --overwrite rescores"
+            )
 
 
 _COMMIT_POLL_S = 0.02  # how often the loop looks at commits in progress while it waits on actors

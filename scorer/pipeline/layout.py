@@ -53,6 +53,10 @@ LOCK_NAME = "lock.json"
 LOCK = f"{INTERNAL}/{LOCK_NAME}"
 OUTPUT_STATE = f"{INTERNAL}/output.json"
 
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+"""The folder value of a null partition value (``dt=__HIVE_DEFAULT_PARTITION__``), as Hive,
+Spark, delta-rs and DuckDB write and read it."""
+
 RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION, DRIFT)
 """The folders that hold one table per run, partitioned by ``run_id``."""
 RUN_PARTITION = "run_id"
@@ -74,7 +78,14 @@ def report_folder(run_id: str) -> str:
 
 
 def shard_output_relpath(
-    relpath: str, rg_start: int, rg_stop: int, *, more: int = 0, digest: str = "", days: str = ""
+    relpath: str,
+    rg_start: int,
+    rg_stop: int,
+    *,
+    more: int = 0,
+    digest: str = "",
+    days: str = "",
+    day_folder: str = "",
 ) -> str:
     """A shard's score file: ``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``.
 
@@ -85,9 +96,12 @@ def shard_output_relpath(
     ``plan.pieces_digest`` (12 hex digits of the sha1 of its piece ids): derived from the pieces
     alone, so the same input planned with the same ``--shard-rows`` gets the same names. A piece
     of some ``days`` of its row group alone (``pipeline.days``) is
-    ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``.
+    ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``; one of a single day whose scores
+    go to a table's partition is ``<folder>/<day_folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``,
+    ``day_folder`` being ``dt=<day>`` (``dt=`` `HIVE_NULL` for the rows without one).
     """
     folder, _, name = relpath.rpartition("/")
+    folder = "/".join(p for p in (folder, day_folder) if p)
     stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
     packed = f"-and-{more}-more-{digest}" if more else ""
     selected = f"-dt-{days.replace('..', '_to_').replace(',', '+')}" if days else ""
