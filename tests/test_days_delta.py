@@ -182,3 +182,55 @@ def test_a_delta_run_on_a_plain_parquet_run_of_a_day_column_is_refused_until_ove
     _score(str(path), str(out), "--format", "delta", "--overwrite")
     keys = _current(out)["session_id"].to_pylist()
     assert len(keys) == len(set(keys)) == 4_000
+
+
+def test_a_night_killed_before_its_delta_commit_is_published_once_by_the_backfill(
+    tmp_path, drivers, monkeypatch
+):
+    """Resume: the night's one-day pieces committed, the driver killed at its Delta commit (an
+    observed stop, `PAUSE_ENV`); the backfill skips them, scores the rest and publishes all of
+    it in one version, every session once in its day's partition."""
+    import signal
+
+    import psutil
+    from test_faults import _wait_for
+
+    from scorer.pipeline.delta import PAUSE_ENV
+
+    path = _export(tmp_path / "sessions.parquet", sorted_by_day=True)
+    out = tmp_path / "out"
+    expected = _expected_by_day(path)
+    monkeypatch.setenv(PAUSE_ENV, "publish")
+    night = drivers.start(str(path), str(out), "--format", "delta", "--since", "2026-11-21",
+                          "--until", "2026-11-21")  # fmt: skip
+
+    def stopped() -> bool:
+        try:
+            return psutil.Process(night.pid).status() == psutil.STATUS_STOPPED
+        except psutil.NoSuchProcess:
+            return False
+
+    _wait_for(stopped, 180, "the night's driver stopped before its Delta commit")
+    drivers.signal(night, signal.SIGKILL)
+    drivers.wait(night, 30)
+    assert not (out / "scores" / "_delta_log").exists(), "a killed run published"
+
+    monkeypatch.delenv(PAUSE_ENV)
+    backfill = _score(str(path), str(out), "--format", "delta")
+    assert backfill["rows"] == 4_000 - expected["2026-11-21"]
+    table = deltalake.DeltaTable(str(out / "scores"))
+    assert table.version() == 0
+    current = table.to_pyarrow_table()
+    keys = current["session_id"].to_pylist()
+    assert len(keys) == len(set(keys)) == 4_000
+    assert _by_day(current) == expected
+
+
+@pytest.fixture
+def drivers(tmp_path):
+    """`scorer score` processes of their own (`test_faults._Drivers`), stopped after the test."""
+    from test_faults import _Drivers
+
+    tracked = _Drivers(tmp_path)
+    yield tracked
+    tracked.close()
