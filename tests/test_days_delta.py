@@ -234,3 +234,35 @@ def drivers(tmp_path):
     tracked = _Drivers(tmp_path)
     yield tracked
     tracked.close()
+
+
+def test_a_day_column_on_s3_into_a_delta_table_on_s3(tmp_path):
+    """On object storage: the day column of row groups holding several days is read at
+    planning through the input's filesystem, and the table's partitions land on S3."""
+    import pyarrow.fs as pafs
+    from servers import moto_s3
+
+    credentials = {"AWS_ACCESS_KEY_ID": "days-key", "AWS_SECRET_ACCESS_KEY": "days-secret-28"}
+    path = _export(tmp_path / "sessions.parquet", sorted_by_day=False)
+    with moto_s3(credentials) as endpoint:
+        s3 = pafs.S3FileSystem(
+            endpoint_override=endpoint, scheme="http", allow_bucket_creation=True
+        )
+        s3.create_dir("lake/exports")
+        pafs.copy_files(str(path), "lake/exports/sessions.parquet", destination_filesystem=s3)
+        query = f"endpoint_override={endpoint}&scheme=http"
+        summary = _score(f"s3://lake/exports?{query}", f"s3://lake/scored?{query}",
+                         "--format", "delta")  # fmt: skip
+        assert summary["rows"] == 4_000
+        options = {
+            "AWS_ENDPOINT_URL": f"http://{endpoint}",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_REGION": "us-east-1",
+            **credentials,
+        }
+        table = deltalake.DeltaTable("s3://lake/scored/scores", storage_options=options)
+        assert table.metadata().partition_columns == ["dt"]
+        current = table.to_pyarrow_table()
+    keys = current["session_id"].to_pylist()
+    assert len(keys) == len(set(keys)) == 4_000
+    assert _by_day(current) == _expected_by_day(path)
