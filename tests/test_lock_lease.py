@@ -313,3 +313,49 @@ def test_a_stale_lock_on_s3_expires_with_its_lease(endpoint, monkeypatch):
     finally:
         lock.release()
     assert fs.get_file_info(f"stale/out/{LOCK}").type == pafs.FileType.NotFound
+
+
+def test_the_fence_guards_every_record_and_every_deletion(tmp_path):
+    """A manifest whose run lost the lock writes no record and deletes nothing: not a commit,
+    not a crash's leftovers (cleanup), not a changed input's shards (supersede), not
+    everything (--overwrite's reset)."""
+    from test_commit import OPTS, SHA_A, start_run, write_output, write_sessions
+
+    from scorer.errors import LockLostError
+    from scorer.pipeline.plan import scan_inputs
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    write_sessions(inp / "dt=2026-11-27" / "a.parquet", 40, 10)
+    inputs = scan_inputs(resolve(inp))
+    manifest, plan = start_run(resolve(out), inputs, 20, "r1")
+    first, second = plan.shards
+    manifest.commit_shard(
+        first,
+        run_id="r1",
+        rows=write_output(manifest.layout, first, "r1"),
+        model_sha256=SHA_A,
+        options_digest=OPTS,
+    )
+    orphan = out / "scores" / "dt=2026-11-27" / "a-rg00009-00010.parquet"
+    orphan.write_bytes(b"left by a crash")
+    everything = sorted(p for p in out.rglob("*") if p.is_file())
+
+    def lost() -> None:
+        raise LockLostError("lost")
+
+    manifest.fence = lost
+    rows = write_output(manifest.layout, second, "r1")
+    for attempt in (
+        lambda: manifest.commit_shard(
+            second, run_id="r1", rows=rows, model_sha256=SHA_A, options_digest=OPTS
+        ),
+        lambda: manifest.cleanup("r2"),
+        manifest.reset,
+    ):
+        with pytest.raises(LockLostError):
+            attempt()
+    write_sessions(inp / "dt=2026-11-27" / "a.parquet", 41, 10)  # changed: supersede deletes
+    with pytest.raises(LockLostError):
+        manifest.supersede(scan_inputs(resolve(inp)))
+    staged = out / "_scorer" / "tmp" / "r1" / second.output_relpath
+    assert sorted(p for p in out.rglob("*") if p.is_file() and p != staged) == everything

@@ -31,6 +31,7 @@ from scorer.config import JobConfig
 from scorer.errors import (
     ConfigError,
     Interrupted,
+    LockLostError,
     MissingColumnError,
     OutputConflictError,
     ScorerError,
@@ -174,6 +175,7 @@ def score(
         table = ScoresTable(context.output) if config.format == "delta" else None
         with _warnings_shown_by(progress):
             manifest = Manifest.load(context.output, published=table)
+        manifest.fence = lock.check  # every record and deletion: see `lock`
         manifest.claim(
             model_name=context.model.card.name,
             model_sha256=context.model.card.sha256,
@@ -182,10 +184,11 @@ def score(
             overwrite=config.overwrite,
         )
         report = manifest.cleanup(context.run_id)
-        if report.orphans or report.temp_runs:
+        if report.orphans or report.temp_runs or report.rolled_forward:
             progress.message(
                 f"cleaned up after an earlier crash: {len(report.orphans)} unreferenced score "
-                f"file(s), {len(report.temp_runs)} temporary folder(s)"
+                f"file(s), {len(report.temp_runs)} temporary folder(s), "
+                f"{len(report.rolled_forward)} committed score file(s) copied into place"
             )
         manifest.adopt_legacy_fingerprints(_readable(items))
         manifest.supersede(_readable(items))
@@ -461,6 +464,7 @@ class _Run:
         (what an interrupted earlier run committed too); see `delta`."""
         if self.table is None:
             return
+        self.manifest.fence()
         publication = self.table.publish(self.manifest.records.values(), self.context.run_id)
         self.summary.delta_version = publication.version
         if publication.added or publication.removed:
@@ -651,6 +655,8 @@ class _Run:
             attempt, outcome = committing.pop(future)
             try:
                 future.result()
+            except LockLostError:
+                raise  # another run holds OUTPUT now: nothing more may be committed
             except ScorerError as exc:  # the commit refused the shard
                 queue.extend(self._failed(attempt, commit_failure(exc)))
                 continue

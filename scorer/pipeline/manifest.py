@@ -12,20 +12,27 @@ flushes it to disk, renames it onto its final name (an atomic replace), then wri
 the same way (temporary file, fsync, rename, fsync of the folder). Nothing half-written is ever
 under ``scores/``, and a power loss cannot leave a record naming an empty file.
 
-Object storage (any filesystem but the local one): a rename there is a copy and a delete, not
-atomic, so the actor writes the final key once. ``OutputLayout.open_shard_sink`` assembles the
-shard's Parquet in memory (its compressed size: a few MB per million rows) and uploads it in one
-request, a PUT or a multipart completion, which readers see whole or not at all; an actor that
-fails mid-shard uploads nothing. ``commit_shard`` checks the object is there and writes the
-record, itself one PUT.
+Object storage (``s3://``): a rename there is a copy and a delete, not atomic, and readers of
+``scores/`` must never see a file no record names (docs/exactly-once.md, "What a reader of
+scores/ sees"). ``OutputLayout.open_shard_sink`` assembles the shard's Parquet in memory (its
+compressed size: a few MB per million rows) and uploads it whole, in one request, under
+``_scorer/tmp/<run_id>/``; an actor that fails mid-shard uploads nothing. ``commit_shard``
+checks the staged object is there, writes the record (one PUT: the commit point), then copies
+the object into place server-side and deletes the staged one. A crash between record and copy
+is rolled forward by the next run's ``cleanup``.
+
+Every record written and every deletion first calls ``Manifest.fence`` (the driver sets it to
+``OutputLock.check``): a run that lost the lock stops there (``LockLostError``).
 
 What a crash leaves, and what clears it (``Manifest.cleanup``, run under the lock at the start
 of the next run):
 
 - temporary files of dead runs: deleted;
-- a file under ``scores/`` that no record names (a crash between the final write and the
-  record; on object storage it was already visible, whole): deleted, because the rerun may plan
-  other boundaries (another ``--shard-rows``) and its rows would then be there twice;
+- a committed shard whose score file is not in place but staged (object storage: a crash
+  between record and copy): copied into place;
+- a file under ``scores/`` that no record names (locally, a crash between the rename and the
+  record): deleted, because the rerun may plan other boundaries (another ``--shard-rows``) and
+  its rows would then be there twice;
 - a changed input file: ``Manifest.supersede`` deletes its records first, then its outputs, so a
   crash in between leaves only unreferenced files (above), never a record without its file. A
   record packing that file with others goes whole (its one output file holds them all): the
@@ -50,7 +57,7 @@ import dataclasses
 import hashlib
 import json
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
@@ -190,6 +197,9 @@ class CleanupReport:
     """Files under ``scores/`` (relative to OUTPUT) that no commit record named."""
     bad_records: tuple[str, ...]
     """Commit records that could not be parsed (their shards are rescored)."""
+    rolled_forward: tuple[str, ...] = ()
+    """Score files (relative to OUTPUT) of committed shards copied into place from where a
+    crashed run staged them (object storage: see the module docstring)."""
 
 
 class Manifest:
@@ -219,6 +229,9 @@ class Manifest:
     ) -> None:
         self.layout = layout
         self.published = published
+        self.fence: Callable[[], None] = _unfenced
+        """Called before every record written and every deletion: ``OutputLock.check``, which
+        raises ``LockLostError`` once this run no longer holds the lock (the driver sets it)."""
         self._records: dict[str, CommitRecord] = {}
         self._by_input: dict[str, dict[str, CommitRecord]] = {}
         self._bad_records = tuple(bad_records)
@@ -344,6 +357,7 @@ class Manifest:
         ``cleanup`` deletes, and never a record whose file is gone.
         """
         fs = self.layout.location.filesystem
+        self.fence()
         # A Delta table's files stay: its current version serves readers until the new one.
         for relpath in (COMMITS,) if self.published else (COMMITS, SCORES):
             with storage_errors(self.layout.uri(relpath), "cannot delete"):
@@ -356,6 +370,8 @@ class Manifest:
         """Delete what crashed runs left: their temporary files, unreferenced score files, and
         unparsable records. Only under the lock: any other run's temp files are then dead."""
         fs = self.layout.location.filesystem
+        self.fence()
+        rolled = self._roll_forward()
         temp_runs = []
         for info in list_files(
             fs, self.layout.path(TMP), recursive=False, where=self.layout.uri(TMP)
@@ -382,9 +398,11 @@ class Manifest:
             and i.path not in referenced
             and not self._published(i.path[len(root) + 1 :])
         ]
+        self.fence()
         delete_files(fs, orphans)
         report = CleanupReport(
             temp_runs=tuple(sorted(temp_runs)),
+            rolled_forward=rolled,
             orphans=tuple(sorted(p[len(root) + 1 :] for p in orphans)),
             bad_records=self._bad_records,
         )
@@ -424,6 +442,8 @@ class Manifest:
             if record.stale(fingerprints)
         }
         fs = self.layout.location.filesystem
+        if stale:
+            self.fence()
         delete_files(fs, [self.layout.path(_record_relpath(r)) for r in stale])
         for record in stale.values():
             self._forget(record)
@@ -448,16 +468,17 @@ class Manifest:
         committed shard has rows out = rows in.
         """
         self._check_commit(shard, rows)
+        self.fence()  # before the rename too: locally a renamed file is visible at once
         fs = self.layout.location.filesystem
         final = self.layout.final_path_for(shard)
         final_uri = self.layout.uri(shard.output_relpath)
+        temp = self.layout.temp_path_for(shard, run_id)
         temp_missing = (ShardError, "the shard's temporary output is missing")
         with storage_errors(final_uri, "cannot commit", missing=temp_missing):
             if self.layout.writes_direct:
-                if fs.get_file_info(final).type != pafs.FileType.File:
-                    raise ShardError(f"{final_uri}: missing, the shard's output was not written")
+                if fs.get_file_info(temp).type != pafs.FileType.File:
+                    raise ShardError(f"{final_uri}: the shard's staged output was not written")
             else:
-                temp = self.layout.temp_path_for(shard, run_id)
                 replace_durably(fs, temp, final)
         record = CommitRecord(
             shard_id=shard.shard_id,
@@ -481,6 +502,12 @@ class Manifest:
         )
         self._write_json(_record_relpath(shard.shard_id), record.to_dict(), run_id)
         self._remember(record)
+        if self.layout.writes_direct:
+            # Committed: now visible. A crash before the copy leaves the record and the staged
+            # file, which the next run's cleanup copies into place (`_roll_forward`).
+            with storage_errors(final_uri, "cannot copy into place"):
+                fs.copy_file(temp, final)
+            delete_files(fs, [temp])
         return record
 
     def discard_temp(self, run_id: str) -> None:
@@ -510,6 +537,29 @@ class Manifest:
                             f"{shard.shard_id}: overlaps committed shard {other.shard_id}"
                         )
 
+    def _roll_forward(self) -> tuple[str, ...]:
+        """Object storage: copy into place the score files of committed shards that a crashed
+        run had staged but not yet copied (its record is the commit point)."""
+        if not self.layout.writes_direct or not self._records:
+            return ()
+        fs = self.layout.location.filesystem
+        listed = list_files(
+            fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES)
+        )
+        present = {i.path for i in listed if i.type == pafs.FileType.File}
+        rolled = []
+        for record in self._records.values():
+            final = self.layout.path(record.output_relpath)
+            if final in present:
+                continue
+            staged = self.layout.path(temp_relpath(record.run_id, record.output_relpath))
+            with storage_errors(self.layout.uri(record.output_relpath), "cannot copy into place"):
+                if fs.get_file_info(staged).type != pafs.FileType.File:
+                    continue  # not staged either: its file was deleted after it committed
+                fs.copy_file(staged, final)
+            rolled.append(record.output_relpath)
+        return tuple(sorted(rolled))
+
     def _published(self, relpath: str) -> bool:
         """Whether a table's log may reference ``relpath``; a Delta log's own files always."""
         if relpath.startswith(f"{SCORES}/_delta_log/"):
@@ -538,6 +588,7 @@ class Manifest:
 
     def _write_json(self, relpath: str, data: Mapping[str, object], run_id: str) -> None:
         """Write a small JSON file so it appears whole: temp + rename locally, one PUT elsewhere."""
+        self.fence()
         fs = self.layout.location.filesystem
         payload = json.dumps(data, indent=1, sort_keys=True).encode()
         with storage_errors(self.layout.uri(relpath), "cannot write"):
@@ -550,6 +601,10 @@ class Manifest:
             with open(temp, "wb") as out:
                 out.write(payload)
             replace_durably(fs, temp, self.layout.path(relpath))
+
+
+def _unfenced() -> None:
+    """The fence of a manifest used without the lock (a dry run, a test): nothing to check."""
 
 
 def _record_relpath(shard_id: str) -> str:
