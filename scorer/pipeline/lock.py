@@ -20,6 +20,8 @@ fencing". In short:
   one: outside our namespace the lease alone decides.
 
 The lease is ``DEFAULT_LEASE_S`` seconds, or ``SCORER_LOCK_LEASE_S`` from the environment.
+The heartbeat thread runs when the driver forks its worker processes (``processes``): they
+share none of its objects (they use their settings and the footers alone).
 Conditional writes on ``s3://`` go through boto3 (pyarrow's S3 filesystem cannot send
 ``If-None-Match`` or ``If-Match``); other object stores are refused as OUTPUT.
 """

@@ -18,8 +18,9 @@ scores/ sees"). ``OutputLayout.open_shard_sink`` assembles the shard's Parquet i
 compressed size: a few MB per million rows) and uploads it whole, in one request, under
 ``_scorer/tmp/<run_id>/``; an actor that fails mid-shard uploads nothing. ``commit_shard``
 checks the staged object is there, writes the record (one PUT: the commit point), then copies
-the object into place server-side and deletes the staged one. A crash between record and copy
-is rolled forward by the next run's ``cleanup``.
+the object into place server-side; the staged objects go at the end of the run, in bulk
+(``discard_temp``), not one request per shard on the commit thread. A crash between record
+and copy is rolled forward by the next run's ``cleanup``.
 
 Every record written and every deletion first calls ``Manifest.fence`` (the driver sets it to
 ``OutputLock.check``): a run that lost the lock stops there (``LockLostError``).
@@ -507,11 +508,11 @@ class Manifest:
             # file, which the next run's cleanup copies into place (`_roll_forward`).
             with storage_errors(final_uri, "cannot copy into place"):
                 fs.copy_file(temp, final)
-            delete_files(fs, [temp])
         return record
 
     def discard_temp(self, run_id: str) -> None:
-        """Delete this run's temporary files (abandoned shards), at the end of a run."""
+        """Delete this run's temporary files (abandoned shards; on object storage also the
+        staged copies of committed ones), at the end of a run."""
         delete_dir(self.layout.location.filesystem, self.layout.path(temp_relpath(run_id)))
 
     def _check_commit(self, shard: Shard, rows: int) -> None:
