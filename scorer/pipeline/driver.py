@@ -366,8 +366,14 @@ def _with_days(
         filesystem=context.input.filesystem,
     )
     kept = [item for item in items if item.relpath not in plan.dropped]
-    if not kept or all(
-        isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
+    # Under a table format every day-column file has its row groups listed: none listed
+    # without a day filter is a file of no rows, not one the filter left out.
+    filtered = selection.since or selection.until or DATE_KEY in dict(selection.partitions)
+    if not kept or (
+        filtered
+        and all(
+            isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
+        )
     ):
         raise NoInputFilesError(
             f"{context.input.uri}: no Parquet file selected by {selection.describe()}"
