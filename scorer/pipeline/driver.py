@@ -299,7 +299,9 @@ def _readable(items: Sequence[InputFile | FailedInput]) -> list[InputFile]:
 def _scan(context: _Context) -> list[InputFile | FailedInput]:
     config = context.config
     selection = PartitionFilter.parse(
-        [f"{k}={v}" for k, v in config.partition.items()], config.since, config.until
+        [f"{k}={v}" for k, values in config.partition.items() for v in values],
+        config.since,
+        config.until,
     )
     # Local footers are read by a process per core where many files make it pay; never with a
     # Ray connected in this process (a fork would copy its threads and sockets).

@@ -1,0 +1,183 @@
+"""Input that hides or hurts, through `scorer score` as a user types it (issue 24, cases 6-9).
+
+Values that would score NaN as `ok`, null keys, repeated `--partition` values, file names with
+console markup, credentials in an endpoint, model bytes swapped during a run's start, and files
+whose footer, row groups or strings are beyond the documented limits (docs/limits.md). Every test
+runs the real CLI in a process of its own on real Parquet files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from conftest import make_history
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+
+def _score(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`scorer score ARGS` in a process of its own, as typed (in-process: no Ray, no forks)."""
+    command = [sys.executable, "-m", "scorer", "score", *args, "--processes", "0"]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=env or _env(), timeout=300, check=False
+    )
+
+
+def _scores(out: Path) -> pa.Table:
+    files = sorted((out / "scores").rglob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f, partitioning=None) for f in files])
+
+
+def _shard_stats(out: Path) -> pa.Table:
+    return pq.read_table(out / "stats" / "shards", partitioning=None)
+
+
+def _only_file(root: Path) -> Path:
+    (path,) = sorted(root.rglob("*.parquet"))
+    return path
+
+
+def _rewrite(path: Path, change) -> None:
+    table = pq.read_table(path, partitioning=None)
+    pq.write_table(change(table), path)
+
+
+def _set(table: pa.Table, column: str, row: int, value) -> pa.Table:
+    values = table[column].to_pylist()
+    values[row] = value
+    index = table.schema.get_field_index(column)
+    return table.set_column(index, column, pa.array(values, table.schema.field(column).type))
+
+
+# -- case 6: values that hide -----------------------------------------------------------------
+
+
+def test_a_value_beyond_float32_gets_not_finite_and_null_scores_never_nan_with_ok(tmp_path):
+    history = make_history(tmp_path / "in", sessions=1_000, files=1, days=1)
+    source = _only_file(history)
+    _rewrite(source, lambda t: _set(_set(t, "page_value", 3, 1e39), "exit_rate", 5, -1e39))
+    out = tmp_path / "out"
+
+    run = _score(str(history), str(out))
+
+    assert run.returncode == 0, run.stderr
+    scores = _scores(out)
+    assert scores.num_rows == 1_000
+    status = scores["status"].cast(pa.string()).to_pylist()
+    assert status[3] == "not_finite:page_value"
+    assert status[5] == "not_finite:exit_rate"
+    for row in (3, 5):
+        assert scores["intent_raw"][row].as_py() is None
+        assert scores["intent_calibrated"][row].as_py() is None
+    ok = pc.equal(scores["status"].cast(pa.string()), "ok")
+    assert not pc.any(pc.is_nan(pc.filter(scores["intent_raw"], ok))).as_py()
+    assert pc.sum(_shard_stats(out)["rows_invalid"]).as_py() == 2
+
+
+def test_a_null_key_gets_a_status_of_its_own_and_is_counted(tmp_path):
+    history = make_history(tmp_path / "in", sessions=1_000, files=1, days=1)
+    source = _only_file(history)
+    # Row 7 has a null key and a missing input: the key comes first.
+    _rewrite(
+        source,
+        lambda t: _set(
+            _set(_set(t, "session_id", 4, None), "session_id", 7, None), "bounce_rate", 7, None
+        ),
+    )
+    out = tmp_path / "out"
+
+    run = _score(str(history), str(out), "--json")
+
+    assert run.returncode == 0, run.stderr
+    scores = _scores(out)
+    status = scores["status"].cast(pa.string()).to_pylist()
+    assert status[4] == status[7] == "missing:session_id"
+    assert (
+        scores["intent_raw"][4].as_py() is None and scores["intent_calibrated"][7].as_py() is None
+    )
+    assert status.count("ok") == 998
+    stats = _shard_stats(out)
+    assert pc.sum(stats["rows_invalid"]).as_py() == 2
+    assert pc.sum(stats["rows_ok"]).as_py() == 998
+
+
+def test_repeated_partition_values_of_one_key_are_alternatives(tmp_path):
+    history = make_history(tmp_path / "in", sessions=3_000, files=3, days=3)
+    days = sorted(p.name.split("=", 1)[1] for p in history.iterdir() if p.name.startswith("dt="))
+    rows = {
+        day: sum(
+            pq.ParquetFile(f).metadata.num_rows for f in (history / f"dt={day}").rglob("*.parquet")
+        )
+        for day in days
+    }
+    out = tmp_path / "out"
+
+    run = _score(
+        str(history),
+        str(out),
+        "--partition",
+        f"dt={days[0]}",
+        "--partition",
+        f"dt={days[2]}",
+        "--json",
+    )
+
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["rows"] == rows[days[0]] + rows[days[2]]
+    folders = {p.name for p in (out / "scores").iterdir()}
+    assert folders == {f"dt={days[0]}", f"dt={days[2]}"}
+
+    # The config file says the same with a list.
+    config = tmp_path / "job.toml"
+    config.write_text(f'[partition]\ndt = ["{days[1]}", "{days[2]}"]\n')
+    again = _score(str(history), str(tmp_path / "out2"), "--config", str(config), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["rows"] == rows[days[1]] + rows[days[2]]
+
+
+def test_the_library_takes_alternatives_for_one_partition_key():
+    from scorer.config import JobConfig, parse_partitions
+
+    parsed = parse_partitions(["dt=2026-11-27", "dt=2026-11-28", "region=3"])
+    assert parsed == {"dt": ("2026-11-27", "2026-11-28"), "region": ("3",)}
+    # A single value stays a single alternative, as jobs written for 0.2 pass it.
+    assert JobConfig(partition={"dt": "2026-11-27"}).partition == {"dt": ("2026-11-27",)}
+
+
+# -- case 7: markup in a file name ------------------------------------------------------------
+
+
+def test_a_file_name_with_markup_fails_its_shard_on_a_terminal_named_as_it_is(tmp_path):
+    import pty
+
+    history = make_history(tmp_path / "in", sessions=1_000, files=1, days=1)
+    bad = history / "bad["
+    bad.mkdir()
+    (bad / "x].parquet").write_bytes(b"PAR1 this is not a Parquet file [bold]PAR1")
+    out = tmp_path / "out"
+    leader, follower = pty.openpty()
+    command = [sys.executable, "-m", "scorer", "score", str(history), str(out), "--processes", "0"]
+    driver = subprocess.Popen(command, stdout=follower, stderr=follower, env=_env())
+    os.close(follower)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the driver has exited
+        while chunk := os.read(leader, 4096):
+            shown += chunk
+    os.close(leader)
+    text = shown.decode(errors="replace")
+
+    assert driver.wait(timeout=120) == 1, text
+    assert "MarkupError" not in text and "Traceback" not in text
+    assert "bad[/x].parquet" in text
+    assert _scores(out).num_rows == 1_000
