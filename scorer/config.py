@@ -99,6 +99,12 @@ class StorageConfig:
         flight = self.requests_in_flight
         if isinstance(flight, bool) or not isinstance(flight, int) or flight < 1:
             raise ConfigError(f"storage.requests_in_flight: must be at least 1, got {flight!r}")
+        if isinstance(self.endpoint_override, str) and "@" in self.endpoint_override:
+            # Checked here too (see `storage.StorageOptions`) so that the message names the file.
+            raise ConfigError(
+                "storage.endpoint_override: carries credentials (user info before '@'); set them "
+                "in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            )
 
     def location_options(self) -> dict[str, str | None]:
         """The keys that `storage.StorageOptions` puts in an ``s3://`` URI."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from conftest import make_history
 
 
@@ -181,3 +182,158 @@ def test_a_file_name_with_markup_fails_its_shard_on_a_terminal_named_as_it_is(tm
     assert "MarkupError" not in text and "Traceback" not in text
     assert "bad[/x].parquet" in text
     assert _scores(out).num_rows == 1_000
+
+
+# -- case 8: secrets in an endpoint, model bytes ----------------------------------------------
+
+ENDPOINT_SECRET = "pw-in-endpoint-5c1e"
+
+
+@pytest.fixture
+def s3_endpoint():
+    from servers import moto_s3
+
+    with moto_s3(
+        {"AWS_ACCESS_KEY_ID": "hostile-key", "AWS_SECRET_ACCESS_KEY": "hostile-secret"}
+    ) as address:
+        import pyarrow.fs as pafs
+
+        s3 = pafs.S3FileSystem(endpoint_override=address, scheme="http", allow_bucket_creation=True)
+        s3.create_dir("lake")
+        yield address, s3
+
+
+def _s3_bytes(s3, prefix: str) -> list[tuple[str, bytes]]:
+    import pyarrow.fs as pafs
+
+    infos = s3.get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    found = []
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            with s3.open_input_stream(info.path) as f:
+                found.append((info.path, f.read()))
+    return found
+
+
+@pytest.mark.parametrize("where", ["AWS_ENDPOINT_URL", "endpoint_override", "[storage]"])
+def test_credentials_in_an_endpoint_are_refused_and_shown_redacted(tmp_path, s3_endpoint, where):
+    # The S3 client takes `user` for the host: such a run failed (exit 2) naming the endpoint,
+    # password included, in its message and --json. Now it is refused before anything starts,
+    # the endpoint shown as ***@host.
+    address, s3 = s3_endpoint
+    history = make_history(tmp_path / "in", sessions=1_000, files=2, days=1)
+    env = _env() | {"AWS_DEFAULT_REGION": "us-east-1"}
+    output = "s3://lake/scored"
+    extra: list[str] = []
+    endpoint = f"user:{ENDPOINT_SECRET}@{address}"
+    if where == "AWS_ENDPOINT_URL":
+        env["AWS_ENDPOINT_URL"] = f"http://{endpoint}"
+    elif where == "endpoint_override":
+        output += f"?endpoint_override={endpoint}&scheme=http"
+    else:
+        config = tmp_path / "job.toml"
+        config.write_text(f'[storage]\nendpoint_override = "{endpoint}"\nscheme = "http"\n')
+        extra = ["--config", str(config)]
+
+    run = _score(str(history), output, "--json", *extra, env=env)
+
+    assert run.returncode == 2, run.stderr
+    assert ENDPOINT_SECRET not in run.stdout + run.stderr
+    assert "credentials" in run.stderr
+    assert where == "[storage]" or f"***@{address}" in run.stderr
+    assert _s3_bytes(s3, "lake/scored") == []
+
+
+def test_redact_hides_user_info_in_an_endpoint_parameter():
+    from scorer.storage import redact
+
+    uri = f"s3://lake/p?endpoint_override=user:{ENDPOINT_SECRET}@127.0.0.1:9000&scheme=http"
+    assert redact(uri) == "s3://lake/p?endpoint_override=***@127.0.0.1:9000&scheme=http"
+
+
+def test_workers_score_the_model_bytes_the_driver_verified(tmp_path, monkeypatch):
+    # `scorer calibrate --out` in place while a run starts: the driver verified model A, then
+    # read the folder again for its workers and shipped them model B, whose scores the
+    # records credit to A. The bytes verified are now the bytes shipped.
+    import shutil
+
+    from scorer.model.runtime import default_model_dir, load_model
+    from scorer.pipeline import driver
+    from scorer.pipeline.driver import score
+
+    model_a = tmp_path / "model"
+    shutil.copytree(default_model_dir(), model_a)
+    history = make_history(tmp_path / "in", sessions=4_000, files=2, days=1)
+    model_b = tmp_path / "model-b"
+    calibrate = [
+        sys.executable,
+        "-m",
+        "scorer",
+        "calibrate",
+        str(history),
+        "--model",
+        str(model_a),
+        "--out",
+        str(model_b),
+        "--method",
+        "platt",
+    ]
+    subprocess.run(calibrate, check=True, capture_output=True, env=_env(), timeout=300)
+    expected = load_model(model_a)
+    assert load_model(model_b).card.sha256 != expected.card.sha256
+    real_load = driver.load_model
+
+    def load_then_recalibrated_in_place(*args, **kwargs):
+        loaded = real_load(*args, **kwargs)
+        for name in ("model.onnx", "model.json"):
+            shutil.copyfile(model_b / name, model_a / name)
+        return loaded
+
+    monkeypatch.setattr(driver, "load_model", load_then_recalibrated_in_place)
+    out = tmp_path / "out"
+    summary = score(
+        str(history), str(out), model=str(model_a), processes=1, batch_rows=5, shard_rows=500
+    )
+
+    assert summary.exit_code == 0 and summary.rows == 4_000
+    stats = _shard_stats(out)
+    assert len(set(stats["pid"].to_pylist())) == 2  # the worker process scored shards too
+    scores = _scores(out)
+    inputs = pa.concat_tables(
+        [pq.read_table(f, partitioning=None) for f in sorted(history.rglob("*.parquet"))]
+    )
+    wanted = dict(
+        zip(
+            inputs["session_id"].to_pylist(),
+            expected.score(inputs)["intent_calibrated"].to_pylist(),
+            strict=True,
+        )
+    )
+    got = dict(
+        zip(scores["session_id"].to_pylist(), scores["intent_calibrated"].to_pylist(), strict=True)
+    )
+    assert got == wanted
+
+
+def test_a_worker_refuses_model_bytes_other_than_the_verified_ones(tmp_path):
+    from scorer.errors import ChecksumError
+    from scorer.model.runtime import load_model
+    from scorer.pipeline.actor import ActorSettings, load_shipped_model
+    from scorer.pipeline.layout import OutputLayout
+    from scorer.storage import resolve
+
+    model = load_model()
+    settings = ActorSettings(
+        model_files=model.files,
+        model_sha256="0" * 64,
+        threads=1,
+        batch_rows=10,
+        key_column="session_id",
+        keep=(),
+        label_column=None,
+        run_id="run",
+        input_location=resolve(tmp_path),
+        layout=OutputLayout(resolve(tmp_path / "out")),
+    )
+    with pytest.raises(ChecksumError, match="not the model this run verified"):
+        load_shipped_model(settings)

@@ -22,8 +22,15 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from scorer.arrow import numpy_array, string_array, to_numpy
-from scorer.errors import ConfigError, ModelError, ShardReadError
-from scorer.model.card import BUNDLED_MODEL, CARD_FILE, ModelCard, load_card, verify_checksum
+from scorer.errors import ChecksumError, ConfigError, ModelError, ShardReadError
+from scorer.model.card import (
+    BUNDLED_MODEL,
+    CARD_FILE,
+    GRAPH_FILE,
+    ModelCard,
+    read_card,
+    verify_checksum,
+)
 from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
     EncodedBatch,
@@ -89,10 +96,19 @@ class IntentModel:
     """A loaded, checksum-verified model. Score from one thread at a time: batches share the
     model's feed buffers (an actor scores its batches one after another anyway)."""
 
-    def __init__(self, model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession):
+    def __init__(
+        self,
+        model_dir: Path,
+        card: ModelCard,
+        session: onnxruntime.InferenceSession,
+        files: dict[str, bytes] | None = None,
+    ):
         self.model_dir = model_dir
         self.card = card
         self.session = session
+        self.files = files or {}
+        """The bytes of model.json and model.onnx this model was loaded and verified from (what
+        a run ships to its workers: never read again from a folder that may have changed)."""
         self._version = string_array([card.version])
         # As the graph declares them: categorical indices are int64 in graphs of earlier releases.
         self.feed_dtypes: dict[str, np.dtype[Any]] = {
@@ -304,11 +320,19 @@ class IntentModel:
         return views
 
 
-def load_model(model_dir: str | Path | None = None, threads: int = 1) -> IntentModel:
-    """Load a model directory (default: the bundled model); its checksum is verified every time."""
+def load_model(
+    model_dir: str | Path | None = None, threads: int = 1, expected_sha256: str | None = None
+) -> IntentModel:
+    """Load a model directory (default: the bundled model); its checksum is verified every time,
+    and with `expected_sha256` (a worker given the model its driver verified) it must be that."""
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-    card = load_card(model_dir)
+    card, card_bytes = read_card(model_dir)
     graph = verify_checksum(model_dir, card)
+    if expected_sha256 is not None and card.sha256 != expected_sha256:
+        raise ChecksumError(
+            f"{model_dir / GRAPH_FILE}: sha256 {card.sha256} is not the model this run verified "
+            f"({expected_sha256})"
+        )
     try:
         session = onnxruntime.InferenceSession(
             graph, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
@@ -316,7 +340,7 @@ def load_model(model_dir: str | Path | None = None, threads: int = 1) -> IntentM
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"{model_dir}: onnxruntime cannot load model.onnx: {exc}") from exc
     _check_graph_matches_card(model_dir, card, session)
-    return IntentModel(model_dir, card, session)
+    return IntentModel(model_dir, card, session, {CARD_FILE: card_bytes, GRAPH_FILE: graph})
 
 
 def default_model_dir() -> Path:

@@ -119,6 +119,9 @@ class ActorSettings:
     """Object storage: row groups of a shard fetched ahead of the one decoded."""
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
     """Object storage: ranged reads an actor has in flight at most."""
+    model_sha256: str | None = None
+    """The sha256 of the model the driver verified (the run's): a worker loads `model_files`
+    only if they are that model (`load_shipped_model`). The driver always sets it."""
 
 
 @dataclass
@@ -829,15 +832,18 @@ class ScoringActor:
 
 def load_shipped_model(settings: ActorSettings) -> IntentModel:
     """The model the settings carry, loaded in this process (an actor's, a worker process's):
-    its files written to a temporary folder first, as the loader checks them there, and the
-    folder removed once the session holds the graph (one was left behind per actor)."""
+    its files written to a temporary folder first, as the loader checks them there (against
+    their card and against the sha256 the driver verified), and the folder removed once the
+    session holds the graph (one was left behind per actor)."""
     from scorer.model.runtime import load_model
 
     with tempfile.TemporaryDirectory(prefix="scorer-model-") as folder:
         model_dir = Path(folder)
         for name, payload in settings.model_files.items():
             (model_dir / name).write_bytes(payload)
-        return load_model(model_dir, threads=settings.threads)
+        return load_model(
+            model_dir, threads=settings.threads, expected_sha256=settings.model_sha256
+        )
 
 
 class ShardSink:
