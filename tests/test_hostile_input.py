@@ -337,3 +337,106 @@ def test_a_worker_refuses_model_bytes_other_than_the_verified_ones(tmp_path):
     )
     with pytest.raises(ChecksumError, match="not the model this run verified"):
         load_shipped_model(settings)
+
+
+# -- case 9: hostile files --------------------------------------------------------------------
+
+
+def _failures(run: subprocess.CompletedProcess[str]) -> list[dict[str, str]]:
+    return json.loads(run.stdout)["failures"]
+
+
+def test_a_footer_beyond_the_limit_fails_its_file_alone_named(tmp_path):
+    from scorer.pipeline.limits import MAX_FOOTER_BYTES
+
+    history = make_history(tmp_path / "in", sessions=1_000, files=1, days=1)
+    hostile = history / "dt=hostile" / "huge-footer.parquet"
+    hostile.parent.mkdir()
+    table = pq.read_table(_only_file(history), partitioning=None).slice(0, 10)
+    with pq.ParquetWriter(hostile, table.schema) as writer:
+        writer.write_table(table)
+        writer.add_key_value_metadata({"padding": "x" * (MAX_FOOTER_BYTES + 1)})
+    out = tmp_path / "out"
+
+    run = _score(str(history), str(out), "--json")
+
+    assert run.returncode == 1, run.stderr
+    (failure,) = _failures(run)
+    assert "huge-footer.parquet" in failure["input"] + failure["error"]
+    assert "beyond the limit" in failure["error"] and "footer" in failure["error"]
+    assert json.loads(run.stdout)["rows"] == 1_000
+    assert _scores(out).num_rows == 1_000
+
+
+def test_too_many_row_groups_fail_the_file_alone_named(tmp_path):
+    from scorer.pipeline.limits import MAX_ROW_GROUPS
+
+    history = make_history(tmp_path / "in", sessions=1_000, files=1, days=1)
+    hostile = history / "dt=hostile" / "row-groups.parquet"
+    hostile.parent.mkdir()
+    keys = pa.table({"session_id": pa.array(range(MAX_ROW_GROUPS + 1), pa.int64())})
+    pq.write_table(keys, hostile, row_group_size=1, write_statistics=False)
+    out = tmp_path / "out"
+
+    run = _score(str(history), str(out), "--json")
+
+    assert run.returncode == 1, run.stderr
+    (failure,) = _failures(run)
+    assert "row-groups.parquet" in failure["input"] + failure["error"]
+    assert f"{MAX_ROW_GROUPS + 1:,} row groups, beyond the limit" in failure["error"]
+    assert _scores(out).num_rows == 1_000
+
+
+def test_a_dictionary_value_repeated_past_the_string_limit_fails_its_file_alone(tmp_path):
+    # 600 rows pointing at one 1 MB value: 47 kB on disk, 600 MB decoded in one batch.
+    import numpy as np
+
+    history = make_history(tmp_path / "in", sessions=2_000, files=2, days=1)
+    files = sorted(history.rglob("*.parquet"))
+    for path in files:
+        _rewrite(path, lambda t: t.append_column("note", pa.array(["fine"] * t.num_rows)))
+    hostile = history / "dt=hostile" / "long-strings.parquet"
+    hostile.parent.mkdir()
+    table = pq.read_table(files[0], partitioning=None).slice(0, 600).drop_columns(["note"])
+    note = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(600, np.int32)), pa.array(["x" * 1_000_000])
+    )
+    pq.write_table(table.append_column("note", note), hostile, store_schema=False)
+    assert hostile.stat().st_size < 200_000
+    out = tmp_path / "out"
+
+    run = _score(str(history), str(out), "--keep", "note", "--json")
+
+    assert run.returncode == 1, run.stderr
+    (failure,) = _failures(run)
+    assert "long-strings.parquet" in failure["error"]
+    assert "'note'" in failure["error"] and "beyond the limit" in failure["error"]
+    scores = _scores(out)
+    assert scores.num_rows == 2_000
+    assert set(scores["note"].to_pylist()) == {"fine"}
+
+
+@pytest.mark.parametrize("compression", ["snappy", "zstd", "gzip", "none"])
+def test_string_bounds_read_the_dictionary_page_of_real_files(tmp_path, compression):
+    # Unique keys (a 1 MB dictionary page, then plain pages) pass; one long value fails.
+    import numpy as np
+
+    from scorer.errors import InputLimitError
+    from scorer.pipeline.limits import check_string_bytes, string_leaves
+
+    def check(table: pa.Table) -> None:
+        path = tmp_path / f"{compression}.parquet"
+        pq.write_table(table, path, compression=compression, store_schema=False)
+        metadata = pq.read_metadata(path)
+        leaves = string_leaves(metadata, ["key"])
+        with pa.OSFile(str(path)) as f:
+            check_string_bytes(
+                metadata, 0, leaves, 131_072, lambda o, n: f.read_at(n, o), str(path)
+            )
+
+    check(pa.table({"key": [f"session-{i:012d}" for i in range(300_000)]}))
+    long = pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(600, np.int32)), pa.array(["x" * 1_000_000])
+    )
+    with pytest.raises(InputLimitError, match="'key'.*beyond the limit of"):
+        check(pa.table({"key": long}))

@@ -40,11 +40,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
-from scorer.errors import ShardReadError, StorageError
+from scorer.errors import InputLimitError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
 from scorer.pipeline.layout import OutputLayout
+from scorer.pipeline.limits import ReadAt, check_string_bytes, string_leaves
 from scorer.pipeline.plan import FOOTER_TAIL_BYTES, Piece, Shard, file_fingerprint, read_footer
 from scorer.pipeline.ranges import (
     RangeFile,
@@ -173,6 +174,11 @@ class ShardSource:
     """On object storage (not streamed): row groups come from concurrent ranged reads."""
     counts: ReadCounts | None = None
     """On object storage: the shard's requests and bytes, shared by its files."""
+    string_leaves: list[int] = field(default_factory=list)
+    """Leaves of the key and kept columns stored as strings, not read dictionary-encoded: their
+    decoded size is checked per row group before it is read (`limits.check_string_bytes`)."""
+    read_at: ReadAt | None = None
+    """Reads of the open file (local), for the dictionary pages those checks read."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,8 @@ class ShardScorer:
         self._read_pool: ThreadPoolExecutor | None = None
         self._remote_reads: RemoteReads | None = None
         self._bulk_reader: BulkReader | None = None
+        self._strings: dict[int, list[int]] = {}
+        """`ShardSource.string_leaves` by `Piece.schema_token`: one schema, one answer."""
 
     @property
     def remote(self) -> bool:
@@ -290,7 +298,18 @@ class ShardScorer:
         if counts is not None and not streamed:
             read = column_indices(metadata, columns)
             remote = RemoteFile(source, size, metadata, read, counts)
-        return ShardSource(parquet, columns, streamed, remote, counts)
+        token = piece.schema_token
+        strings = self._strings.get(token) if token is not None else None
+        if strings is None:
+            # Read dictionary-encoded, the model's string columns cannot grow when decoded.
+            dictionaries = set(self.model.categorical_string_columns)
+            key_and_kept = (self.settings.key_column, *self.settings.keep)
+            strings = string_leaves(metadata, [c for c in key_and_kept if c not in dictionaries])
+            if token is not None:
+                self._strings[token] = strings
+        opened = source
+        read_at = (lambda offset, nbytes: opened.read_at(nbytes, offset)) if strings else None
+        return ShardSource(parquet, columns, streamed, remote, counts, strings, read_at)
 
     def _open_version(self, path: str) -> tuple[pa.NativeFile, int, int | None]:
         """An input file opened, with the size and mtime of what was opened.
@@ -411,8 +430,11 @@ class ShardScorer:
         ranges = group_ranges(remote.metadata, group, remote.leaves, remote.size)
         remote.fetched[group] = self.remote_reads.fetch(remote.file, ranges, remote.counts)
 
-    def _remote_parquet(self, source: ShardSource, piece: Piece, group: int) -> pq.ParquetFile:
-        """A reader of row group `group` over its fetched bytes (fetched now if not ahead).
+    def _remote_parquet(
+        self, source: ShardSource, piece: Piece, group: int
+    ) -> tuple[pq.ParquetFile, RangeFile]:
+        """A reader of row group `group` over its fetched bytes (fetched now if not ahead), and
+        those bytes as a file.
         A read the S3 client gave up on (after its own retries) is a `StorageError`, which the
         driver retries: the network failed, not the data."""
         remote = source.remote
@@ -425,30 +447,41 @@ class ShardScorer:
                 f"{piece.input_path}: cannot read row group {group} from object storage: {exc}"
             ) from exc
         view = RangeFile(remote.file, remote.size, ranges, remote.counts)
-        return pq.ParquetFile(
+        parquet = pq.ParquetFile(
             pa.PythonFile(view, mode="r"),
             metadata=remote.metadata,
             read_dictionary=self.model.categorical_string_columns,
             pre_buffer=False,
         )
+        return parquet, view
 
     def _row_group_batches(
         self, opened: ShardSource, piece: Piece, group: int
     ) -> Iterator[pa.RecordBatch]:
         """A row group's batches, one at a time as they are decoded."""
         try:
-            parquet = opened.parquet
+            parquet, read_at = opened.parquet, opened.read_at
             if opened.remote is not None:
-                parquet = self._remote_parquet(opened, piece, group)
+                parquet, view = self._remote_parquet(opened, piece, group)
+                read_at = _read_at(view) if opened.string_leaves else None
                 if group + 1 < piece.rg_stop:
                     self._fetch(opened, group + 1)  # fetched while this one is decoded
+            if opened.string_leaves:  # before the row group is decoded
+                check_string_bytes(
+                    parquet.metadata,
+                    group,
+                    opened.string_leaves,
+                    self.settings.batch_rows,
+                    read_at,
+                    piece.input_path,
+                )
             yield from parquet.iter_batches(
                 batch_size=self.settings.batch_rows,
                 row_groups=[group],
                 columns=opened.columns,
                 use_threads=False,
             )
-        except StorageError:
+        except (StorageError, InputLimitError):
             raise
         except Exception as exc:
             raise ShardReadError(
@@ -571,7 +604,9 @@ class ShardScorer:
         first, rest = self._open(pieces[0], columns), pieces[1:]
         batches = list(self._row_group_batches(first, pieces[0], pieces[0].rg_start))
         schema = pa.schema([first.parquet.schema_arrow.field(name) for name in columns])
-        if bulk_schema(schema):
+        # DuckDB decodes strings before their size could be checked (`limits`): files with key
+        # or kept strings are read by pyarrow, row group by row group, each checked first.
+        if bulk_schema(schema) and not first.string_leaves:
             with contextlib.suppress(BulkReadFailed):  # read file by file below: names a bad file
                 return [batches + self.bulk_reader.read(rest, schema)] + [[] for _ in rest]
         return [batches] + [self._open_and_read(piece, columns) for piece in rest]
@@ -956,3 +991,13 @@ def _identity() -> Identity:
         node_ip=ray.util.get_node_ip_address(),
         pid=os.getpid(),
     )
+
+
+def _read_at(view: RangeFile) -> ReadAt:
+    """`limits.ReadAt` over a row group's fetched ranges (read on the calling thread only)."""
+
+    def read(offset: int, nbytes: int) -> bytes:
+        view.seek(offset)
+        return view.read(nbytes)
+
+    return read
