@@ -45,8 +45,21 @@ from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.limits import ReadAt, check_string_bytes, string_leaves
-from scorer.pipeline.plan import FOOTER_TAIL_BYTES, Piece, Shard, file_fingerprint, read_footer
+from scorer.pipeline.limits import (
+    MAX_STRING_BYTES_PER_BATCH,
+    ReadAt,
+    check_string_bytes,
+    string_bound,
+    string_leaves,
+)
+from scorer.pipeline.plan import (
+    FOOTER_DIGEST_TAG,
+    FOOTER_TAIL_BYTES,
+    Piece,
+    Shard,
+    file_fingerprint,
+    read_footer,
+)
 from scorer.pipeline.ranges import (
     RangeFile,
     ReadCounts,
@@ -604,12 +617,32 @@ class ShardScorer:
         first, rest = self._open(pieces[0], columns), pieces[1:]
         batches = list(self._row_group_batches(first, pieces[0], pieces[0].rg_start))
         schema = pa.schema([first.parquet.schema_arrow.field(name) for name in columns])
-        # DuckDB decodes strings before their size could be checked (`limits`): files with key
-        # or kept strings are read by pyarrow, row group by row group, each checked first.
-        if bulk_schema(schema) and not first.string_leaves:
+        if bulk_schema(schema) and self._bulk_strings_bounded(first, rest):
             with contextlib.suppress(BulkReadFailed):  # read file by file below: names a bad file
                 return [batches + self.bulk_reader.read(rest, schema)] + [[] for _ in rest]
         return [batches] + [self._open_and_read(piece, columns) for piece in rest]
+
+    def _bulk_strings_bounded(self, first: ShardSource, rest: list[Piece]) -> bool:
+        """Whether DuckDB may decode the key and kept strings of `rest` (files of `first`'s
+        schema): it decodes them before their size could be checked (`limits`), so only files
+        whose plan footers bound them, whatever their dictionaries hold, are scanned. Without
+        the plan's footers (a Ray actor), such files are read by pyarrow, each row group
+        checked before it is decoded."""
+        if not first.string_leaves:
+            return True
+        if not self.known_footers:
+            return False
+        for piece in rest:
+            metadata = self.known_footers.get(piece.fingerprint.rpartition(FOOTER_DIGEST_TAG)[2])
+            if metadata is None or any(
+                string_bound(metadata, group, first.string_leaves, self.settings.batch_rows, None)[
+                    0
+                ]
+                > MAX_STRING_BYTES_PER_BATCH
+                for group in piece.row_groups
+            ):
+                return False
+        return True
 
     def _coalesced(
         self, reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]
