@@ -183,6 +183,18 @@ def test_a_file_name_with_markup_fails_its_shard_on_a_terminal_named_as_it_is(tm
     assert "bad[/x].parquet" in text
     assert _scores(out).num_rows == 1_000
 
+    # `scorer report` shows the failed attempt's file and error as they are, too.
+    report = subprocess.run(
+        [sys.executable, "-m", "scorer", "report", str(out)],
+        capture_output=True,
+        text=True,
+        env=_env() | {"COLUMNS": "400"},
+        timeout=300,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "bad[/x].parquet" in report.stdout
+
 
 # -- case 8: secrets in an endpoint, model bytes ----------------------------------------------
 
