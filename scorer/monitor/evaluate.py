@@ -420,7 +420,11 @@ def _recalibrate_hint(
 ) -> RecalibrateHint:
     """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
     piece = scores[0][1].pieces[0]
-    input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    # The relpath is the name its scores go by, which may not end the path (`plan.with_output_names`).
+    if piece.input_path.endswith(piece.input_relpath):
+        input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    else:
+        input_root = piece.input_path.rpartition("/")[0] or piece.input_path
     model = _model_dir(out)
     return RecalibrateHint(
         data=input_root, model=model, out=recalibrated_dir(model), labels=source.uri

@@ -64,6 +64,7 @@ from scorer.pipeline.plan import (
     plan_shards,
     scan_inputs,
     split_off,
+    with_output_names,
     with_quick_head,
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
@@ -155,7 +156,8 @@ def score(
     check_format(context.output, config.format, overwrite=config.overwrite)
     if dry_run:
         manifest = Manifest.load(context.output)
-        manifest.adopt_legacy_fingerprints(_readable(items))
+        manifest.forget_records_without_files()
+        items = _identified(manifest, context, items, on_storage=False)
         if not config.overwrite:
             manifest.check(
                 model_name=context.model.card.name,
@@ -187,7 +189,13 @@ def score(
                 f"cleaned up after an earlier crash: {len(report.orphans)} unreferenced score "
                 f"file(s), {len(report.temp_runs)} temporary folder(s)"
             )
-        manifest.adopt_legacy_fingerprints(_readable(items))
+        if report.lost:
+            rows = sum(r.rows for r in report.lost)
+            progress.message(
+                f"{len(report.lost)} committed shard(s) whose score file is gone ({rows:,} rows) "
+                "will be scored again"
+            )
+        items = _identified(manifest, context, items, progress=progress)
         manifest.supersede(_readable(items))
         plan = _plan(context, items, manifest)
         if table is not None:  # a Delta table's data files are immutable: see `delta`
@@ -212,6 +220,28 @@ def _warnings_shown_by(progress: Progress) -> Iterator[None]:
         progress.message(f"warning: {warning.message}")
 
 
+def _identified(
+    manifest: Manifest,
+    context: _Context,
+    items: Sequence[InputFile | FailedInput],
+    *,
+    on_storage: bool = True,
+    progress: Progress | None = None,
+) -> list[InputFile | FailedInput]:
+    """The inputs under the names their scores go by, once the records of earlier releases
+    name files as this one does (README: "What identifies a file"); a dry run changes nothing
+    on storage (``on_storage=False``)."""
+    doubles = manifest.adopt_identities(context.input)
+    manifest.drop(doubles, on_storage=on_storage)
+    if doubles and progress is not None:
+        progress.message(
+            f"removed {len(doubles)} committed shard(s) that held a file's rows a second time "
+            "(an earlier release scored that file through two roots)"
+        )
+    manifest.adopt_legacy_fingerprints(_readable(items))
+    return with_output_names(items, manifest.names())
+
+
 def _new_summary(context: _Context, plan: Plan, status: RunStatus) -> RunSummary:
     return RunSummary(
         run_id=context.run_id,
@@ -232,7 +262,7 @@ def _prepare(config: JobConfig, input: str, output: str) -> _Context:
     storage = StorageOptions(**config.storage.location_options())
     source = resolve(input, storage)
     target = resolve(output, storage)
-    if type(source.filesystem) is type(target.filesystem) and _inside(target.path, source.path):
+    if type(source.filesystem) is type(target.filesystem) and _inside(target, source):
         raise OutputConflictError(
             f"OUTPUT {target.uri} is inside INPUT {source.uri}: its score files would be read as "
             "input by the next run"
@@ -290,9 +320,14 @@ def _pool_spec(context: _Context) -> PoolSpec:
     )
 
 
-def _inside(path: str, parent: str) -> bool:
-    path, parent = path.rstrip("/"), parent.rstrip("/")
-    return path == parent or path.startswith(parent + "/")
+def _inside(location: Location, parent: Location) -> bool:
+    """Whether ``location`` is ``parent`` or below it; locally with symlinks resolved (an OUTPUT
+    reached through a link into INPUT is inside it)."""
+    path, root = location.path, parent.path
+    if location.is_local:
+        path, root = os.path.realpath(path), os.path.realpath(root)
+    path, root = path.rstrip("/"), root.rstrip("/")
+    return path == root or path.startswith(root + "/")
 
 
 def _readable(items: Sequence[InputFile | FailedInput]) -> list[InputFile]:
@@ -410,7 +445,7 @@ class _Run:
         self.ledger = Ledger(_new_summary(context, plan, "completed"), info, card.reference)
         self.summary = self.ledger.summary
         self.work: tuple[float, float] | None = None  # first dispatch to last result
-        self.files = {f.relpath: f for f in plan.files}
+        self.files = {f.identity: f for f in plan.files}
 
     # -- the run --------------------------------------------------------------------------
 
@@ -701,5 +736,5 @@ class _Run:
     def _has_label(self, shard: Shard) -> bool:
         label = self.context.label_column
         return bool(label) and all(
-            label in self.files[piece.input_relpath].schema.names for piece in shard.pieces
+            label in self.files[piece.input_id].schema.names for piece in shard.pieces
         )
