@@ -447,6 +447,7 @@ def test_string_bounds_read_the_dictionary_page_of_real_files(tmp_path, compress
             )
 
     check(pa.table({"key": [f"session-{i:012d}" for i in range(300_000)]}))
+    check(pa.table({"key": [f"session-{i}" for i in range(300_000)]}))  # of varied widths
     long = pa.DictionaryArray.from_arrays(
         pa.array(np.zeros(600, np.int32)), pa.array(["x" * 1_000_000])
     )
