@@ -11,6 +11,7 @@ and tells `ledger.Ledger` what happened, which keeps the stats and writes them a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -24,6 +25,8 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+import pyarrow as pa
+
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
@@ -32,6 +35,7 @@ from scorer.errors import (
     ConfigError,
     Interrupted,
     MissingColumnError,
+    NoInputFilesError,
     OutputConflictError,
     ScorerError,
 )
@@ -40,6 +44,7 @@ from scorer.model.runtime import IntentModel, load_model
 from scorer.monitor.alerts import score_hint, table_alerts
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
+from scorer.pipeline.days import DayPlan, DaySource, apply_commits, resolve_days
 from scorer.pipeline.delta import ScoresTable, check_format, with_run_names
 from scorer.pipeline.layout import CALIBRATION, DRIFT, OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
@@ -100,6 +105,8 @@ class _Context:
     # Read before Ray starts: under `ray job submit` joining the cluster can unpack the job's
     # working directory (which holds the bundled model) again, and a read then finds no file.
     model_files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    days: DayPlan | None = None
+    """Where the files' days come from and what a day filter reads of them (`days`)."""
 
 
 def new_run_id() -> str:
@@ -149,6 +156,7 @@ def score(
     started_wall, started = utc_now(), time.perf_counter()
     context = _prepare(config, config.input, config.output)
     items = _scan(context)
+    context, items = _with_days(context, items)
     _preflight_columns(context, items)
     if not dry_run:
         check_reachable(config.ray.address)
@@ -303,6 +311,7 @@ def _actor_settings(context: _Context) -> ActorSettings:
         layout=OutputLayout(context.output.with_credentials()),
         read_ahead=config.storage.read_ahead,
         requests_in_flight=config.storage.requests_in_flight,
+        days=context.days.source if context.days is not None else DaySource(None),
     )
 
 
@@ -334,17 +343,40 @@ def _readable(items: Sequence[InputFile | FailedInput]) -> list[InputFile]:
     return [item for item in items if isinstance(item, InputFile)]
 
 
-def _scan(context: _Context) -> list[InputFile | FailedInput]:
-    config = context.config
-    selection = PartitionFilter.parse(
+def _selection(config: JobConfig) -> PartitionFilter:
+    return PartitionFilter.parse(
         [f"{k}={v}" for k, values in config.partition.items() for v in values],
         config.since,
         config.until,
     )
+
+
+def _with_days(
+    context: _Context, items: list[InputFile | FailedInput]
+) -> tuple[_Context, list[InputFile | FailedInput]]:
+    """Where each file's days come from, and which row groups a day filter reads of those
+    whose days are a column (`days`); files without a day that a day filter leaves out go."""
+    config = context.config
+    selection = _selection(config)
+    plan = resolve_days(items, selection, column=config.date_column, timezone=config.date_timezone)
+    kept = [item for item in items if item.relpath not in plan.dropped]
+    if not kept or all(
+        isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
+    ):
+        raise NoInputFilesError(
+            f"{context.input.uri}: no Parquet file selected by {selection.describe()}"
+            + (f" (day column '{plan.source.column}')" if plan.source.column else "")
+        )
+    return dataclasses.replace(context, days=plan), kept
+
+
+def _scan(context: _Context) -> list[InputFile | FailedInput]:
+    config = context.config
+    selection = _selection(config)
     # Local footers are read by a process per core where many files make it pay; never with a
     # Ray connected in this process (a fork would copy its threads and sockets).
     processes = 1 if ray_connected() else os.cpu_count() or 1
-    return scan_inputs(context.input, selection, processes=processes)
+    return scan_inputs(context.input, selection, processes=processes, day_columns=True)
 
 
 def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInput]) -> None:
@@ -373,17 +405,35 @@ def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInpu
                 f"{context.input.uri}: column '{name}' has type {types[0]} in every file; the "
                 f"model needs a {spec.kind} column of {spec.dtype}"
             )
+    _check_decimals(distinct, card.inputs)
     # Copied into every score file: of two types across files, readers could not union them.
     # The first file of each schema stands for its others there too (`check_column_types_agree`).
     check_column_types_agree(distinct, [context.key_column, *context.config.keep])
 
 
-def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
-    import pyarrow as pa
+MAX_DECIMAL_DIGITS = 38
+"""The widest decimal a numeric model column takes (decimal128): wider ones (decimal256, such as
+BigQuery's BIGNUMERIC) hold values no float32 feed can say."""
 
+
+def _check_decimals(files: Sequence[InputFile], inputs: Sequence[InputSpec]) -> None:
+    for f in files:
+        for spec in inputs:
+            if spec.kind != "numeric" or spec.name not in f.schema.names:
+                continue
+            kind = f.schema.field(spec.name).type
+            if pa.types.is_decimal(kind) and kind.precision > MAX_DECIMAL_DIGITS:
+                raise MissingColumnError(
+                    f"{f.path}: column '{spec.name}' has type {kind}, wider than the "
+                    f"{MAX_DECIMAL_DIGITS} digits a numeric model column takes; cast it to "
+                    "decimal(38, s) or a float in the export"
+                )
+
+
+def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
     t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
-    if spec.kind == "numeric":
-        return pa.types.is_integer(t) or pa.types.is_floating(t)
+    if spec.kind == "numeric":  # decimals convert exactly where they can (`encode`)
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
     if spec.kind == "boolean":
         return pa.types.is_boolean(t)
     if spec.dtype == "string":
@@ -398,7 +448,12 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
         committed = manifest.committed_ranges(
             files, model_sha256=context.model.card.sha256, options_digest=context.options_digest
         )
-    plan = plan_shards(items, context.config.shard_rows, committed)
+    groups = None
+    if context.days is not None:
+        row_groups = {f.relpath: len(f.row_group_rows) for f in files}
+        days = context.days.by_relpath(files)
+        committed, groups = apply_commits(days, committed or {}, row_groups)
+    plan = plan_shards(items, context.config.shard_rows, committed, groups)
     # In-process first: a quick first commit whatever the files' shape. With actors (a cluster,
     # an actor count) the shards are as planned.
     return (
@@ -444,6 +499,8 @@ class _Run:
         )
         self.ledger = Ledger(_new_summary(context, plan, "completed"), info, card.reference)
         self.summary = self.ledger.summary
+        if context.days is not None:
+            self.summary.row_groups_pruned = context.days.row_groups_pruned
         self.work: tuple[float, float] | None = None  # first dispatch to last result
         self.files = {f.identity: f for f in plan.files}
 
@@ -675,6 +732,7 @@ class _Run:
             rows=outcome.rows,
             model_sha256=self.context.model.card.sha256,
             options_digest=self.context.options_digest,
+            rows_read=outcome.rows_read,
         )
 
     def _settle_commits(

@@ -80,7 +80,7 @@ from scorer.pipeline.layout import (
     replace_durably,
     temp_relpath,
 )
-from scorer.pipeline.plan import InputFile, Shard, adopt_legacy
+from scorer.pipeline.plan import InputFile, Piece, Shard, adopt_legacy
 from scorer.storage import Location, storage_errors
 
 
@@ -525,13 +525,16 @@ class Manifest:
         rows: int,
         model_sha256: str,
         options_digest: str,
+        rows_read: int | None = None,
     ) -> CommitRecord:
         """Make a written shard visible and durable; the record written last is the commit point.
 
         ``rows`` is what the actor wrote: a count other than the shard's is refused, so every
-        committed shard has rows out = rows in.
+        committed shard has rows out = rows in. A shard of some days of a row group
+        (`Piece.days`) writes the rows it selected: ``rows_read``, every row of its row groups
+        read, must then be the shard's, and ``rows`` at most that.
         """
-        self._check_commit(shard, rows)
+        self._check_commit(shard, rows, rows_read)
         fs = self.layout.location.filesystem
         final = self.layout.final_path_for(shard)
         final_uri = self.layout.uri(shard.output_relpath)
@@ -572,11 +575,12 @@ class Manifest:
         """Delete this run's temporary files (abandoned shards), at the end of a run."""
         delete_dir(self.layout.location.filesystem, self.layout.path(temp_relpath(run_id)))
 
-    def _check_commit(self, shard: Shard, rows: int) -> None:
-        if rows != shard.rows:
-            raise ShardError(
-                f"{shard.shard_id}: wrote {rows:,} rows, expected {shard.rows:,}; not committed"
-            )
+    def _check_commit(self, shard: Shard, rows: int, rows_read: int | None = None) -> None:
+        selects = any(p.days is not None for p in shard.pieces)
+        read = rows if rows_read is None else rows_read
+        if read != shard.rows or (rows != read if not selects else rows > read):
+            what = f"read {read:,} rows and wrote {rows:,}" if selects else f"wrote {rows:,} rows"
+            raise ShardError(f"{shard.shard_id}: {what}, expected {shard.rows:,}; not committed")
         for piece in shard.pieces:
             for other in self._by_input.get(piece.input_id, {}).values():
                 if other.shard_id == shard.shard_id:
@@ -590,7 +594,11 @@ class Manifest:
                             f"{shard.shard_id}: {other.shard_id} of an older version of the input "
                             f"{piece.input_relpath} is still committed (supersede() was not called)"
                         )
-                    if theirs.overlaps(piece.rg_start, piece.rg_stop):
+                    # Pieces of other days of one row group: `days.apply_commits` planned the
+                    # days no record held.
+                    if theirs.overlaps(piece.rg_start, piece.rg_stop) and not _other_days(
+                        piece, other.shard_id
+                    ):
                         raise ShardError(
                             f"{shard.shard_id}: overlaps committed shard {other.shard_id}"
                         )
@@ -635,6 +643,14 @@ class Manifest:
             with open(temp, "wb") as out:
                 out.write(payload)
             replace_durably(fs, temp, self.layout.path(relpath))
+
+
+def _other_days(piece: Piece, committed_id: str) -> bool:
+    """Whether ``piece`` and a committed shard are of disjoint days of one row group."""
+    from scorer.pipeline.days import piece_days
+
+    theirs = piece_days(committed_id)
+    return piece.days is not None and theirs is not None and not (piece.days & theirs)
 
 
 def _identity_of(path: str, input_location: Location) -> str:

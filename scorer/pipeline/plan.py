@@ -40,7 +40,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import date
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -57,6 +57,9 @@ from scorer.errors import (
 from scorer.pipeline.layout import shard_output_relpath
 from scorer.pipeline.limits import check_footer_bytes, check_row_groups
 from scorer.storage import Location, storage_errors
+
+if TYPE_CHECKING:
+    from scorer.pipeline.days import DaySelection
 
 Partition = tuple[tuple[str, str], ...]
 """Hive partition of a file: ``(key, value)`` pairs in folder order (``dict(p)`` for lookups)."""
@@ -119,6 +122,11 @@ class PartitionFilter:
                 "so --since/--until cannot select it"
             ) from None
         return (self.since or day) <= day <= (self.until or day)
+
+    def without_days(self) -> PartitionFilter:
+        """This filter but for its days: what selects a file whose days are a column, whose
+        row groups `days.resolve_days` then selects."""
+        return PartitionFilter(tuple((k, v) for k, v in self.partitions if k != DATE_KEY))
 
     def describe(self) -> str:
         parts = [f"--partition {k}={v}" for k, v in self.partitions]
@@ -203,11 +211,15 @@ class Piece:
     schema_token: int | None = field(default=None, compare=False)
     """Equal for pieces of files of one Arrow schema in this run's plan (the scan gives them one
     schema object); None where not known (pieces rebuilt from commit records)."""
+    days: DaySelection | None = None
+    """Only the rows of these days (a row group straddling a day filter, `days`); None: all."""
 
     @property
     def piece_id(self) -> str:
-        """``<relpath>:<rg_start>-<rg_stop>``, the id a shard of this piece alone has."""
-        return shard_id(self.input_relpath, self.rg_start, self.rg_stop)
+        """``<relpath>:<rg_start>-<rg_stop>``, the id a shard of this piece alone has; with
+        ``@dt=<days>`` after it for a piece of some days of its row group (`days`)."""
+        piece = shard_id(self.input_relpath, self.rg_start, self.rg_stop)
+        return piece if self.days is None else f"{piece}@{DATE_KEY}={self.days.token}"
 
     @property
     def row_groups(self) -> range:
@@ -232,6 +244,7 @@ class Piece:
             "input_bytes": self.input_bytes,
             "fingerprint": self.fingerprint,
             "input_id": self.input_id,
+            **({"days": self.days.token} if self.days is not None else {}),
         }
 
 
@@ -399,6 +412,7 @@ def scan_inputs(
     *,
     max_workers: int = 16,
     processes: int = 1,
+    day_columns: bool = False,
 ) -> list[InputFile | FailedInput]:
     """The selected input files under ``location`` with their footers, sorted by relpath.
 
@@ -406,10 +420,21 @@ def scan_inputs(
     locally, with ``processes`` > 1 and at least `PROCESS_SCAN_MIN_FILES` files a process, by
     that many processes, this one included (CPU bound: see `_scan_forked`).
 
+    ``day_columns``: a file outside a ``dt=`` folder is kept whatever the day filter, as its days
+    may be a column (`days.resolve_days` selects its row groups, or leaves it out).
+
     Raises ``NoInputFilesError`` when nothing is selected and ``StorageError`` when INPUT
     cannot be listed. Unreadable footers are ``FailedInput`` items, not errors.
     """
-    candidates = [c for c in _discover(location) if selection.matches(c.partition, c.path)]
+    loose = selection.without_days()
+    candidates = [
+        c
+        for c in _discover(location)
+        if selection.matches(c.partition, c.path)
+        or (
+            day_columns and DATE_KEY not in dict(c.partition) and loose.matches(c.partition, c.path)
+        )
+    ]
     if not candidates:
         why = f" selected by {selection.describe()}" if selection else ""
         raise NoInputFilesError(f"{location.uri}: no Parquet file{why}")
@@ -480,6 +505,7 @@ def plan_shards(
     inputs: Sequence[InputFile | FailedInput],
     shard_rows: int,
     committed_ranges: Mapping[str, Sequence[CommittedRange]] | None = None,
+    groups: Mapping[str, Mapping[int, DaySelection | None]] | None = None,
 ) -> Plan:
     """Pack the files' row groups into shards of at most ``shard_rows`` rows, folder by folder.
 
@@ -489,6 +515,9 @@ def plan_shards(
     and are returned as ``skipped`` (the ranges of one shard id as one shard); only the rest is
     planned anew. Within a folder, files in relpath order, row groups are added to a shard while
     it stays within ``shard_rows``; a row group larger than that is a shard of its own.
+
+    ``groups`` maps a file's relpath to the only row groups to read of it (`days.DayPlan`), each
+    whole (None) or of some days alone, such a piece a shard of its own.
     """
     if shard_rows < 1:
         raise ConfigError(f"--shard-rows must be at least 1, got {shard_rows}")
@@ -505,9 +534,13 @@ def plan_shards(
             done = _checked_ranges(f, committed_ranges.get(f.relpath, ()))
             for start, stop, committed_id in done:
                 skipped.setdefault(committed_id, []).append(_piece(f, start, stop))
+            chosen = (groups or {}).get(f.relpath)
             for gap_start, gap_stop in _gaps(done, len(f.row_group_rows)):
                 for group in range(gap_start, gap_stop):
-                    packer.add(f, group)
+                    if chosen is None:
+                        packer.add(f, group)
+                    elif group in chosen:
+                        packer.add(f, group, chosen[group])
         shards += [_make_shard(pieces, partition) for pieces, partition in packer.finish()]
     shards.sort(key=lambda s: (s.input_relpath, s.rg_start))
     partitions = {f.relpath: f.partition for f in files}
@@ -595,11 +628,15 @@ class _Packer:
         self.rows = 0
         self.groups = 0  # in the shard being filled
 
-    def add(self, f: InputFile, group: int) -> None:
+    def add(self, f: InputFile, group: int, days: DaySelection | None = None) -> None:
+        if days is not None:  # some days of a row group: a shard of its own (see `days`)
+            self.shards.append(([_piece(f, group, group + 1, days)], f.partition))
+            self.rows, self.groups = self.shard_rows + 1, 1
+            return
         rows = f.row_group_rows[group]
         current = self.shards[-1][0] if self.shards else []
         last = current[-1] if current else None
-        same_file = last is not None and last.input_relpath == f.relpath
+        same_file = last is not None and last.input_relpath == f.relpath and last.days is None
         # A shard holds one piece per file: a committed range inside a file ends the shard.
         if (
             not self.shards
@@ -1042,7 +1079,7 @@ def _gaps(done: Sequence[tuple[int, int, str]], n_groups: int) -> list[tuple[int
     return gaps
 
 
-def _piece(f: InputFile, start: int, stop: int) -> Piece:
+def _piece(f: InputFile, start: int, stop: int, days: DaySelection | None = None) -> Piece:
     return Piece(
         input_path=f.path,
         input_relpath=f.relpath,
@@ -1054,6 +1091,7 @@ def _piece(f: InputFile, start: int, stop: int) -> Piece:
         input_id=f.identity,
         whole_file=start == 0 and stop == len(f.row_group_rows),
         schema_token=id(f.schema),
+        days=days,
     )
 
 
@@ -1070,6 +1108,7 @@ def _make_shard(pieces: tuple[Piece, ...], partition: Partition) -> Shard:
             first.rg_stop,
             more=more,
             digest=pieces_digest(pieces) if more else "",
+            days=first.days.token if first.days is not None else "",
         ),
     )
 
