@@ -11,6 +11,7 @@ ScorerError                      root: the CLI prints "TypeName: message"
 │   └── ChecksumError            model.onnx does not match its card's sha256
 ├── TrainingDataError            labelled data unfit for training or calibration
 ├── LockError                    another run holds OUTPUT's lock
+│   └── LockLostError            this run's lock was taken over: it stops committing (exit 1)
 ├── ClusterError                 Ray could not be started or joined
 ├── StorageError                 a filesystem URI could not be opened
 ├── ReportError                  OUTPUT holds no run, or not the one asked for
@@ -78,6 +79,14 @@ class LockError(ScorerError):
     """Another live run holds the OUTPUT lock."""
 
     exit_code = 2
+
+
+class LockLostError(LockError):
+    """This run no longer holds the OUTPUT lock (its lease expired, another run took it over):
+    it stopped committing; what it committed stays. Exit 1: the run failed, nothing was wrong
+    with how it was asked for."""
+
+    exit_code = 1
 
 
 class ClusterError(ScorerError):

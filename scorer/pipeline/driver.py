@@ -34,6 +34,7 @@ from scorer.config import JobConfig
 from scorer.errors import (
     ConfigError,
     Interrupted,
+    LockLostError,
     MissingColumnError,
     NoInputFilesError,
     OutputConflictError,
@@ -184,6 +185,7 @@ def score(
         table = ScoresTable(context.output) if config.format == "delta" else None
         with _warnings_shown_by(progress):
             manifest = Manifest.load(context.output, published=table)
+        manifest.fence = lock.check  # every record and deletion: see `lock`
         manifest.claim(
             model_name=context.model.card.name,
             model_sha256=context.model.card.sha256,
@@ -192,10 +194,11 @@ def score(
             overwrite=config.overwrite,
         )
         report = manifest.cleanup(context.run_id)
-        if report.orphans or report.temp_runs:
+        if report.orphans or report.temp_runs or report.rolled_forward:
             progress.message(
                 f"cleaned up after an earlier crash: {len(report.orphans)} unreferenced score "
-                f"file(s), {len(report.temp_runs)} temporary folder(s)"
+                f"file(s), {len(report.temp_runs)} temporary folder(s), "
+                f"{len(report.rolled_forward)} committed score file(s) copied into place"
             )
         if report.lost:
             rows = sum(r.rows for r in report.lost)
@@ -558,6 +561,7 @@ class _Run:
         (what an interrupted earlier run committed too); see `delta`."""
         if self.table is None:
             return
+        self.manifest.fence()
         publication = self.table.publish(self.manifest.records.values(), self.context.run_id)
         self.summary.delta_version = publication.version
         if publication.added or publication.removed:
@@ -749,6 +753,8 @@ class _Run:
             attempt, outcome = committing.pop(future)
             try:
                 future.result()
+            except LockLostError:
+                raise  # another run holds OUTPUT now: nothing more may be committed
             except ScorerError as exc:  # the commit refused the shard
                 queue.extend(self._failed(attempt, commit_failure(exc)))
                 continue
