@@ -871,9 +871,9 @@ def bench_command(
         console.width = max(console.width, 150)  # the table is wider than a pipe's 80 columns
     console.print(render(result))
     for skipped in result.skipped:
-        console.print(f"skipped {skipped}")
+        console.print(f"skipped {skipped}", markup=False)
     for name, path in result.files.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", markup=False)
 
 
 def _bench_s3_latency(
@@ -904,7 +904,7 @@ def _bench_s3_latency(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     console.print(render_latency(result))
-    console.print(f"measurements: {result.path}")
+    console.print(f"measurements: {result.path}", markup=False)
 
 
 def _bench_whole_job(
@@ -925,7 +925,7 @@ def _bench_whole_job(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     console.print(render(result))
-    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}")
+    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}", markup=False)
 
 
 # -- model commands: train, calibrate, inspect ------------------------------------------------

@@ -20,7 +20,8 @@ ScorerError                      root: the CLI prints "TypeName: message"
 │   └── Terminated               SIGTERM, the same abandon (exit 143 = 128 + 15)
 └── ShardError                   one shard failed (the run goes on)
     └── ShardReadError           its input could not be read or has a wrong schema
-        └── InputChangedError    its input is not the version planned (changed or removed)
+        ├── InputChangedError    its input is not the version planned (changed or removed)
+        └── InputLimitError      its input is beyond a limit of docs/limits.md
 """
 
 
@@ -137,6 +138,11 @@ class ShardReadError(ShardError):
         self.input_path = input_path
         """The file that could not be read, where known: in a shard packing several files,
         the driver fails that file's piece alone (it survives pickling, as instance state)."""
+
+
+class InputLimitError(ShardReadError):
+    """An input file is beyond a documented limit (docs/limits.md): its footer's size, its
+    number of row groups, or the decoded size of its key and kept strings; it fails alone."""
 
 
 class InputChangedError(ShardReadError):

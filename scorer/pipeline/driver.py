@@ -280,9 +280,11 @@ def _prepare(config: JobConfig, input: str, output: str) -> _Context:
             "input by the next run"
         )
     digest = options_digest(key_column, config.keep)
-    files = {name: (model.model_dir / name).read_bytes() for name in ("model.onnx", "model.json")}
+    # The bytes load_model verified, not the folder read again: a `scorer calibrate --out` in
+    # place meanwhile would ship workers a model nobody verified (and the records would name
+    # the other one).
     return _Context(
-        config, new_run_id(), model, key_column, label_column, source, target, digest, files
+        config, new_run_id(), model, key_column, label_column, source, target, digest, model.files
     )
 
 
@@ -302,6 +304,7 @@ def _actor_settings(context: _Context) -> ActorSettings:
     config = context.config
     return ActorSettings(
         model_files=context.model_files,
+        model_sha256=context.model.card.sha256,
         threads=config.threads_per_actor,
         batch_rows=config.batch_rows,
         key_column=context.key_column,
@@ -346,7 +349,9 @@ def _readable(items: Sequence[InputFile | FailedInput]) -> list[InputFile]:
 
 def _selection(config: JobConfig) -> PartitionFilter:
     return PartitionFilter.parse(
-        [f"{k}={v}" for k, v in config.partition.items()], config.since, config.until
+        [f"{k}={v}" for k, values in config.partition.items() for v in values],
+        config.since,
+        config.until,
     )
 
 

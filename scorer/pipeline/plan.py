@@ -47,8 +47,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, InputChangedError, NoInputFilesError, PreflightError
+from scorer.errors import (
+    ConfigError,
+    InputChangedError,
+    InputLimitError,
+    NoInputFilesError,
+    PreflightError,
+)
 from scorer.pipeline.layout import shard_output_relpath
+from scorer.pipeline.limits import check_footer_bytes, check_row_groups
 from scorer.storage import Location, storage_errors
 
 if TYPE_CHECKING:
@@ -875,7 +882,10 @@ def _read_footer(
     try:
         with fs.open_input_file(c.path) as source:
             footer = read_footer(source, c.size)
+        check_row_groups(footer.metadata)
         schema = schemas.arrow_schema(footer.metadata)
+    except InputLimitError as exc:
+        return FailedInput(c.path, c.relpath, c.partition, c.size, str(exc))
     except (OSError, ValueError, pa.ArrowException) as exc:
         reason = f"unreadable Parquet footer: {exc}"
         return FailedInput(c.path, c.relpath, c.partition, c.size, reason)
@@ -948,6 +958,7 @@ def _footer_bytes(source: pa.NativeFile, size: int) -> tuple[bytes, bytes]:
     footer_bytes = int.from_bytes(tail[-8:-4], "little")
     if footer_bytes + 12 > size:
         raise ValueError(f"footer length {footer_bytes} exceeds the file ({size} bytes)")
+    check_footer_bytes(footer_bytes)  # before a footer of any size is read
     if footer_bytes + 8 <= tail_bytes:
         return tail[-8 - footer_bytes : -8], tail[-8:]
     source.seek(size - 8 - footer_bytes)
