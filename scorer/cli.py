@@ -232,8 +232,28 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     metavar="KEY=VALUE",
     help="Only this hive partition (repeatable; values of one key are alternatives).",
 )
-@click.option("--since", metavar="DATE", help="Only dt partitions on or after DATE (YYYY-MM-DD).")
-@click.option("--until", metavar="DATE", help="Only dt partitions on or before DATE (YYYY-MM-DD).")
+@click.option(
+    "--since",
+    metavar="DATE",
+    help="Only days on or after DATE (YYYY-MM-DD): dt= folders, or the day column's row groups "
+    "(pruned by their statistics, rows filtered where a group straddles DATE).",
+)
+@click.option(
+    "--until", metavar="DATE", help="Only days on or before DATE (YYYY-MM-DD), as --since."
+)
+@click.option(
+    "--date-column",
+    metavar="COLUMN",
+    help="The column holding each row's day in files outside dt= folders: a date, a timestamp "
+    "or YYYY-MM-DD strings. Default: a 'dt' column where the files have one. A dt= folder wins "
+    "over the column (they must agree).",
+)
+@click.option(
+    "--date-timezone",
+    metavar="ZONE",
+    help="The timezone a timestamp day column's day is taken in, e.g. America/New_York "
+    "(default UTC).",
+)
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -244,7 +264,8 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     "--format",
     "output_format",
     type=click.Choice(OUTPUT_FORMATS),
-    help="OUTPUT/scores/ as hive Parquet (default) or a Delta Lake table, published once per run.",
+    help="OUTPUT/scores/ as hive Parquet (default) or a Delta Lake table, published once per run "
+    "and partitioned as the input's folders are (a day column: one dt= partition per day).",
 )
 @click.option(
     "--max-attempts",
@@ -296,6 +317,8 @@ def score_command(
     partitions: tuple[str, ...],
     since: str | None,
     until: str | None,
+    date_column: str | None,
+    date_timezone: str | None,
     overwrite: bool | None,
     output_format: str | None,
     max_attempts: int | None,
@@ -341,6 +364,8 @@ def score_command(
         partition=parse_partitions(partitions),
         since=parse_date(since, "--since") if since else None,
         until=parse_date(until, "--until") if until else None,
+        date_column=date_column,
+        date_timezone=date_timezone,
         overwrite=overwrite,
         format=output_format,
         max_attempts=max_attempts,
@@ -408,6 +433,13 @@ def _describe_run(summary: RunSummary) -> str:
         f"{summary.shards_skipped:,} committed shard(s) ({summary.rows_skipped:,} rows); "
         f"failed {summary.shards_failed:,}",
     ]
+    if summary.rows_read != summary.rows or summary.row_groups_pruned:
+        lines.append(  # a day filter on a day column (docs/nights-in-a-column.md)
+            f"  days: {summary.rows:,} rows selected of {summary.rows_read:,} read; "
+            f"{summary.row_groups_pruned:,} row group(s) skipped by their statistics"
+        )
+    if summary.rows_without_day:
+        lines.append(f"  {summary.rows_without_day:,} rows without a day (their own dt: null)")
     if summary.rows:
         lines.append(
             f"  {summary.wall_seconds:.1f} s wall ({summary.setup_seconds:.1f} s setup), "
@@ -857,9 +889,9 @@ def bench_command(
         console.width = max(console.width, 150)  # the table is wider than a pipe's 80 columns
     console.print(render(result))
     for skipped in result.skipped:
-        console.print(f"skipped {skipped}")
+        console.print(f"skipped {skipped}", markup=False)
     for name, path in result.files.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", markup=False)
 
 
 def _bench_s3_latency(
@@ -890,7 +922,7 @@ def _bench_s3_latency(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     console.print(render_latency(result))
-    console.print(f"measurements: {result.path}")
+    console.print(f"measurements: {result.path}", markup=False)
 
 
 def _bench_whole_job(
@@ -911,7 +943,7 @@ def _bench_whole_job(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     console.print(render(result))
-    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}")
+    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}", markup=False)
 
 
 # -- model commands: train, calibrate, inspect ------------------------------------------------

@@ -40,12 +40,28 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
-from scorer.errors import ShardReadError, StorageError
+from scorer.errors import InputLimitError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
+from scorer.pipeline.days import DayScores, DaySource, ShardDays
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import FOOTER_TAIL_BYTES, Piece, Shard, file_fingerprint, read_footer
+from scorer.pipeline.limits import (
+    MAX_STRING_BYTES_PER_BATCH,
+    ReadAt,
+    check_string_bytes,
+    string_bound,
+    string_leaves,
+)
+from scorer.pipeline.plan import (
+    DATE_KEY,
+    FOOTER_DIGEST_TAG,
+    FOOTER_TAIL_BYTES,
+    Piece,
+    Shard,
+    file_fingerprint,
+    read_footer,
+)
 from scorer.pipeline.ranges import (
     RangeFile,
     ReadCounts,
@@ -119,6 +135,11 @@ class ActorSettings:
     """Object storage: row groups of a shard fetched ahead of the one decoded."""
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
     """Object storage: ranged reads an actor has in flight at most."""
+    model_sha256: str | None = None
+    """The sha256 of the model the driver verified (the run's): a worker loads `model_files`
+    only if they are that model (`load_shipped_model`). The driver always sets it."""
+    days: DaySource = field(default_factory=lambda: DaySource(None))
+    """The day column of files outside ``dt=`` folders (`days`); their scores get ``dt``."""
 
 
 @dataclass
@@ -143,6 +164,10 @@ class ShardOutcome:
     ended_at: dt.datetime | None = None
     requests: int | None = None  # object storage: requests made reading the shard
     bytes_read: int | None = None  # object storage: bytes those requests returned
+    rows_read: int | None = None  # a shard of day-column files: rows read, `rows` the selected
+    rows_without_day: int = 0  # of those, rows whose day column is null
+    calibration_days: dict[str | None, CalibrationState] | None = None  # per day of the column
+    drift_days: dict[str | None, DriftState] | None = None  # per day of the column
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,11 @@ class ShardSource:
     """On object storage (not streamed): row groups come from concurrent ranged reads."""
     counts: ReadCounts | None = None
     """On object storage: the shard's requests and bytes, shared by its files."""
+    string_leaves: list[int] = field(default_factory=list)
+    """Leaves of the key and kept columns stored as strings, not read dictionary-encoded: their
+    decoded size is checked per row group before it is read (`limits.check_string_bytes`)."""
+    read_at: ReadAt | None = None
+    """Reads of the open file (local), for the dictionary pages those checks read."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +229,8 @@ class ShardScorer:
         self._read_pool: ThreadPoolExecutor | None = None
         self._remote_reads: RemoteReads | None = None
         self._bulk_reader: BulkReader | None = None
+        self._strings: dict[int, list[int]] = {}
+        """`ShardSource.string_leaves` by `Piece.schema_token`: one schema, one answer."""
 
     @property
     def remote(self) -> bool:
@@ -209,10 +241,24 @@ class ShardScorer:
         """The shard's first file and the columns to read; `ShardReadError` names the file."""
         settings = self.settings
         wanted = [*self.model.required_columns, settings.key_column, *settings.keep]
+        day = self.day_column(shard)
+        wanted += [day] if day else []
         if has_label and settings.label_column:
             wanted.append(settings.label_column)
         counts = ReadCounts() if self.remote else None
         return self._open(shard.pieces[0], list(dict.fromkeys(wanted)), counts)
+
+    def day_column(self, shard: Shard) -> str | None:
+        """The column giving the shard's rows their days; None where a ``dt=`` folder does."""
+        if DATE_KEY in dict(shard.partition):
+            return None
+        return self.settings.days.column
+
+    def shard_days(self, shard: Shard) -> ShardDays | None:
+        """The selection and per-day scoring of a shard whose days are a column."""
+        if self.day_column(shard) is None:
+            return None
+        return ShardDays(self.settings.days, shard.pieces[0].days)
 
     def open_ahead(self, shard: Shard, has_label: bool) -> Future[ShardSource]:
         """On object storage: open the shard and start fetching its first row groups now, on
@@ -287,7 +333,18 @@ class ShardScorer:
         if counts is not None and not streamed:
             read = column_indices(metadata, columns)
             remote = RemoteFile(source, size, metadata, read, counts)
-        return ShardSource(parquet, columns, streamed, remote, counts)
+        token = piece.schema_token
+        strings = self._strings.get(token) if token is not None else None
+        if strings is None:
+            # Read dictionary-encoded, the model's string columns cannot grow when decoded.
+            dictionaries = set(self.model.categorical_string_columns)
+            key_and_kept = (self.settings.key_column, *self.settings.keep)
+            strings = string_leaves(metadata, [c for c in key_and_kept if c not in dictionaries])
+            if token is not None:
+                self._strings[token] = strings
+        opened = source
+        read_at = (lambda offset, nbytes: opened.read_at(nbytes, offset)) if strings else None
+        return ShardSource(parquet, columns, streamed, remote, counts, strings, read_at)
 
     def _open_version(self, path: str) -> tuple[pa.NativeFile, int, int | None]:
         """An input file opened, with the size and mtime of what was opened.
@@ -408,8 +465,11 @@ class ShardScorer:
         ranges = group_ranges(remote.metadata, group, remote.leaves, remote.size)
         remote.fetched[group] = self.remote_reads.fetch(remote.file, ranges, remote.counts)
 
-    def _remote_parquet(self, source: ShardSource, piece: Piece, group: int) -> pq.ParquetFile:
-        """A reader of row group `group` over its fetched bytes (fetched now if not ahead).
+    def _remote_parquet(
+        self, source: ShardSource, piece: Piece, group: int
+    ) -> tuple[pq.ParquetFile, RangeFile]:
+        """A reader of row group `group` over its fetched bytes (fetched now if not ahead), and
+        those bytes as a file.
         A read the S3 client gave up on (after its own retries) is a `StorageError`, which the
         driver retries: the network failed, not the data."""
         remote = source.remote
@@ -422,30 +482,41 @@ class ShardScorer:
                 f"{piece.input_path}: cannot read row group {group} from object storage: {exc}"
             ) from exc
         view = RangeFile(remote.file, remote.size, ranges, remote.counts)
-        return pq.ParquetFile(
+        parquet = pq.ParquetFile(
             pa.PythonFile(view, mode="r"),
             metadata=remote.metadata,
             read_dictionary=self.model.categorical_string_columns,
             pre_buffer=False,
         )
+        return parquet, view
 
     def _row_group_batches(
         self, opened: ShardSource, piece: Piece, group: int
     ) -> Iterator[pa.RecordBatch]:
         """A row group's batches, one at a time as they are decoded."""
         try:
-            parquet = opened.parquet
+            parquet, read_at = opened.parquet, opened.read_at
             if opened.remote is not None:
-                parquet = self._remote_parquet(opened, piece, group)
+                parquet, view = self._remote_parquet(opened, piece, group)
+                read_at = _read_at(view) if opened.string_leaves else None
                 if group + 1 < piece.rg_stop:
                     self._fetch(opened, group + 1)  # fetched while this one is decoded
+            if opened.string_leaves:  # before the row group is decoded
+                check_string_bytes(
+                    parquet.metadata,
+                    group,
+                    opened.string_leaves,
+                    self.settings.batch_rows,
+                    read_at,
+                    piece.input_path,
+                )
             yield from parquet.iter_batches(
                 batch_size=self.settings.batch_rows,
                 row_groups=[group],
                 columns=opened.columns,
                 use_threads=False,
             )
-        except StorageError:
+        except (StorageError, InputLimitError):
             raise
         except Exception as exc:
             raise ShardReadError(
@@ -568,10 +639,32 @@ class ShardScorer:
         first, rest = self._open(pieces[0], columns), pieces[1:]
         batches = list(self._row_group_batches(first, pieces[0], pieces[0].rg_start))
         schema = pa.schema([first.parquet.schema_arrow.field(name) for name in columns])
-        if bulk_schema(schema):
+        if bulk_schema(schema) and self._bulk_strings_bounded(first, rest):
             with contextlib.suppress(BulkReadFailed):  # read file by file below: names a bad file
                 return [batches + self.bulk_reader.read(rest, schema)] + [[] for _ in rest]
         return [batches] + [self._open_and_read(piece, columns) for piece in rest]
+
+    def _bulk_strings_bounded(self, first: ShardSource, rest: list[Piece]) -> bool:
+        """Whether DuckDB may decode the key and kept strings of `rest` (files of `first`'s
+        schema): it decodes them before their size could be checked (`limits`), so only files
+        whose plan footers bound them, whatever their dictionaries hold, are scanned. Without
+        the plan's footers (a Ray actor), such files are read by pyarrow, each row group
+        checked before it is decoded."""
+        if not first.string_leaves:
+            return True
+        if not self.known_footers:
+            return False
+        for piece in rest:
+            metadata = self.known_footers.get(piece.fingerprint.rpartition(FOOTER_DIGEST_TAG)[2])
+            if metadata is None or any(
+                string_bound(metadata, group, first.string_leaves, self.settings.batch_rows, None)[
+                    0
+                ]
+                > MAX_STRING_BYTES_PER_BATCH
+                for group in piece.row_groups
+            ):
+                return False
+        return True
 
     def _coalesced(
         self, reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]
@@ -753,6 +846,12 @@ async def _stream(
     else:
         source = await loop.run_in_executor(threads.reader, scorer.open, shard, has_label)
     batches = scorer.sourced_batches(source, shard)
+    shard_days = scorer.shard_days(shard)
+    if shard_days is not None:  # its days are a column: rows of the selected days, day by day
+        selected = shard_days.select((b.data, b.input_path) for b in batches)
+        batches = (SourcedBatch(data, where) for data, where in selected)
+        outcome.calibration_days = {} if has_label else None
+        outcome.drift_days = {}
     calibration = CalibrationState() if has_label else None
     drift: DriftState | None = None
 
@@ -768,12 +867,42 @@ async def _stream(
         scored = scorer.score(shard, batch, seconds)
         return scored, scorer.calibration(batch.data, scored) if has_label else None
 
+    def score_days(batch: SourcedBatch) -> DayScores:
+        assert shard_days is not None
+        by_day = shard_days.score(
+            batch.data,
+            batch.input_path,
+            lambda part: scorer.score(shard, SourcedBatch(part, batch.input_path), seconds),
+        )
+        for day, part, scored in by_day.days:
+            if outcome.calibration_days is not None:
+                state = scorer.calibration(part, scored)
+                known = outcome.calibration_days.get(day)
+                outcome.calibration_days[day] = state if known is None else known.merge(state)
+            if scored.drift is not None and outcome.drift_days is not None:
+                known_drift = outcome.drift_days.get(day)
+                outcome.drift_days[day] = (
+                    scored.drift if known_drift is None else known_drift.merge(scored.drift)
+                )
+        return by_day
+
     sink = scorer.sink(shard)
     try:
         pending_read = loop.run_in_executor(threads.reader, read_next)
         pending_write = None
         while (batch := await pending_read) is not None:
             pending_read = loop.run_in_executor(threads.reader, read_next)
+            if shard_days is not None:
+                by_day = await loop.run_in_executor(threads.scorer, score_days, batch)
+                outcome.rows += by_day.table.num_rows
+                outcome.rows_invalid += by_day.rows_invalid
+                outcome.rows_unseen_category += by_day.rows_unseen
+                if pending_write is not None:
+                    await pending_write
+                pending_write = loop.run_in_executor(
+                    threads.writer, sink.write, by_day.table, seconds
+                )
+                continue
             scored, batch_calibration = await loop.run_in_executor(threads.scorer, score, batch)
             outcome.rows += scored.table.num_rows
             outcome.rows_invalid += scored.rows_invalid
@@ -788,8 +917,13 @@ async def _stream(
         if pending_write is not None:
             await pending_write
         if not sink.opened:  # a shard of empty row groups still gets its (empty) file
-            empty = scorer.score(shard, scorer.empty(source), seconds)
-            await loop.run_in_executor(threads.writer, sink.write, empty.table, seconds)
+            nothing = scorer.empty(source)
+            empty = scorer.score(shard, nothing, seconds).table
+            if shard_days is not None:
+                empty = shard_days.score(
+                    nothing, shard.input_path, lambda _: scorer.score(shard, nothing, seconds)
+                ).table
+            await loop.run_in_executor(threads.writer, sink.write, empty, seconds)
         let_next_in()  # the next shard reads and scores while this file is uploaded
         outcome.output_bytes = await loop.run_in_executor(threads.writer, sink.close)
     except BaseException:
@@ -798,6 +932,11 @@ async def _stream(
     outcome.rows_ok = outcome.rows - outcome.rows_invalid
     outcome.calibration = calibration
     outcome.drift = drift
+    if shard_days is not None:
+        outcome.rows_read, outcome.rows_without_day = (
+            shard_days.rows_read,
+            shard_days.rows_without_day,
+        )
     outcome.seconds = dict(
         seconds, total=time.perf_counter() - clock, cpu=time.process_time() - cpu_started
     )
@@ -829,15 +968,18 @@ class ScoringActor:
 
 def load_shipped_model(settings: ActorSettings) -> IntentModel:
     """The model the settings carry, loaded in this process (an actor's, a worker process's):
-    its files written to a temporary folder first, as the loader checks them there, and the
-    folder removed once the session holds the graph (one was left behind per actor)."""
+    its files written to a temporary folder first, as the loader checks them there (against
+    their card and against the sha256 the driver verified), and the folder removed once the
+    session holds the graph (one was left behind per actor)."""
     from scorer.model.runtime import load_model
 
     with tempfile.TemporaryDirectory(prefix="scorer-model-") as folder:
         model_dir = Path(folder)
         for name, payload in settings.model_files.items():
             (model_dir / name).write_bytes(payload)
-        return load_model(model_dir, threads=settings.threads)
+        return load_model(
+            model_dir, threads=settings.threads, expected_sha256=settings.model_sha256
+        )
 
 
 class ShardSink:
@@ -950,3 +1092,13 @@ def _identity() -> Identity:
         node_ip=ray.util.get_node_ip_address(),
         pid=os.getpid(),
     )
+
+
+def _read_at(view: RangeFile) -> ReadAt:
+    """`limits.ReadAt` over a row group's fetched ranges (read on the calling thread only)."""
+
+    def read(offset: int, nbytes: int) -> bytes:
+        view.seek(offset)
+        return view.read(nbytes)
+
+    return read

@@ -32,7 +32,8 @@ version's, and those of runs named in the log's commits (``intent-scorer.runs``)
 with ``DeltaTable.vacuum`` (README). Nothing under ``_delta_log/`` is ever deleted by the scorer.
 
 Schema: the score files' (dictionary-encoded columns as their value type) plus the input's hive
-keys as string partition columns, in folder order. Each ``add`` carries the file's size,
+keys as string partition columns, in folder order; a day column's scores are written in ``dt=``
+folders of their day (``days``, docs/nights-in-a-column.md), so ``dt`` is one of those keys. Each ``add`` carries the file's size,
 modification time and ``numRecords`` (from the commit record: free); no column statistics.
 
 Object storage: local paths and ``s3://``. On S3 delta-rs 1.x commits with conditional PUT
@@ -61,7 +62,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.errors import ConfigError, OutputConflictError, StorageError
-from scorer.pipeline.layout import SCORES
+from scorer.pipeline.layout import HIVE_NULL, SCORES
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.plan import Plan
 from scorer.storage import Location, credential_env, storage_errors
@@ -329,9 +330,14 @@ def _partition_keys(relpath: str) -> list[str]:
 
 
 def _partition_values(relpath: str) -> dict[str, str | None]:
-    """The hive ``key=value`` folders of a file below ``scores/``, in folder order."""
+    """The hive ``key=value`` folders of a file below ``scores/``, in folder order; `HIVE_NULL`
+    is a null value (the rows of a day column without a day, docs/nights-in-a-column.md)."""
     folders = relpath.split("/")[1:-1]
-    return {k: v for k, sep, v in (f.partition("=") for f in folders) if sep and k}
+    return {
+        k: None if v == HIVE_NULL else v
+        for k, sep, v in (f.partition("=") for f in folders)
+        if sep and k
+    }
 
 
 def _table_uri(location: Location) -> tuple[str, dict[str, str]]:
