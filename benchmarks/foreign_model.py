@@ -134,7 +134,9 @@ def prepare(out: Path) -> tuple[Path, Path]:
 
 def timed(command: list[str]) -> tuple[float, str]:
     started = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{command[:3]} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return time.perf_counter() - started, done.stdout
 
 
