@@ -236,7 +236,8 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     "--format",
     "output_format",
     type=click.Choice(OUTPUT_FORMATS),
-    help="OUTPUT/scores/ as hive Parquet (default) or a Delta Lake table, published once per run.",
+    help="OUTPUT/scores/ as hive Parquet (default), a Delta Lake table, or an Apache Iceberg "
+    "table (catalog: [iceberg] in --config), published once per run.",
 )
 @click.option(
     "--max-attempts",
