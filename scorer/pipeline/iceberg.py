@@ -33,6 +33,7 @@ recomputed against the new snapshot and retried; files the scorer did not write 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -136,6 +137,7 @@ class IcebergScores:
             TableAlreadyExistsError,
             ValidationException,
         )
+        from sqlalchemy.exc import OperationalError
 
         wanted = {r.output_relpath: r for r in records}
         for attempt in range(1, _MAX_PUBLISH_ATTEMPTS + 1):
@@ -146,7 +148,7 @@ class IcebergScores:
                 return self._publication(table, 0, 0)
             pause("publish")
             try:
-                with self._catalog_errors("cannot commit to"):
+                with self._catalog_errors("cannot commit to", passes=(OperationalError,)):
                     table = self._commit(
                         table, [wanted[p] for p in adds], [active[p] for p in removes], run_id
                     )
@@ -155,12 +157,14 @@ class IcebergScores:
                 CommitStateUnknownException,  # landed or not: the next round reads which
                 TableAlreadyExistsError,  # another writer created the table first
                 ValidationException,  # a file to remove was removed by another writer
+                OperationalError,  # a SQL catalog busy (SQLite: "database is locked")
             ) as exc:
                 if attempt == _MAX_PUBLISH_ATTEMPTS:
                     raise StorageError(
-                        f"{self.name} in {self.shown_uri}: Iceberg commit failed "
-                        f"{attempt} times against concurrent writers: {exc}; rerun to publish"
+                        f"{self.name} in {self.shown_uri}: Iceberg commit failed {attempt} "
+                        f"times (concurrent writers, a busy catalog): {exc}; rerun to publish"
                     ) from exc
+                time.sleep(0.1 * attempt)
                 continue
             self._current = self._runs = None
             pause("published")
@@ -343,16 +347,16 @@ class IcebergScores:
             return f"file://{_local_path(location)}"
         return f"s3://{location.path}"
 
-    def _catalog_errors(self, doing: str) -> Any:
-        return _CatalogErrors(f"{self.name} in {self.shown_uri}", doing)
+    def _catalog_errors(self, doing: str, passes: tuple[type[Exception], ...] = ()) -> Any:
+        return _CatalogErrors(f"{self.name} in {self.shown_uri}", doing, passes)
 
 
 class _CatalogErrors:
     """A catalog or object store that fails (unreachable database, driver not installed, denied)
     becomes a StorageError naming the table and the catalog, its secrets redacted."""
 
-    def __init__(self, where: str, doing: str) -> None:
-        self.where, self.doing = where, doing
+    def __init__(self, where: str, doing: str, passes: tuple[type[Exception], ...]) -> None:
+        self.where, self.doing, self.passes = where, doing, passes
 
     def __enter__(self) -> None:
         return None
@@ -380,6 +384,7 @@ class _CatalogErrors:
                 NoSuchTableError,
                 NoSuchNamespaceError,
                 ScorerError,
+                *self.passes,
             ),
         ):
             return False

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from scorer.config import JobConfig
 
 PAUSE_ENV = "SCORER_PAUSE_AT"
-"""Test hook: the driver stops itself (SIGSTOP) at the named point of a publish, ``publish``
+"""Test hook only: the driver stops itself (SIGSTOP) at the named point of a publish, ``publish``
 (the table read, nothing committed) or ``published`` (committed, the run stats not written), so
 a fault test kills it at an observed point instead of after a guessed sleep."""
 
@@ -233,9 +233,14 @@ class S3Settings:
 
 
 def pause(point: str) -> None:
-    """``PAUSE_ENV``: stop here when a fault test asks to."""
-    if os.environ.get(PAUSE_ENV) == point:
+    """``PAUSE_ENV``: stop here when a fault test asks to, the first time only (a publish that
+    retries against another writer passes the point again)."""
+    if os.environ.get(PAUSE_ENV) == point and point not in _paused:
+        _paused.add(point)
         os.kill(os.getpid(), signal.SIGSTOP)
+
+
+_paused: set[str] = set()
 
 
 def _partition(relpath: str) -> tuple[str, ...]:
