@@ -66,6 +66,7 @@ from scorer.pipeline.tables import (
     changes,
     committed_files,
     file_run,
+    layout_keys,
     partition_values,
     pause,
     table_schema,
@@ -154,20 +155,14 @@ class ScoresTable:
         )
 
         infos = committed_files(self.output, adds)
-        keys = _partition_keys(adds[0].output_relpath) if adds else []
+        keys = layout_keys(self.output, adds)
         actions: list[AddAction | RemoveAction] = []
         for record, info in zip(adds, infos):
-            values = partition_values(record.output_relpath)
-            if list(values) != keys:
-                raise StorageError(
-                    f"{self.output.child(record.output_relpath).uri}: partition keys "
-                    f"{list(values)} differ from {keys}: one Delta table needs one layout"
-                )
             actions.append(
                 AddAction(
                     path=self._in_table(record.output_relpath),
                     size=info.size,
-                    partition_values=values,
+                    partition_values=partition_values(record.output_relpath),
                     modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else 0,
                     data_change=True,
                     stats=json.dumps({"numRecords": record.rows}),
@@ -249,10 +244,6 @@ def _publication(version: int | None, added: int, removed: int) -> Publication:
     return Publication(
         version, added, removed, f"Delta version {version}", {"delta_version": version}
     )
-
-
-def _partition_keys(relpath: str) -> list[str]:
-    return list(partition_values(relpath))
 
 
 def _table_uri(location: Location) -> tuple[str, dict[str, str]]:

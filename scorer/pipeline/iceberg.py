@@ -53,6 +53,7 @@ from scorer.pipeline.tables import (
     changes,
     committed_files,
     file_run,
+    layout_keys,
     partition_values,
     pause,
     table_schema,
@@ -175,22 +176,25 @@ class IcebergScores:
         self, table: Table | None, adds: list[CommitRecord], removes: list[DataFile], run_id: str
     ) -> Table:
         infos = committed_files(self.output, adds)
-        keys = list(partition_values(adds[0].output_relpath)) if adds else []
-        expected = _iceberg_schema(table_schema(self.output, adds[0].output_relpath, keys))
-        if table is not None:
-            self._check_table(table, expected, keys)
-        files = []
-        for record, info in zip(adds, infos):
-            values = partition_values(record.output_relpath)
-            if list(values) != keys:
-                raise StorageError(
-                    f"{self.output.child(record.output_relpath).uri}: partition keys "
-                    f"{list(values)} differ from {keys}: one Iceberg table needs one layout"
-                )
-            files.append(_data_file(self._uri(record.output_relpath), record, info.size, values))
+        keys = layout_keys(self.output, adds)
+        expected = None
+        if adds:  # the table must take the files as they are (a new one is made for them)
+            expected = _iceberg_schema(table_schema(self.output, adds[0].output_relpath, keys))
+            if table is not None:
+                self._check_table(table, expected, keys)
+        files = [
+            _data_file(
+                self._uri(r.output_relpath), r, info.size, partition_values(r.output_relpath)
+            )
+            for r, info in zip(adds, infos)
+        ]
         runs = sorted({run for r in adds if (run := file_run(r.output_relpath))} | {run_id})
         summary = {RUN_KEY: run_id, RUNS_KEY: ",".join(runs)}
-        transaction = self._create(expected, keys) if table is None else table.transaction()
+        if table is None:  # nothing to remove from no table: there are files to add
+            assert expected is not None
+            transaction = self._create(expected, keys)
+        else:
+            transaction = table.transaction()
         update = transaction.update_snapshot(snapshot_properties=summary)
         if removes:
             with update.overwrite() as overwrite:

@@ -194,6 +194,19 @@ def committed_files(output: Location, records: list[CommitRecord]) -> list[pafs.
     return infos
 
 
+def layout_keys(output: Location, records: list[CommitRecord]) -> list[str]:
+    """The hive keys of the records' files, in folder order: one table needs one layout."""
+    keys = list(partition_values(records[0].output_relpath)) if records else []
+    for record in records:
+        values = list(partition_values(record.output_relpath))
+        if values != keys:
+            raise StorageError(
+                f"{output.child(record.output_relpath).uri}: partition keys {values} differ "
+                f"from {keys}: one table needs one layout"
+            )
+    return keys
+
+
 def table_schema(output: Location, relpath: str, keys: list[str]) -> pa.Schema:
     """A score file's schema as a table's: dictionaries as their values, plus the hive keys as
     string columns, in folder order."""
