@@ -428,3 +428,21 @@ def test_a_catalog_on_postgresql_with_its_password_redacted(tmp_path):
         scores = _rows(table)
         _assert_once(history, scores)
         assert set(scores["run_id"].to_pylist()) == {json.loads(overwrite.stdout)["run_id"]}
+
+
+def test_a_partition_overwrite_replaces_that_day_alone_in_delta_too(tmp_path):
+    """The shared publish (`tables.changes`) removes files within the run's partitions only:
+    an `--overwrite --partition` drops every commit record, yet the other days stay published."""
+    from deltalake import DeltaTable
+
+    history = make_history(tmp_path / "in", sessions=2_000, files=2, days=2, row_group_rows=500)
+    out = tmp_path / "out"
+    first = score(str(history), str(out), shard_rows=1_000, format="delta")
+    day = {"dt": "2026-11-27"}
+    second = score(
+        str(history), str(out), shard_rows=1_000, format="delta", overwrite=True, partition=day
+    )
+    scores = DeltaTable(str(out / "scores")).to_pyarrow_table()
+    _assert_once(history, scores)
+    runs = Counter(zip(scores["dt"].to_pylist(), scores["run_id"].to_pylist()))
+    assert runs == {("2026-11-26", first.run_id): 1_000, ("2026-11-27", second.run_id): 1_000}
