@@ -331,9 +331,10 @@ class IcebergScores:
         return self._catalog
 
     def _io_properties(self) -> dict[str, str]:
-        """pyiceberg's FileIO settings for an s3:// OUTPUT (its endpoint, region, credentials)."""
+        """pyiceberg's FileIO settings: on a local OUTPUT ``iceberg_io.LocalFileIO``; for an
+        s3:// OUTPUT its endpoint, region and credentials (pyiceberg's pyarrow FileIO)."""
         if self.output.is_local:
-            return {}
+            return {"py-io-impl": "scorer.pipeline.iceberg_io.LocalFileIO"}
         s3 = S3Settings.of(self.output)
         properties = {
             "s3.access-key-id": s3.credentials.get("AWS_ACCESS_KEY_ID"),
@@ -406,9 +407,33 @@ class _CatalogErrors:
 def _iceberg_schema(schema: pa.Schema) -> Schema:
     """The score files' Arrow schema as an Iceberg schema with fresh ids (the ones the catalog
     gives a new table, so that the name mapping made from it matches). Every column optional:
-    the files' nullability is theirs, the table's a promise to every later writer."""
+    the files' nullability is theirs, the table's a promise to every later writer.
+
+    The score columns' types map here; other types (a kept input column's) through pyiceberg's
+    own conversion, which imports pyiceberg.io.pyarrow and with it pandas (~1 s on two busy
+    cores: most of what publishing would cost a run)."""
+    from pyiceberg import types
+    from pyiceberg.schema import Schema, assign_fresh_schema_ids
+
+    simple = {
+        pa.bool_(): types.BooleanType(),
+        pa.int8(): types.IntegerType(),
+        pa.int16(): types.IntegerType(),
+        pa.int32(): types.IntegerType(),
+        pa.int64(): types.LongType(),
+        pa.float32(): types.FloatType(),
+        pa.float64(): types.DoubleType(),
+        pa.string(): types.StringType(),
+        pa.large_string(): types.StringType(),
+        pa.date32(): types.DateType(),
+    }
+    if all(f.type in simple for f in schema):
+        fields = [
+            types.NestedField(i, f.name, simple[f.type], required=False)
+            for i, f in enumerate(schema, start=1)
+        ]
+        return assign_fresh_schema_ids(Schema(*fields))
     from pyiceberg.catalog import Catalog
-    from pyiceberg.schema import assign_fresh_schema_ids
 
     nullable = pa.schema([f.with_nullable(True) for f in schema])
     # pyiceberg's own Arrow → Iceberg conversion (the one create_table applies to Arrow schemas)
