@@ -226,7 +226,7 @@ class IcebergScores:
             )
         )
         location = self._uri(SCORES)
-        catalog = self._catalog_for_writes()
+        catalog = self._open_catalog()
         catalog.create_namespace_if_not_exists(self.config.namespace)
         return catalog.create_table_transaction(
             self.identifier,
@@ -291,7 +291,7 @@ class IcebergScores:
             return None  # reading must not create the embedded catalog
         with self._catalog_errors("cannot read"):
             try:
-                return self._catalog_for_writes().load_table(self.identifier)
+                return self._open_catalog().load_table(self.identifier)
             except (NoSuchTableError, NoSuchNamespaceError):
                 return None
 
@@ -313,7 +313,7 @@ class IcebergScores:
                         active[f"{SCORES}/{path[len(prefix) :]}"] = entry.data_file
         return active
 
-    def _catalog_for_writes(self) -> Catalog:
+    def _open_catalog(self) -> Catalog:
         if self._catalog is None:
             from pyiceberg.catalog import load_catalog
 
