@@ -224,8 +224,28 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     metavar="KEY=VALUE",
     help="Only this hive partition (repeatable; values of one key are alternatives).",
 )
-@click.option("--since", metavar="DATE", help="Only dt partitions on or after DATE (YYYY-MM-DD).")
-@click.option("--until", metavar="DATE", help="Only dt partitions on or before DATE (YYYY-MM-DD).")
+@click.option(
+    "--since",
+    metavar="DATE",
+    help="Only days on or after DATE (YYYY-MM-DD): dt= folders, or the day column's row groups "
+    "(pruned by their statistics, rows filtered where a group straddles DATE).",
+)
+@click.option(
+    "--until", metavar="DATE", help="Only days on or before DATE (YYYY-MM-DD), as --since."
+)
+@click.option(
+    "--date-column",
+    metavar="COLUMN",
+    help="The column holding each row's day in files outside dt= folders: a date, a timestamp "
+    "or YYYY-MM-DD strings. Default: a 'dt' column where the files have one. A dt= folder wins "
+    "over the column (they must agree).",
+)
+@click.option(
+    "--date-timezone",
+    metavar="ZONE",
+    help="The timezone a timestamp day column's day is taken in, e.g. America/New_York "
+    "(default UTC).",
+)
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -288,6 +308,8 @@ def score_command(
     partitions: tuple[str, ...],
     since: str | None,
     until: str | None,
+    date_column: str | None,
+    date_timezone: str | None,
     overwrite: bool | None,
     output_format: str | None,
     max_attempts: int | None,
@@ -332,6 +354,8 @@ def score_command(
         partition=parse_partitions(partitions),
         since=parse_date(since, "--since") if since else None,
         until=parse_date(until, "--until") if until else None,
+        date_column=date_column,
+        date_timezone=date_timezone,
         overwrite=overwrite,
         format=output_format,
         max_attempts=max_attempts,
@@ -399,6 +423,13 @@ def _describe_run(summary: RunSummary) -> str:
         f"{summary.shards_skipped:,} committed shard(s) ({summary.rows_skipped:,} rows); "
         f"failed {summary.shards_failed:,}",
     ]
+    if summary.rows_read != summary.rows or summary.row_groups_pruned:
+        lines.append(  # a day filter on a day column (docs/nights-in-a-column.md)
+            f"  days: {summary.rows:,} rows selected of {summary.rows_read:,} read; "
+            f"{summary.row_groups_pruned:,} row group(s) skipped by their statistics"
+        )
+    if summary.rows_without_day:
+        lines.append(f"  {summary.rows_without_day:,} rows without a day (their own dt: null)")
     if summary.rows:
         lines.append(
             f"  {summary.wall_seconds:.1f} s wall ({summary.setup_seconds:.1f} s setup), "

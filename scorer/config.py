@@ -9,6 +9,8 @@ A config file mirrors the `scorer score` flags::
     processes = 1                    # --processes: worker processes beside the driver (no Ray)
     format = "delta"                 # --format: "parquet" (default), "delta" or "iceberg"
     since = 2026-11-01               # TOML dates or "YYYY-MM-DD" strings
+    date_column = "event_date"       # --date-column: the day as a column, not a dt= folder
+    date_timezone = "Europe/Paris"   # --date-timezone: a timestamp column's day (default UTC)
 
     [partition]                      # --partition KEY=VALUE
     dt = "2026-11-27"
@@ -182,6 +184,11 @@ class JobConfig:
     partition: dict[str, str] = field(default_factory=dict)
     since: dt.date | None = None
     until: dt.date | None = None
+    date_column: str | None = None
+    """The column holding each row's day in files outside ``dt=`` folders; None: ``dt`` where
+    the files have one (docs/nights-in-a-column.md)."""
+    date_timezone: str | None = None
+    """The timezone a timestamp day column's day is taken in; None: UTC."""
     overwrite: bool = False
     format: str = "parquet"
     max_attempts: int = DEFAULT_MAX_ATTEMPTS

@@ -137,6 +137,18 @@ class Location:
         uri_path = f"{parts.path.rstrip('/')}/{quote(relpath, safe='/=')}"
         return Location(self.filesystem, path, urlunsplit(parts._replace(path=uri_path)))
 
+    def identity(self, path: str) -> str:
+        """What names the file at ``path`` (a path on this location's filesystem) however it is
+        reached: ``file://`` and its resolved absolute path locally (symlinks followed), else the
+        scheme, the endpoint where one is set, and the bucket and key. Two roots that reach one
+        file give it one identity; two files never share one (README: "What identifies a file")."""
+        if self.is_local:
+            return f"file://{os.path.realpath(path)}"
+        parts = urlsplit(self.uri)
+        endpoint = dict(parse_qsl(parts.query)).get("endpoint_override")
+        where = f"{parts.scheme}://{path.lstrip('/')}"
+        return f"{where}?endpoint={redact_netloc(endpoint)}" if endpoint else where
+
     def to_spec(self) -> str:
         """What another process needs to re-open this location (no secrets in it)."""
         return self.uri
@@ -215,14 +227,17 @@ def redact(uri: str) -> str:
     if not _URI.match(uri):
         return uri
     parts = urlsplit(uri)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    netloc = redact_netloc(parts.netloc)
     query = [
         (key, "***" if _SECRET_PARAM.search(key) else value)
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
     return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe=":*")))
+
+
+def redact_netloc(netloc: str) -> str:
+    """A host (and port) with any ``user:password@`` before it replaced by ``***@``."""
+    return "***@" + netloc.rsplit("@", 1)[1] if "@" in netloc else netloc
 
 
 def credential_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -112,7 +112,7 @@ def test_a_wrong_type_names_the_key_and_the_file(tmp_path, text, message):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("shards = 3", "unknown key 'shards' (known: batch_rows, format, input, "),
+        ("shards = 3", "unknown key 'shards' (known: batch_rows, date_column, date_timezone, "),
         ("[monitor]\npsi_max = 0.2", "unknown key 'monitor.psi_max' (known: ece, fail_on_alert, "),
         ("[cluster]\naddress = 'x'", "unknown key 'cluster' (known: "),
         ("[ray]\nworkers = 2", "unknown key 'ray.workers' (known: actors, address, "),

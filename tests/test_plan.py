@@ -46,6 +46,7 @@ def synthetic(relpath, rg_rows, fingerprint="f1"):
     """An InputFile as a footer would describe it, for the pure planning tests."""
     return InputFile(
         path=f"/in/{relpath}",
+        identity=f"file:///in/{relpath}",
         relpath=relpath,
         partition=(),
         size=1,

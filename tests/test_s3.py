@@ -189,3 +189,26 @@ def test_worker_processes_read_and_write_s3_with_the_credentials_they_are_sent(
     for path in _objects(lake, "lake/by-processes"):
         with lake.open_input_stream(path) as f:
             assert SECRET.encode() not in f.read(), path
+
+
+def test_objects_of_one_name_under_two_nightly_prefixes_keep_both_nights(endpoint, lake):
+    """A file is identified by its bucket and key (README: "What identifies a file"): each night's
+    ``part-0.parquet`` is a file of its own, and a rerun of either night skips it."""
+    table = pq.read_table("lake/sessions", filesystem=lake, partitioning=None).slice(0, 2_000)
+    for night, offset in (("2026-11-27", 0), ("2026-11-28", 1_000_000)):
+        ids = pc.add(table["session_id"].cast("int64"), offset)
+        pq.write_table(
+            table.set_column(table.schema.get_field_index("session_id"), "session_id", ids),
+            f"lake/exports/{night}/part-0.parquet",
+            filesystem=lake,
+        )
+    nights = f"s3://lake/exports/{{}}?endpoint_override={endpoint}&scheme=http"
+    target = f"s3://lake/nightly?endpoint_override={endpoint}&scheme=http"
+    for night in ("2026-11-27", "2026-11-28"):
+        assert score(nights.format(night), target).rows == 2_000
+    again = score(nights.format("2026-11-27"), target)
+    assert again.rows == 0 and again.shards_skipped == 1
+    keys = ds.dataset("lake/nightly/scores", filesystem=lake, format="parquet").to_table(
+        columns=["session_id"]
+    )["session_id"]
+    assert len(keys) == 4_000 == pc.count_distinct(keys).as_py()

@@ -7,6 +7,7 @@ The Ray examined is the test session's (``ray_cluster``), started by ``scorer.pi
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -183,11 +184,13 @@ def test_a_tampered_model_is_refused_before_any_actor_starts(tmp_path):
     history = make_history(tmp_path / "in", sessions=200, files=1, days=1)
 
     def actors() -> set[int]:
-        return {
-            p.pid
-            for p in psutil.Process().children(recursive=True)
-            if p.is_running() and " ".join(p.cmdline()).startswith("ray::ScoringActor")
-        }
+        pids = set()
+        for p in psutil.Process().children(recursive=True):
+            # A child can end (or be a zombie) between the listing and the read of its cmdline.
+            with contextlib.suppress(psutil.Error):
+                if " ".join(p.cmdline()).startswith("ray::ScoringActor"):
+                    pids.add(p.pid)
+        return pids
 
     before = actors()
     with pytest.raises(ChecksumError, match="sha256"):

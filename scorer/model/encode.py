@@ -201,6 +201,15 @@ def _null_mask(chunk: pa.Array) -> np.ndarray | None:
 
 def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encoded:
     kind = chunk.type
+    if pa.types.is_decimal(kind):
+        chunk, beyond = _from_decimal(chunk)
+        kind = chunk.type
+        if beyond is not None:  # the rest checked as the int64 column they are
+            checked, _ = _encode_numeric(spec, chunk, out)
+            reasons = np.zeros(len(out), np.int32) if checked is None else checked
+            reasons[beyond] = _OUT_OF_RANGE
+            out[beyond] = 0
+            return reasons, None
     if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
         raise _wrong_type(spec, chunk, "an integer or floating-point number")
     missing = _null_mask(chunk)
@@ -222,6 +231,23 @@ def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encod
     if missing is not None:
         reasons[missing] = _MISSING
     return reasons, None
+
+
+def _from_decimal(chunk: pa.Array) -> tuple[pa.Array, np.ndarray | None]:
+    """A decimal column as the number it holds, exactly where it can be: scale 0 as int64 where
+    every value fits, any other as float64 (the nearest double, as a float column written from
+    the same numbers holds). A scale-0 value beyond int64 is out of range: returned as null,
+    with the mask of such rows."""
+    kind = chunk.type
+    if kind.scale == 0:
+        try:
+            return chunk.cast(pa.int64()), None
+        except pa.ArrowInvalid:
+            floats = to_numpy(chunk.cast(pa.float64()).fill_null(0.0))
+            beyond = np.abs(floats) >= 2.0**63
+            fitting = pc.if_else(pa.array(beyond), pa.scalar(None, kind), chunk)
+            return fitting.cast(pa.int64()), beyond
+    return chunk.cast(pa.float64()), None
 
 
 def _all_valid(values: np.ndarray, converted: np.ndarray, spec: InputSpec) -> bool:

@@ -4,7 +4,7 @@ Labels arrive days after the sessions were scored. LABELS is Parquet (a file, or
 ``*.parquet`` below a folder, hive ``dt=`` folders or not) with the key and the label; the
 scores are the files the commit records of OUTPUT name (``_scorer/commits``, as a resuming run
 reads them), never a temporary file. Each score row's day is the ``dt`` folder of its score
-file; a label's own folders are not used for the join (a label filed under the day it arrived
+file, or, outside one, its ``dt`` column (a run whose days were a column writes it); a label's own folders are not used for the join (a label filed under the day it arrived
 still finds its session).
 
 One DuckDB query streams the join: a FULL OUTER JOIN of the scores' key, intent_raw and
@@ -32,6 +32,7 @@ has a score run's format; it writes no run-stats row (it scored nothing).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -48,12 +49,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scorer.arrow import to_numpy
-from scorer.errors import EvaluateError, StorageError
+from scorer.errors import EvaluateError, ScorerError, StorageError
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
-from scorer.monitor.alerts import RecalibrateHint, recalibrated_dir
+from scorer.monitor.alerts import RecalibrateHint, read_run_table, recalibrated_dir
 from scorer.pipeline.driver import new_run_id
-from scorer.pipeline.layout import CALIBRATION, OUTPUT_STATE, read_json, run_table_relpath
+from scorer.pipeline.layout import (
+    CALIBRATION,
+    OUTPUT_STATE,
+    RUN_STATS,
+    read_json,
+    run_table_relpath,
+)
 from scorer.pipeline.manifest import CommitRecord, Manifest
 from scorer.pipeline.plan import DATE_KEY, FailedInput, InputFile, scan_inputs
 from scorer.pipeline.stats import write_table
@@ -112,8 +119,9 @@ def evaluate(
     out = resolve(output, storage)
     source = resolve(labels, storage)
     scores = _committed_scores(out)
-    days = sorted({day for day, _ in scores}, key=_day_order)
     score_schema = _score_schema(out, scores, key)
+    column_days = _column_days(out, scores)
+    days = sorted({day for day, _ in scores} | set(column_days or ()), key=_day_order)
     label_files = _label_files(source, key, label)
     label_schema = _label_schema(source, label_files, key, label, score_schema.field(key).type)
     rows_scored = sum(record.rows for _, record in scores)
@@ -133,7 +141,9 @@ def evaluate(
                 )
             joined = _Joined(days, f"{source.uri}: label column '{label}'")
             try:
-                with _join(con, out, scores, days, score_schema, labels_data, key, label) as join:
+                with _join(
+                    con, out, scores, days, score_schema, labels_data, key, label, column_days
+                ) as join:
                     for batch in join:
                         joined.add(batch)
             except duckdb.IOException as exc:
@@ -148,7 +158,8 @@ def evaluate(
     by_day = {day: joined.states[i] for i, day in enumerate(days) if joined.labelled[i]}
     runs_by_day: dict[str | None, set[str]] = {}
     for day, record in scores:
-        runs_by_day.setdefault(day, set()).add(record.run_id)
+        for each in column_days if day is None and column_days is not None else [day]:
+            runs_by_day.setdefault(each, set()).add(record.run_id)
     table = _with_scored_runs(calibration_table(run_id, by_day, DATE_KEY), runs_by_day, source.uri)
     target = out.child(run_table_relpath(CALIBRATION, run_id))
     with storage_errors(target.uri, "cannot write"):
@@ -188,6 +199,23 @@ def _committed_scores(out: Location) -> list[tuple[str | None, CommitRecord]]:
     return sorted(
         ((_day_of(r.output_relpath), r) for r in records), key=lambda p: p[1].output_relpath
     )
+
+
+def _column_days(
+    out: Location, scores: Sequence[tuple[str | None, CommitRecord]]
+) -> list[str | None] | None:
+    """The days in the ``dt`` column of score files outside ``dt=`` folders, which a run whose
+    days were a column writes (docs/nights-in-a-column.md); None where they have none."""
+    paths = [out.child(r.output_relpath).path for day, r in scores if day is None]
+    if not paths:
+        return None
+    with storage_errors(out.uri, "cannot read a committed score file"):
+        schema = pq.read_schema(paths[0], filesystem=out.filesystem)
+        if DATE_KEY not in schema.names:
+            return None
+        data = ds.dataset(paths, format="parquet", filesystem=out.filesystem)
+        found = pc.unique(data.to_table(columns=[DATE_KEY])[DATE_KEY].combine_chunks())
+    return [None if d is None else d.isoformat() for d in found.to_pylist()]
 
 
 def _day_of(relpath: str) -> str | None:
@@ -289,22 +317,32 @@ def _join(
     labels_data: ds.Dataset,
     key: str,
     label: str,
+    column_days: Sequence[str | None] | None = None,
 ) -> pa.RecordBatchReader:
     """Batches of (part, intent_raw, intent_calibrated, label, unscored_key): ``part`` the index
     of the score row's day in ``days`` (null for a label no score has: its key in
-    ``unscored_key``), ``label`` null for a score without one."""
+    ``unscored_key``), ``label`` null for a score without one. ``column_days``: the score files
+    outside ``dt=`` folders give each row's day in their ``dt`` column."""
     k, y = _quoted(key), _quoted(label)
     selects = []
     for part, day in enumerate(days):
         paths = [out.child(r.output_relpath).path for d, r in scores if d == day]
-        with storage_errors(out.uri, "cannot read a committed score file"):
-            data = ds.dataset(
-                paths, schema=score_schema, format="parquet", filesystem=out.filesystem
+        if not paths:
+            continue
+        schema = score_schema
+        tag = f"{part}::SMALLINT"
+        if day is None and column_days is not None:
+            schema = pa.schema([*score_schema, pa.field(DATE_KEY, pa.date32())])
+            listed = ", ".join("NULL" if d is None else f"'{d}'" for d in days)
+            tag = (
+                f"COALESCE((list_position([{listed}], CAST({DATE_KEY} AS VARCHAR)) - 1)"
+                f"::SMALLINT, {part}::SMALLINT)"
             )
+        with storage_errors(out.uri, "cannot read a committed score file"):
+            data = ds.dataset(paths, schema=schema, format="parquet", filesystem=out.filesystem)
         con.register(f"scores_{part}", data)
         selects.append(
-            f"SELECT {part}::SMALLINT AS part, {k} AS key, intent_raw, intent_calibrated "
-            f"FROM scores_{part}"
+            f"SELECT {tag} AS part, {k} AS key, intent_raw, intent_calibrated FROM scores_{part}"
         )
     con.register("labels", labels_data)
     sql = f"""
@@ -419,8 +457,19 @@ def _recalibrate_hint(
     out: Location, scores: Sequence[tuple[str | None, CommitRecord]], source: Location
 ) -> RecalibrateHint:
     """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
-    piece = scores[0][1].pieces[0]
-    input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    record = scores[0][1]
+    piece = record.pieces[0]
+    # The relpath is the name its scores go by, which may not end the path (`plan.with_output_names`).
+    if piece.input_path.endswith(piece.input_relpath):
+        input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
+    else:
+        input_root = piece.input_path.rpartition("/")[0] or piece.input_path
+    # The run's own INPUT where its stats say it: a single file (a day column's year) is not
+    # its folder, which holds other files.
+    with contextlib.suppress(ScorerError):
+        runs = read_run_table(out, RUN_STATS, record.run_id)
+        if runs is not None and runs.num_rows and runs["input"][0].as_py():
+            input_root = runs["input"][0].as_py()
     model = _model_dir(out)
     return RecalibrateHint(
         data=input_root, model=model, out=recalibrated_dir(model), labels=source.uri

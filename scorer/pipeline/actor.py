@@ -44,8 +44,16 @@ from scorer.errors import ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
+from scorer.pipeline.days import DayScores, DaySource, ShardDays
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import FOOTER_TAIL_BYTES, Piece, Shard, file_fingerprint, read_footer
+from scorer.pipeline.plan import (
+    DATE_KEY,
+    FOOTER_TAIL_BYTES,
+    Piece,
+    Shard,
+    file_fingerprint,
+    read_footer,
+)
 from scorer.pipeline.ranges import (
     RangeFile,
     ReadCounts,
@@ -119,6 +127,8 @@ class ActorSettings:
     """Object storage: row groups of a shard fetched ahead of the one decoded."""
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
     """Object storage: ranged reads an actor has in flight at most."""
+    days: DaySource = field(default_factory=lambda: DaySource(None))
+    """The day column of files outside ``dt=`` folders (`days`); their scores get ``dt``."""
 
 
 @dataclass
@@ -143,6 +153,10 @@ class ShardOutcome:
     ended_at: dt.datetime | None = None
     requests: int | None = None  # object storage: requests made reading the shard
     bytes_read: int | None = None  # object storage: bytes those requests returned
+    rows_read: int | None = None  # a shard of day-column files: rows read, `rows` the selected
+    rows_without_day: int = 0  # of those, rows whose day column is null
+    calibration_days: dict[str | None, CalibrationState] | None = None  # per day of the column
+    drift_days: dict[str | None, DriftState] | None = None  # per day of the column
 
 
 @dataclass(frozen=True)
@@ -209,10 +223,24 @@ class ShardScorer:
         """The shard's first file and the columns to read; `ShardReadError` names the file."""
         settings = self.settings
         wanted = [*self.model.required_columns, settings.key_column, *settings.keep]
+        day = self.day_column(shard)
+        wanted += [day] if day else []
         if has_label and settings.label_column:
             wanted.append(settings.label_column)
         counts = ReadCounts() if self.remote else None
         return self._open(shard.pieces[0], list(dict.fromkeys(wanted)), counts)
+
+    def day_column(self, shard: Shard) -> str | None:
+        """The column giving the shard's rows their days; None where a ``dt=`` folder does."""
+        if DATE_KEY in dict(shard.partition):
+            return None
+        return self.settings.days.column
+
+    def shard_days(self, shard: Shard) -> ShardDays | None:
+        """The selection and per-day scoring of a shard whose days are a column."""
+        if self.day_column(shard) is None:
+            return None
+        return ShardDays(self.settings.days, shard.pieces[0].days)
 
     def open_ahead(self, shard: Shard, has_label: bool) -> Future[ShardSource]:
         """On object storage: open the shard and start fetching its first row groups now, on
@@ -753,6 +781,12 @@ async def _stream(
     else:
         source = await loop.run_in_executor(threads.reader, scorer.open, shard, has_label)
     batches = scorer.sourced_batches(source, shard)
+    shard_days = scorer.shard_days(shard)
+    if shard_days is not None:  # its days are a column: rows of the selected days, day by day
+        selected = shard_days.select((b.data, b.input_path) for b in batches)
+        batches = (SourcedBatch(data, where) for data, where in selected)
+        outcome.calibration_days = {} if has_label else None
+        outcome.drift_days = {}
     calibration = CalibrationState() if has_label else None
     drift: DriftState | None = None
 
@@ -768,12 +802,42 @@ async def _stream(
         scored = scorer.score(shard, batch, seconds)
         return scored, scorer.calibration(batch.data, scored) if has_label else None
 
+    def score_days(batch: SourcedBatch) -> DayScores:
+        assert shard_days is not None
+        by_day = shard_days.score(
+            batch.data,
+            batch.input_path,
+            lambda part: scorer.score(shard, SourcedBatch(part, batch.input_path), seconds),
+        )
+        for day, part, scored in by_day.days:
+            if outcome.calibration_days is not None:
+                state = scorer.calibration(part, scored)
+                known = outcome.calibration_days.get(day)
+                outcome.calibration_days[day] = state if known is None else known.merge(state)
+            if scored.drift is not None and outcome.drift_days is not None:
+                known_drift = outcome.drift_days.get(day)
+                outcome.drift_days[day] = (
+                    scored.drift if known_drift is None else known_drift.merge(scored.drift)
+                )
+        return by_day
+
     sink = scorer.sink(shard)
     try:
         pending_read = loop.run_in_executor(threads.reader, read_next)
         pending_write = None
         while (batch := await pending_read) is not None:
             pending_read = loop.run_in_executor(threads.reader, read_next)
+            if shard_days is not None:
+                by_day = await loop.run_in_executor(threads.scorer, score_days, batch)
+                outcome.rows += by_day.table.num_rows
+                outcome.rows_invalid += by_day.rows_invalid
+                outcome.rows_unseen_category += by_day.rows_unseen
+                if pending_write is not None:
+                    await pending_write
+                pending_write = loop.run_in_executor(
+                    threads.writer, sink.write, by_day.table, seconds
+                )
+                continue
             scored, batch_calibration = await loop.run_in_executor(threads.scorer, score, batch)
             outcome.rows += scored.table.num_rows
             outcome.rows_invalid += scored.rows_invalid
@@ -788,8 +852,13 @@ async def _stream(
         if pending_write is not None:
             await pending_write
         if not sink.opened:  # a shard of empty row groups still gets its (empty) file
-            empty = scorer.score(shard, scorer.empty(source), seconds)
-            await loop.run_in_executor(threads.writer, sink.write, empty.table, seconds)
+            nothing = scorer.empty(source)
+            empty = scorer.score(shard, nothing, seconds).table
+            if shard_days is not None:
+                empty = shard_days.score(
+                    nothing, shard.input_path, lambda _: scorer.score(shard, nothing, seconds)
+                ).table
+            await loop.run_in_executor(threads.writer, sink.write, empty, seconds)
         let_next_in()  # the next shard reads and scores while this file is uploaded
         outcome.output_bytes = await loop.run_in_executor(threads.writer, sink.close)
     except BaseException:
@@ -798,6 +867,11 @@ async def _stream(
     outcome.rows_ok = outcome.rows - outcome.rows_invalid
     outcome.calibration = calibration
     outcome.drift = drift
+    if shard_days is not None:
+        outcome.rows_read, outcome.rows_without_day = (
+            shard_days.rows_read,
+            shard_days.rows_without_day,
+        )
     outcome.seconds = dict(
         seconds, total=time.perf_counter() - clock, cpu=time.process_time() - cpu_started
     )

@@ -11,6 +11,7 @@ and tells `ledger.Ledger` what happened, which keeps the stats and writes them a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import os
@@ -24,6 +25,8 @@ from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
+import pyarrow as pa
+
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
@@ -32,6 +35,7 @@ from scorer.errors import (
     ConfigError,
     Interrupted,
     MissingColumnError,
+    NoInputFilesError,
     OutputConflictError,
     ScorerError,
 )
@@ -40,6 +44,7 @@ from scorer.model.runtime import IntentModel, load_model
 from scorer.monitor.alerts import score_hint, table_alerts
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
+from scorer.pipeline.days import DayPlan, DaySource, apply_commits, resolve_days
 from scorer.pipeline.layout import CALIBRATION, DRIFT, OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.local import (
@@ -63,6 +68,7 @@ from scorer.pipeline.plan import (
     plan_shards,
     scan_inputs,
     split_off,
+    with_output_names,
     with_quick_head,
 )
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
@@ -105,6 +111,8 @@ class _Context:
     # Read before Ray starts: under `ray job submit` joining the cluster can unpack the job's
     # working directory (which holds the bundled model) again, and a read then finds no file.
     model_files: dict[str, bytes] = field(default_factory=dict, repr=False)
+    days: DayPlan | None = None
+    """Where the files' days come from and what a day filter reads of them (`days`)."""
 
 
 def new_run_id() -> str:
@@ -154,6 +162,7 @@ def score(
     started_wall, started = utc_now(), time.perf_counter()
     context = _prepare(config, config.input, config.output)
     items = _scan(context)
+    context, items = _with_days(context, items)
     _preflight_columns(context, items)
     if not dry_run:
         check_reachable(config.ray.address)
@@ -161,7 +170,8 @@ def score(
     check_format(context.output, config)
     if dry_run:
         manifest = Manifest.load(context.output)
-        manifest.adopt_legacy_fingerprints(_readable(items))
+        manifest.forget_records_without_files()
+        items = _identified(manifest, context, items, on_storage=False)
         if not config.overwrite:
             manifest.check(
                 model_name=context.model.card.name,
@@ -193,7 +203,13 @@ def score(
                 f"cleaned up after an earlier crash: {len(report.orphans)} unreferenced score "
                 f"file(s), {len(report.temp_runs)} temporary folder(s)"
             )
-        manifest.adopt_legacy_fingerprints(_readable(items))
+        if report.lost:
+            rows = sum(r.rows for r in report.lost)
+            progress.message(
+                f"{len(report.lost)} committed shard(s) whose score file is gone ({rows:,} rows) "
+                "will be scored again"
+            )
+        items = _identified(manifest, context, items, progress=progress)
         manifest.supersede(_readable(items))
         plan = _plan(context, items, manifest)
         if table is not None:  # a table's data files are immutable: see `tables`
@@ -218,6 +234,28 @@ def _warnings_shown_by(progress: Progress) -> Iterator[None]:
         progress.message(f"warning: {warning.message}")
 
 
+def _identified(
+    manifest: Manifest,
+    context: _Context,
+    items: Sequence[InputFile | FailedInput],
+    *,
+    on_storage: bool = True,
+    progress: Progress | None = None,
+) -> list[InputFile | FailedInput]:
+    """The inputs under the names their scores go by, once the records of earlier releases
+    name files as this one does (README: "What identifies a file"); a dry run changes nothing
+    on storage (``on_storage=False``)."""
+    doubles = manifest.adopt_identities(context.input)
+    manifest.drop(doubles, on_storage=on_storage)
+    if doubles and progress is not None:
+        progress.message(
+            f"removed {len(doubles)} committed shard(s) that held a file's rows a second time "
+            "(an earlier release scored that file through two roots)"
+        )
+    manifest.adopt_legacy_fingerprints(_readable(items))
+    return with_output_names(items, manifest.names())
+
+
 def _new_summary(context: _Context, plan: Plan, status: RunStatus) -> RunSummary:
     return RunSummary(
         run_id=context.run_id,
@@ -238,7 +276,7 @@ def _prepare(config: JobConfig, input: str, output: str) -> _Context:
     storage = StorageOptions(**config.storage.location_options())
     source = resolve(input, storage)
     target = resolve(output, storage)
-    if type(source.filesystem) is type(target.filesystem) and _inside(target.path, source.path):
+    if type(source.filesystem) is type(target.filesystem) and _inside(target, source):
         raise OutputConflictError(
             f"OUTPUT {target.uri} is inside INPUT {source.uri}: its score files would be read as "
             "input by the next run"
@@ -276,6 +314,7 @@ def _actor_settings(context: _Context) -> ActorSettings:
         layout=OutputLayout(context.output.with_credentials()),
         read_ahead=config.storage.read_ahead,
         requests_in_flight=config.storage.requests_in_flight,
+        days=context.days.source if context.days is not None else DaySource(None),
     )
 
 
@@ -293,24 +332,52 @@ def _pool_spec(context: _Context) -> PoolSpec:
     )
 
 
-def _inside(path: str, parent: str) -> bool:
-    path, parent = path.rstrip("/"), parent.rstrip("/")
-    return path == parent or path.startswith(parent + "/")
+def _inside(location: Location, parent: Location) -> bool:
+    """Whether ``location`` is ``parent`` or below it; locally with symlinks resolved (an OUTPUT
+    reached through a link into INPUT is inside it)."""
+    path, root = location.path, parent.path
+    if location.is_local:
+        path, root = os.path.realpath(path), os.path.realpath(root)
+    path, root = path.rstrip("/"), root.rstrip("/")
+    return path == root or path.startswith(root + "/")
 
 
 def _readable(items: Sequence[InputFile | FailedInput]) -> list[InputFile]:
     return [item for item in items if isinstance(item, InputFile)]
 
 
-def _scan(context: _Context) -> list[InputFile | FailedInput]:
-    config = context.config
-    selection = PartitionFilter.parse(
+def _selection(config: JobConfig) -> PartitionFilter:
+    return PartitionFilter.parse(
         [f"{k}={v}" for k, v in config.partition.items()], config.since, config.until
     )
+
+
+def _with_days(
+    context: _Context, items: list[InputFile | FailedInput]
+) -> tuple[_Context, list[InputFile | FailedInput]]:
+    """Where each file's days come from, and which row groups a day filter reads of those
+    whose days are a column (`days`); files without a day that a day filter leaves out go."""
+    config = context.config
+    selection = _selection(config)
+    plan = resolve_days(items, selection, column=config.date_column, timezone=config.date_timezone)
+    kept = [item for item in items if item.relpath not in plan.dropped]
+    if not kept or all(
+        isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
+    ):
+        raise NoInputFilesError(
+            f"{context.input.uri}: no Parquet file selected by {selection.describe()}"
+            + (f" (day column '{plan.source.column}')" if plan.source.column else "")
+        )
+    return dataclasses.replace(context, days=plan), kept
+
+
+def _scan(context: _Context) -> list[InputFile | FailedInput]:
+    config = context.config
+    selection = _selection(config)
     # Local footers are read by a process per core where many files make it pay; never with a
     # Ray connected in this process (a fork would copy its threads and sockets).
     processes = 1 if ray_connected() else os.cpu_count() or 1
-    return scan_inputs(context.input, selection, processes=processes)
+    return scan_inputs(context.input, selection, processes=processes, day_columns=True)
 
 
 def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInput]) -> None:
@@ -339,17 +406,35 @@ def _preflight_columns(context: _Context, items: Sequence[InputFile | FailedInpu
                 f"{context.input.uri}: column '{name}' has type {types[0]} in every file; the "
                 f"model needs a {spec.kind} column of {spec.dtype}"
             )
+    _check_decimals(distinct, card.inputs)
     # Copied into every score file: of two types across files, readers could not union them.
     # The first file of each schema stands for its others there too (`check_column_types_agree`).
     check_column_types_agree(distinct, [context.key_column, *context.config.keep])
 
 
-def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
-    import pyarrow as pa
+MAX_DECIMAL_DIGITS = 38
+"""The widest decimal a numeric model column takes (decimal128): wider ones (decimal256, such as
+BigQuery's BIGNUMERIC) hold values no float32 feed can say."""
 
+
+def _check_decimals(files: Sequence[InputFile], inputs: Sequence[InputSpec]) -> None:
+    for f in files:
+        for spec in inputs:
+            if spec.kind != "numeric" or spec.name not in f.schema.names:
+                continue
+            kind = f.schema.field(spec.name).type
+            if pa.types.is_decimal(kind) and kind.precision > MAX_DECIMAL_DIGITS:
+                raise MissingColumnError(
+                    f"{f.path}: column '{spec.name}' has type {kind}, wider than the "
+                    f"{MAX_DECIMAL_DIGITS} digits a numeric model column takes; cast it to "
+                    "decimal(38, s) or a float in the export"
+                )
+
+
+def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
     t = arrow_type.value_type if pa.types.is_dictionary(arrow_type) else arrow_type
-    if spec.kind == "numeric":
-        return pa.types.is_integer(t) or pa.types.is_floating(t)
+    if spec.kind == "numeric":  # decimals convert exactly where they can (`encode`)
+        return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
     if spec.kind == "boolean":
         return pa.types.is_boolean(t)
     if spec.dtype == "string":
@@ -364,7 +449,12 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
         committed = manifest.committed_ranges(
             files, model_sha256=context.model.card.sha256, options_digest=context.options_digest
         )
-    plan = plan_shards(items, context.config.shard_rows, committed)
+    groups = None
+    if context.days is not None:
+        row_groups = {f.relpath: len(f.row_group_rows) for f in files}
+        days = context.days.by_relpath(files)
+        committed, groups = apply_commits(days, committed or {}, row_groups)
+    plan = plan_shards(items, context.config.shard_rows, committed, groups)
     # In-process first: a quick first commit whatever the files' shape. With actors (a cluster,
     # an actor count) the shards are as planned.
     return (
@@ -410,8 +500,10 @@ class _Run:
         )
         self.ledger = Ledger(_new_summary(context, plan, "completed"), info, card.reference)
         self.summary = self.ledger.summary
+        if context.days is not None:
+            self.summary.row_groups_pruned = context.days.row_groups_pruned
         self.work: tuple[float, float] | None = None  # first dispatch to last result
-        self.files = {f.relpath: f for f in plan.files}
+        self.files = {f.identity: f for f in plan.files}
 
     # -- the run --------------------------------------------------------------------------
 
@@ -644,6 +736,7 @@ class _Run:
             rows=outcome.rows,
             model_sha256=self.context.model.card.sha256,
             options_digest=self.context.options_digest,
+            rows_read=outcome.rows_read,
         )
 
     def _settle_commits(
@@ -705,5 +798,5 @@ class _Run:
     def _has_label(self, shard: Shard) -> bool:
         label = self.context.label_column
         return bool(label) and all(
-            label in self.files[piece.input_relpath].schema.names for piece in shard.pieces
+            label in self.files[piece.input_id].schema.names for piece in shard.pieces
         )

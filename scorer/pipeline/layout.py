@@ -74,7 +74,7 @@ def report_folder(run_id: str) -> str:
 
 
 def shard_output_relpath(
-    relpath: str, rg_start: int, rg_stop: int, *, more: int = 0, digest: str = ""
+    relpath: str, rg_start: int, rg_stop: int, *, more: int = 0, digest: str = "", days: str = ""
 ) -> str:
     """A shard's score file: ``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``.
 
@@ -83,12 +83,15 @@ def shard_output_relpath(
     resume as they are). A shard that packs ``more`` files after its first is
     ``<stem>-rg<start:05d>-<stop:05d>-and-<more>-more-<digest>.parquet``, ``digest`` being
     ``plan.pieces_digest`` (12 hex digits of the sha1 of its piece ids): derived from the pieces
-    alone, so the same input planned with the same ``--shard-rows`` gets the same names.
+    alone, so the same input planned with the same ``--shard-rows`` gets the same names. A piece
+    of some ``days`` of its row group alone (``pipeline.days``) is
+    ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``.
     """
     folder, _, name = relpath.rpartition("/")
     stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
     packed = f"-and-{more}-more-{digest}" if more else ""
-    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}{packed}.parquet"
+    selected = f"-dt-{days.replace('..', '_to_').replace(',', '+')}" if days else ""
+    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}{packed}{selected}.parquet"
     return "/".join(p for p in (SCORES, folder, name) if p)
 
 

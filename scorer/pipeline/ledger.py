@@ -52,6 +52,9 @@ class RunSummary:
     input: str
     output: str
     rows: int = 0
+    rows_read: int = 0  # rows of the row groups read; above `rows` where a day filter cut some
+    rows_without_day: int = 0  # of the rows scored from a day column, those with a null day
+    row_groups_pruned: int = 0  # by a day filter on a column, from the footers' statistics
     rows_skipped: int = 0
     shards_committed: int = 0
     shards_skipped: int = 0
@@ -161,13 +164,24 @@ class Ledger:
         node = outcome.node_ip or outcome.node_id
         summary.rows_per_node[node] = summary.rows_per_node.get(node, 0) + outcome.rows
         day = dict(shard.partition).get(DATE_KEY)
-        if outcome.calibration is not None:
-            previous = self.calibration.get(day)
-            self.calibration[day] = (
-                outcome.calibration if previous is None else previous.merge(outcome.calibration)
-            )
-        if outcome.drift is not None:
-            self.drift[day] = self.drift.get(day, DriftState()).merge(outcome.drift)
+        # Days from a column come per day (`days`), a folder's with the shard.
+        calibration = outcome.calibration_days
+        if calibration is None and outcome.calibration is not None:
+            calibration = {day: outcome.calibration}
+        for key, state in (calibration or {}).items():
+            previous = self.calibration.get(key)
+            self.calibration[key] = state if previous is None else previous.merge(state)
+        drift = outcome.drift_days
+        if drift is None and outcome.drift is not None:
+            drift = {day: outcome.drift}
+        for key, drift_state in (drift or {}).items():
+            self.drift[key] = self.drift.get(key, DriftState()).merge(drift_state)
+        if outcome.rows_read is not None:
+            row["rows_read"] = outcome.rows_read
+            summary.rows_read += outcome.rows_read
+            summary.rows_without_day += outcome.rows_without_day
+        else:
+            summary.rows_read += outcome.rows
         summary.shards_committed += 1
         summary.rows += outcome.rows
         summary.cpu_seconds += seconds.get("cpu", 0.0)

@@ -7,6 +7,12 @@ A record is the one commit point of the shard's one output file, whatever the nu
 Records written before shards packed files name one file in flat fields (``input_path``,
 ``rg_start``, ...); they load as a record of one piece, so older OUTPUT folders resume.
 
+A piece names its file by identity (where it is: ``plan.InputFile.identity``), and the records
+are filed by it: a different file never supersedes another's scores, however alike their paths
+below INPUT. Records of releases up to 0.2.0 carry no identity; ``adopt_identities`` derives it
+from the path they name. A record counts only while its score file exists: ``cleanup`` drops
+the records whose file is gone, so their rows are scored again instead of skipped for good.
+
 Local filesystem: the actor writes the shard under ``_scorer/tmp/<run_id>/``; ``commit_shard``
 flushes it to disk, renames it onto its final name (an atomic replace), then writes the record
 the same way (temporary file, fsync, rename, fsync of the folder). Nothing half-written is ever
@@ -49,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -73,7 +80,7 @@ from scorer.pipeline.layout import (
     replace_durably,
     temp_relpath,
 )
-from scorer.pipeline.plan import InputFile, Shard, adopt_legacy
+from scorer.pipeline.plan import InputFile, Piece, Shard, adopt_legacy
 from scorer.storage import Location, storage_errors
 
 
@@ -102,6 +109,15 @@ class CommittedPiece:
     rg_stop: int
     input_fingerprint: str
     rows: int
+    input_id: str | None = None
+    """The file's identity (`plan.InputFile.identity`). Records of releases up to 0.2.0 have
+    none: `Manifest.adopt_identities` derives it from ``input_path``."""
+
+    @property
+    def key(self) -> str:
+        """What the manifest files this piece under: its file's identity, or for a record not
+        yet adopted its path."""
+        return self.input_id or f"path:{self.input_path}"
 
     def overlaps(self, rg_start: int, rg_stop: int) -> bool:
         return self.rg_start < rg_stop and rg_start < self.rg_stop
@@ -154,10 +170,10 @@ class CommitRecord:
         )
 
     def stale(self, fingerprints: Mapping[str, str]) -> bool:
-        """Whether a file of its pieces changed: ``fingerprints`` by relpath, of files now listed."""
+        """Whether a file of its pieces changed: ``fingerprints`` by identity, of files now
+        listed."""
         return any(
-            fingerprints.get(p.input_relpath, p.input_fingerprint) != p.input_fingerprint
-            for p in self.pieces
+            fingerprints.get(p.key, p.input_fingerprint) != p.input_fingerprint for p in self.pieces
         )
 
 
@@ -190,6 +206,9 @@ class CleanupReport:
     """Files under ``scores/`` (relative to OUTPUT) that no commit record named."""
     bad_records: tuple[str, ...]
     """Commit records that could not be parsed (their shards are rescored)."""
+    lost: tuple[CommitRecord, ...] = ()
+    """Records whose score file is gone (deleted by a lifecycle rule or a person): dropped, so
+    that their rows are scored again instead of being skipped for good."""
 
 
 class Manifest:
@@ -264,29 +283,30 @@ class Manifest:
         if record is None or not record.matches(fingerprint, model_sha256, options_digest):
             return False
         if isinstance(shard, Shard):
-            return not record.stale({p.input_relpath: p.fingerprint for p in shard.pieces})
+            return not record.stale({p.input_id: p.fingerprint for p in shard.pieces})
         return True
 
     def committed_ranges(
         self, files: Iterable[InputFile], *, model_sha256: str, options_digest: str
     ) -> dict[str, list[tuple[int, int, str]]]:
-        """For ``plan_shards``: each file's committed ``(rg_start, rg_stop, shard_id)`` ranges.
+        """For ``plan_shards``: each file's committed ``(rg_start, rg_stop, shard_id)`` ranges,
+        by its relpath (`plan.with_output_names` gives every identity one).
 
         A record counts when it is of this model and options and none of its files changed
         (``supersede`` drops those; a dry run, which does not, plans them as a run would).
         """
         files = list(files)
-        fingerprints = {f.relpath: f.fingerprint for f in files}
+        fingerprints = {f.identity: f.fingerprint for f in files}
         ranges: dict[str, list[tuple[int, int, str]]] = {}
         for f in files:
-            for record in self._by_input.get(f.relpath, {}).values():
+            for record in self._by_input.get(f.identity, {}).values():
                 if record.produced_by(model_sha256, options_digest) and not record.stale(
                     fingerprints
                 ):
                     ranges.setdefault(f.relpath, []).extend(
                         (p.rg_start, p.rg_stop, record.shard_id)
                         for p in record.pieces
-                        if p.input_relpath == f.relpath
+                        if p.key == f.identity
                     )
         return {relpath: sorted(found) for relpath, found in ranges.items()}
 
@@ -370,10 +390,12 @@ class Manifest:
             temp_runs.append(name)
         delete_files(fs, list(self._bad_records))
         root = self.layout.path(SCORES).rpartition("/")[0]
-        referenced = {self.layout.path(r.output_relpath) for r in self._records.values()}
         listed = list_files(
             fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES)
         )
+        lost = self._without_files(listed)
+        delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in lost])
+        referenced = {self.layout.path(r.output_relpath) for r in self._records.values()}
         orphans = [
             i.path
             for i in listed
@@ -387,9 +409,65 @@ class Manifest:
             temp_runs=tuple(sorted(temp_runs)),
             orphans=tuple(sorted(p[len(root) + 1 :] for p in orphans)),
             bad_records=self._bad_records,
+            lost=lost,
         )
         self._bad_records = ()
         return report
+
+    def forget_records_without_files(self) -> tuple[CommitRecord, ...]:
+        """In memory only, what ``cleanup`` drops from storage: the records whose score file is
+        gone (a dry run plans their shards as the run will)."""
+        fs = self.layout.location.filesystem
+        listed = list_files(
+            fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES)
+        )
+        return self._without_files(listed)
+
+    def _without_files(self, listed: Iterable[pafs.FileInfo]) -> tuple[CommitRecord, ...]:
+        """Forget the records whose score file is not among ``listed`` (the files under
+        ``scores/``): a record counts only while its file exists."""
+        present = {i.path for i in listed if i.type == pafs.FileType.File}
+        lost = tuple(
+            r for r in self._records.values() if self.layout.path(r.output_relpath) not in present
+        )
+        for record in lost:
+            self._forget(record)
+        return lost
+
+    def adopt_identities(self, input_location: Location) -> tuple[CommitRecord, ...]:
+        """Give the pieces of records written by releases up to 0.2.0, which named a file by its
+        path alone, the identity of the file at that path (in memory; the records on disk keep
+        what was written), so that their OUTPUT resumes instead of rescoring.
+
+        Those releases named a file by its path below INPUT: one file scored through two roots
+        was committed twice, under two names. Such a file keeps the first of its names; the
+        records of its others are returned, for ``drop``, so that its rows are in OUTPUT once."""
+        unknown = [r for r in self._records.values() if any(p.input_id is None for p in r.pieces)]
+        for record in unknown:
+            pieces = tuple(
+                p
+                if p.input_id is not None
+                else dataclasses.replace(p, input_id=_identity_of(p.input_path, input_location))
+                for p in record.pieces
+            )
+            self._forget(record)
+            self._remember(dataclasses.replace(record, pieces=pieces))
+        names = self.names()
+        return tuple(
+            record
+            for record in self._records.values()
+            if any(names[p.key] != p.input_relpath for p in record.pieces)
+        )
+
+    def names(self) -> dict[str, str]:
+        """For ``plan.with_output_names``: the relpath each identity's scores were committed under
+        (the first, where a release up to 0.2.0 committed one file under several)."""
+        names: dict[str, str] = {}
+        for record in self._records.values():
+            for piece in record.pieces:
+                if piece.key not in names or piece.input_relpath < names[piece.key]:
+                    names[piece.key] = piece.input_relpath
+        return names
 
     def adopt_legacy_fingerprints(self, files: Iterable[InputFile]) -> int:
         """Read records of older releases with today's fingerprints where they name the same file
@@ -397,10 +475,10 @@ class Manifest:
         memory only: the records on disk keep what was written. Returns the pieces adopted."""
         adopted = 0
         for f in files:
-            for record in list(self._by_input.get(f.relpath, {}).values()):
+            for record in list(self._by_input.get(f.identity, {}).values()):
                 pieces = tuple(
                     dataclasses.replace(p, input_fingerprint=f.fingerprint)
-                    if p.input_relpath == f.relpath and adopt_legacy(f, p.input_fingerprint)
+                    if p.key == f.identity and adopt_legacy(f, p.input_fingerprint)
                     else p
                     for p in record.pieces
                 )
@@ -416,22 +494,28 @@ class Manifest:
         A record any of whose files changed goes whole: the other files it packed are rescored
         with the changed one. Records are deleted before outputs: see the module docstring.
         """
-        fingerprints = {f.relpath: f.fingerprint for f in files}
+        fingerprints = {f.identity: f.fingerprint for f in files}
         stale = {
             record.shard_id: record
-            for relpath in fingerprints
-            for record in self._by_input.get(relpath, {}).values()
+            for identity in fingerprints
+            for record in self._by_input.get(identity, {}).values()
             if record.stale(fingerprints)
         }
-        fs = self.layout.location.filesystem
-        delete_files(fs, [self.layout.path(_record_relpath(r)) for r in stale])
-        for record in stale.values():
-            self._forget(record)
-        outputs = [
-            r.output_relpath for r in stale.values() if not self._published(r.output_relpath)
-        ]
-        delete_files(fs, [self.layout.path(relpath) for relpath in outputs])
+        self.drop(stale.values())
         return tuple(stale.values())
+
+    def drop(self, records: Iterable[CommitRecord], *, on_storage: bool = True) -> None:
+        """Forget records and delete them, then their score files (see the module docstring for
+        the order); a dry run forgets them only (``on_storage=False``)."""
+        records = list(records)
+        for record in records:
+            self._forget(record)
+        if not on_storage:
+            return
+        fs = self.layout.location.filesystem
+        delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in records])
+        outputs = [r.output_relpath for r in records if not self._published(r.output_relpath)]
+        delete_files(fs, [self.layout.path(relpath) for relpath in outputs])
 
     def commit_shard(
         self,
@@ -441,13 +525,16 @@ class Manifest:
         rows: int,
         model_sha256: str,
         options_digest: str,
+        rows_read: int | None = None,
     ) -> CommitRecord:
         """Make a written shard visible and durable; the record written last is the commit point.
 
         ``rows`` is what the actor wrote: a count other than the shard's is refused, so every
-        committed shard has rows out = rows in.
+        committed shard has rows out = rows in. A shard of some days of a row group
+        (`Piece.days`) writes the rows it selected: ``rows_read``, every row of its row groups
+        read, must then be the shard's, and ``rows`` at most that.
         """
-        self._check_commit(shard, rows)
+        self._check_commit(shard, rows, rows_read)
         fs = self.layout.location.filesystem
         final = self.layout.final_path_for(shard)
         final_uri = self.layout.uri(shard.output_relpath)
@@ -469,6 +556,7 @@ class Manifest:
                     rg_stop=p.rg_stop,
                     input_fingerprint=p.fingerprint,
                     rows=p.rows,
+                    input_id=p.input_id,
                 )
                 for p in shard.pieces
             ),
@@ -487,25 +575,30 @@ class Manifest:
         """Delete this run's temporary files (abandoned shards), at the end of a run."""
         delete_dir(self.layout.location.filesystem, self.layout.path(temp_relpath(run_id)))
 
-    def _check_commit(self, shard: Shard, rows: int) -> None:
-        if rows != shard.rows:
-            raise ShardError(
-                f"{shard.shard_id}: wrote {rows:,} rows, expected {shard.rows:,}; not committed"
-            )
+    def _check_commit(self, shard: Shard, rows: int, rows_read: int | None = None) -> None:
+        selects = any(p.days is not None for p in shard.pieces)
+        read = rows if rows_read is None else rows_read
+        if read != shard.rows or (rows != read if not selects else rows > read):
+            what = f"read {read:,} rows and wrote {rows:,}" if selects else f"wrote {rows:,} rows"
+            raise ShardError(f"{shard.shard_id}: {what}, expected {shard.rows:,}; not committed")
         for piece in shard.pieces:
-            for other in self._by_input.get(piece.input_relpath, {}).values():
+            for other in self._by_input.get(piece.input_id, {}).values():
                 if other.shard_id == shard.shard_id:
                     continue
                 # Either would make rows visible twice; supersede() and plan reuse rule both out.
                 for theirs in other.pieces:
-                    if theirs.input_relpath != piece.input_relpath:
+                    if theirs.key != piece.input_id:
                         continue
                     if theirs.input_fingerprint != piece.fingerprint:
                         raise ShardError(
                             f"{shard.shard_id}: {other.shard_id} of an older version of the input "
                             f"{piece.input_relpath} is still committed (supersede() was not called)"
                         )
-                    if theirs.overlaps(piece.rg_start, piece.rg_stop):
+                    # Pieces of other days of one row group: `days.apply_commits` planned the
+                    # days no record held.
+                    if theirs.overlaps(piece.rg_start, piece.rg_stop) and not _other_days(
+                        piece, other.shard_id
+                    ):
                         raise ShardError(
                             f"{shard.shard_id}: overlaps committed shard {other.shard_id}"
                         )
@@ -519,12 +612,12 @@ class Manifest:
     def _remember(self, record: CommitRecord) -> None:
         self._records[record.shard_id] = record
         for piece in record.pieces:
-            self._by_input.setdefault(piece.input_relpath, {})[record.shard_id] = record
+            self._by_input.setdefault(piece.key, {})[record.shard_id] = record
 
     def _forget(self, record: CommitRecord) -> None:
         del self._records[record.shard_id]
         for piece in record.pieces:
-            self._by_input[piece.input_relpath].pop(record.shard_id, None)
+            self._by_input[piece.key].pop(record.shard_id, None)
 
     def _read_claim(self) -> OutputClaim | None:
         return read_json_record(
@@ -550,6 +643,22 @@ class Manifest:
             with open(temp, "wb") as out:
                 out.write(payload)
             replace_durably(fs, temp, self.layout.path(relpath))
+
+
+def _other_days(piece: Piece, committed_id: str) -> bool:
+    """Whether ``piece`` and a committed shard are of disjoint days of one row group."""
+    from scorer.pipeline.days import piece_days
+
+    theirs = piece_days(committed_id)
+    return piece.days is not None and theirs is not None and not (piece.days & theirs)
+
+
+def _identity_of(path: str, input_location: Location) -> str:
+    """The identity of the file a record of a release up to 0.2.0 names by ``path``: a local
+    absolute path resolved here, else an object of INPUT's store."""
+    if path.startswith("/"):
+        return f"file://{os.path.realpath(path)}"
+    return input_location.identity(path)
 
 
 def _record_relpath(shard_id: str) -> str:

@@ -17,20 +17,30 @@ Row groups a previous run committed for the same file fingerprint keep their bou
 piece (they are the ``skipped`` shards); only the row groups they leave uncovered are packed
 with the current ``shard_rows``. So changing ``--shard-rows`` on a rerun never plans a row twice.
 
-A file's identity in the plan and in the output is its *relpath*: its path below INPUT, led by
-INPUT's own trailing ``key=value`` folders, so that scoring ``sessions/dt=2026-11-27`` and
-scoring ``sessions`` name (and partition) that day's files alike.
+A file is identified by where it is (``InputFile.identity``: ``file://`` and its resolved
+absolute path, or the scheme, endpoint, bucket and key of an object), never by its path below
+INPUT: two nightly folders holding a ``part-0.parquet`` each are two files, and one file reached
+through another root or a symlink is one file (listed once: ``scan_inputs`` keeps its first
+relpath). Its *relpath*, its path below INPUT led by INPUT's own trailing ``key=value`` folders
+(so that scoring ``sessions/dt=2026-11-27`` and scoring ``sessions`` partition that day's files
+alike), is only the name its scores go by: ``with_output_names`` keeps the name a file was
+committed under before, and gives a file whose natural name another file's scores hold a name of
+its own (README: "What identifies a file").
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import multiprocessing
+import os
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from datetime import date
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -40,6 +50,9 @@ import pyarrow.parquet as pq
 from scorer.errors import ConfigError, InputChangedError, NoInputFilesError, PreflightError
 from scorer.pipeline.layout import shard_output_relpath
 from scorer.storage import Location, storage_errors
+
+if TYPE_CHECKING:
+    from scorer.pipeline.days import DaySelection
 
 Partition = tuple[tuple[str, str], ...]
 """Hive partition of a file: ``(key, value)`` pairs in folder order (``dict(p)`` for lookups)."""
@@ -103,6 +116,11 @@ class PartitionFilter:
             ) from None
         return (self.since or day) <= day <= (self.until or day)
 
+    def without_days(self) -> PartitionFilter:
+        """This filter but for its days: what selects a file whose days are a column, whose
+        row groups `days.resolve_days` then selects."""
+        return PartitionFilter(tuple((k, v) for k, v in self.partitions if k != DATE_KEY))
+
     def describe(self) -> str:
         parts = [f"--partition {k}={v}" for k, v in self.partitions]
         bounds = (("since", self.since), ("until", self.until))
@@ -116,7 +134,11 @@ class InputFile:
 
     path: str
     """Path within the input filesystem (what an actor opens)."""
+    identity: str
+    """Where the file is, however it was reached (`storage.Location.identity`): what commit
+    records name it by."""
     relpath: str
+    """The name its scores go by below OUTPUT (see the module docstring)."""
     partition: Partition
     size: int
     mtime_ns: int | None
@@ -175,16 +197,22 @@ class Piece:
     rows: int
     input_bytes: int
     fingerprint: str
+    input_id: str
+    """Its file's `InputFile.identity`."""
     whole_file: bool = field(default=False, compare=False)
     """Every row group of its file: a run of such pieces may be read by DuckDB (`bulk`)."""
     schema_token: int | None = field(default=None, compare=False)
     """Equal for pieces of files of one Arrow schema in this run's plan (the scan gives them one
     schema object); None where not known (pieces rebuilt from commit records)."""
+    days: DaySelection | None = None
+    """Only the rows of these days (a row group straddling a day filter, `days`); None: all."""
 
     @property
     def piece_id(self) -> str:
-        """``<relpath>:<rg_start>-<rg_stop>``, the id a shard of this piece alone has."""
-        return shard_id(self.input_relpath, self.rg_start, self.rg_stop)
+        """``<relpath>:<rg_start>-<rg_stop>``, the id a shard of this piece alone has; with
+        ``@dt=<days>`` after it for a piece of some days of its row group (`days`)."""
+        piece = shard_id(self.input_relpath, self.rg_start, self.rg_stop)
+        return piece if self.days is None else f"{piece}@{DATE_KEY}={self.days.token}"
 
     @property
     def row_groups(self) -> range:
@@ -208,6 +236,8 @@ class Piece:
             "rows": self.rows,
             "input_bytes": self.input_bytes,
             "fingerprint": self.fingerprint,
+            "input_id": self.input_id,
+            **({"days": self.days.token} if self.days is not None else {}),
         }
 
 
@@ -322,6 +352,7 @@ class Plan:
             "files": [
                 {
                     "path": f.path,
+                    "identity": f.identity,
                     "relpath": f.relpath,
                     "partition": dict(f.partition),
                     "size": f.size,
@@ -374,6 +405,7 @@ def scan_inputs(
     *,
     max_workers: int = 16,
     processes: int = 1,
+    day_columns: bool = False,
 ) -> list[InputFile | FailedInput]:
     """The selected input files under ``location`` with their footers, sorted by relpath.
 
@@ -381,10 +413,21 @@ def scan_inputs(
     locally, with ``processes`` > 1 and at least `PROCESS_SCAN_MIN_FILES` files a process, by
     that many processes, this one included (CPU bound: see `_scan_forked`).
 
+    ``day_columns``: a file outside a ``dt=`` folder is kept whatever the day filter, as its days
+    may be a column (`days.resolve_days` selects its row groups, or leaves it out).
+
     Raises ``NoInputFilesError`` when nothing is selected and ``StorageError`` when INPUT
     cannot be listed. Unreadable footers are ``FailedInput`` items, not errors.
     """
-    candidates = [c for c in _discover(location) if selection.matches(c.partition, c.path)]
+    loose = selection.without_days()
+    candidates = [
+        c
+        for c in _discover(location)
+        if selection.matches(c.partition, c.path)
+        or (
+            day_columns and DATE_KEY not in dict(c.partition) and loose.matches(c.partition, c.path)
+        )
+    ]
     if not candidates:
         why = f" selected by {selection.describe()}" if selection else ""
         raise NoInputFilesError(f"{location.uri}: no Parquet file{why}")
@@ -455,6 +498,7 @@ def plan_shards(
     inputs: Sequence[InputFile | FailedInput],
     shard_rows: int,
     committed_ranges: Mapping[str, Sequence[CommittedRange]] | None = None,
+    groups: Mapping[str, Mapping[int, DaySelection | None]] | None = None,
 ) -> Plan:
     """Pack the files' row groups into shards of at most ``shard_rows`` rows, folder by folder.
 
@@ -464,6 +508,9 @@ def plan_shards(
     and are returned as ``skipped`` (the ranges of one shard id as one shard); only the rest is
     planned anew. Within a folder, files in relpath order, row groups are added to a shard while
     it stays within ``shard_rows``; a row group larger than that is a shard of its own.
+
+    ``groups`` maps a file's relpath to the only row groups to read of it (`days.DayPlan`), each
+    whole (None) or of some days alone, such a piece a shard of its own.
     """
     if shard_rows < 1:
         raise ConfigError(f"--shard-rows must be at least 1, got {shard_rows}")
@@ -480,9 +527,13 @@ def plan_shards(
             done = _checked_ranges(f, committed_ranges.get(f.relpath, ()))
             for start, stop, committed_id in done:
                 skipped.setdefault(committed_id, []).append(_piece(f, start, stop))
+            chosen = (groups or {}).get(f.relpath)
             for gap_start, gap_stop in _gaps(done, len(f.row_group_rows)):
                 for group in range(gap_start, gap_stop):
-                    packer.add(f, group)
+                    if chosen is None:
+                        packer.add(f, group)
+                    elif group in chosen:
+                        packer.add(f, group, chosen[group])
         shards += [_make_shard(pieces, partition) for pieces, partition in packer.finish()]
     shards.sort(key=lambda s: (s.input_relpath, s.rg_start))
     partitions = {f.relpath: f.partition for f in files}
@@ -570,11 +621,15 @@ class _Packer:
         self.rows = 0
         self.groups = 0  # in the shard being filled
 
-    def add(self, f: InputFile, group: int) -> None:
+    def add(self, f: InputFile, group: int, days: DaySelection | None = None) -> None:
+        if days is not None:  # some days of a row group: a shard of its own (see `days`)
+            self.shards.append(([_piece(f, group, group + 1, days)], f.partition))
+            self.rows, self.groups = self.shard_rows + 1, 1
+            return
         rows = f.row_group_rows[group]
         current = self.shards[-1][0] if self.shards else []
         last = current[-1] if current else None
-        same_file = last is not None and last.input_relpath == f.relpath
+        same_file = last is not None and last.input_relpath == f.relpath and last.days is None
         # A shard holds one piece per file: a committed range inside a file ends the shard.
         if (
             not self.shards
@@ -598,47 +653,169 @@ class _Packer:
 @dataclass(frozen=True)
 class _Candidate:
     path: str
+    identity: str
     relpath: str
     partition: Partition
     size: int
     mtime_ns: int | None
 
 
+class _Listed(NamedTuple):
+    """A Parquet file found below INPUT: ``below`` is its path below INPUT's folder. (A tuple,
+    not a frozen dataclass: 4,000 small files made ~5 ms of the planning's critical path.)"""
+
+    below: str
+    path: str
+    identity: str
+    size: int
+    mtime_ns: int | None
+
+
 def _discover(location: Location) -> list[_Candidate]:
-    fs = location.filesystem
-    root = location.path.rstrip("/")
+    """INPUT's Parquet files in relpath order, each file once: of the relpaths that reach one
+    file (symlinks, a folder linked beside its target), the first."""
+    root = location.path.rstrip("/") or "/"
     with storage_errors(location.uri, "cannot list"):
-        info = fs.get_file_info(root)
-        if info.type == pafs.FileType.NotFound:
-            raise NoInputFilesError(f"{location.uri}: no such file or directory")
-        if info.type == pafs.FileType.File:
-            parent, _, name = root.rpartition("/")
-            listed = [(info, name)]
+        if location.is_local:
+            parent, listed = _list_local(root, location.uri)
         else:
-            parent = root
-            selector = pafs.FileSelector(root, recursive=True)
-            listed = [
-                (i, i.path[len(root) + 1 :])
-                for i in fs.get_file_info(selector)
-                if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-            ]
-    prefix = _hive_tail(parent)
-    candidates = []
-    for info, below in listed:
-        parts = below.split("/")
-        if is_hidden(parts):
+            parent, listed = _list_remote(location, root)
+    prefix = "/".join(_hive_tail(parent))
+    partitions: dict[str, Partition] = {}  # by folder: small files share a handful
+    firsts: dict[str, _Candidate] = {}
+    for found in sorted(listed):
+        folder, _, name = found.below.rpartition("/")
+        if is_hidden(found.below.split("/")):
             continue
-        folders = prefix + parts[:-1]
-        candidates.append(
-            _Candidate(
-                path=info.path,
-                relpath="/".join(folders + parts[-1:]),
-                partition=tuple(pair for p in folders if (pair := _hive_pair(p))),
-                size=info.size,
-                mtime_ns=info.mtime_ns,
-            )
+        folder = "/".join(p for p in (prefix, folder) if p)
+        partition = partitions.get(folder)
+        if partition is None:
+            partition = partitions[folder] = partition_of(f"{folder}/")
+        relpath = f"{folder}/{name}" if folder else name
+        firsts.setdefault(
+            found.identity,
+            _Candidate(found.path, found.identity, relpath, partition, found.size, found.mtime_ns),
         )
-    return sorted(candidates, key=lambda c: c.relpath)
+    return list(firsts.values())
+
+
+def _list_remote(location: Location, root: str) -> tuple[str, list[_Listed]]:
+    fs = location.filesystem
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise NoInputFilesError(f"{location.uri}: no such file or directory")
+    if info.type == pafs.FileType.File:
+        parent, _, name = root.rpartition("/")
+        found = [(info, name)]
+    else:
+        parent = root
+        selector = pafs.FileSelector(root, recursive=True)
+        found = [
+            (i, i.path[len(root) + 1 :])
+            for i in fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+        ]
+    return parent, [
+        _Listed(below, i.path, location.identity(i.path), i.size, i.mtime_ns) for i, below in found
+    ]
+
+
+def _list_local(root: str, where: str) -> tuple[str, list[_Listed]]:
+    """Walk a local INPUT, following folder symlinks as pyarrow's listing did, but entering each
+    real folder once: a symlink loop ends instead of running until the OS refuses the path, and a
+    folder linked beside its target is listed once. Hidden names (`is_hidden`) are not entered.
+
+    A file's identity is its real path, derived from its folder's (one ``realpath`` per symlink
+    met, not per file: 4,000 small files would pay ~40 ms)."""
+    try:
+        top = os.stat(root)
+    except FileNotFoundError:
+        raise NoInputFilesError(f"{where}: no such file or directory") from None
+    if not stat.S_ISDIR(top.st_mode):
+        parent, _, name = root.rpartition("/")
+        real = f"file://{os.path.realpath(root)}"
+        return parent or "/", [_Listed(name, root, real, top.st_size, top.st_mtime_ns)]
+    listed: list[_Listed] = []
+    entered: set[tuple[int, int]] = set()
+    # Folders in order of their path below INPUT, so that which relpath of a folder reached
+    # twice is walked does not depend on the order the OS lists entries in.
+    folders = [("", root, os.path.realpath(root), (top.st_dev, top.st_ino))]
+    while folders:
+        below, path, real, folder = heapq.heappop(folders)
+        if folder in entered:
+            continue
+        entered.add(folder)
+        with os.scandir(path) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(("_", ".")):
+                    continue
+                relative = f"{below}/{name}" if below else name
+                linked = entry.is_symlink()
+                try:
+                    if entry.is_dir():
+                        info = entry.stat()
+                        if (info.st_dev, info.st_ino) in entered:
+                            continue  # a symlink loop: a folder above this one
+                        target = os.path.realpath(entry.path) if linked else f"{real}/{name}"
+                        key = (info.st_dev, info.st_ino)
+                        heapq.heappush(folders, (relative, entry.path, target, key))
+                    elif name.endswith(".parquet") and entry.is_file():
+                        info = entry.stat()
+                        target = os.path.realpath(entry.path) if linked else f"{real}/{name}"
+                        listed.append(
+                            _Listed(
+                                relative,
+                                entry.path,
+                                f"file://{target}",
+                                info.st_size,
+                                info.st_mtime_ns,
+                            )
+                        )
+                except FileNotFoundError:  # a dangling symlink, or removed while listed
+                    continue
+    return root, listed
+
+
+def partition_of(relpath: str) -> Partition:
+    """The hive partition a relpath's ``key=value`` folders name."""
+    return tuple(pair for folder in relpath.split("/")[:-1] if (pair := _hive_pair(folder)))
+
+
+def with_output_names(
+    items: Sequence[InputFile | FailedInput], recorded: Mapping[str, str]
+) -> list[InputFile | FailedInput]:
+    """Each readable file under the name its scores go by in OUTPUT (its `InputFile.relpath`).
+
+    ``recorded`` maps an identity to the relpath its scores were committed under: such a file
+    keeps that name, whatever root reached it this time, so its committed shards are recognised
+    and its names stay stable. Any other file takes its relpath below INPUT unless another
+    file's scores hold that name (a nightly folder's ``part-0.parquet`` after the night
+    before's): it then goes by ``<stem>~<8 hex of its identity>.parquet`` beside it, a name
+    that no other file can take and every rerun gives it again.
+    """
+    held = {name: identity for identity, name in recorded.items()}
+    for item in items:
+        if isinstance(item, InputFile) and item.identity in recorded:
+            held.setdefault(recorded[item.identity], item.identity)
+    named: list[InputFile | FailedInput] = []
+    for item in items:
+        if not isinstance(item, InputFile):
+            named.append(item)
+            continue
+        name = recorded.get(item.identity, item.relpath)
+        if held.setdefault(name, item.identity) != item.identity:
+            folder, _, file_name = name.rpartition("/")
+            stem = file_name[: -len(".parquet")] if file_name.endswith(".parquet") else file_name
+            suffix = hashlib.sha256(item.identity.encode()).hexdigest()[:8]
+            name = "/".join(p for p in (folder, f"{stem}~{suffix}.parquet") if p)
+            held[name] = item.identity
+        named.append(
+            item
+            if name == item.relpath
+            else replace(item, relpath=name, partition=partition_of(name))
+        )
+    return named
 
 
 def is_hidden(parts: Sequence[str]) -> bool:
@@ -675,6 +852,7 @@ def _read_footer(
     meta = footer.metadata
     return InputFile(
         path=c.path,
+        identity=c.identity,
         relpath=c.relpath,
         partition=c.partition,
         size=c.size,
@@ -890,7 +1068,7 @@ def _gaps(done: Sequence[tuple[int, int, str]], n_groups: int) -> list[tuple[int
     return gaps
 
 
-def _piece(f: InputFile, start: int, stop: int) -> Piece:
+def _piece(f: InputFile, start: int, stop: int, days: DaySelection | None = None) -> Piece:
     return Piece(
         input_path=f.path,
         input_relpath=f.relpath,
@@ -899,8 +1077,10 @@ def _piece(f: InputFile, start: int, stop: int) -> Piece:
         rows=sum(f.row_group_rows[start:stop]),
         input_bytes=sum(f.row_group_bytes[start:stop]),
         fingerprint=f.fingerprint,
+        input_id=f.identity,
         whole_file=start == 0 and stop == len(f.row_group_rows),
         schema_token=id(f.schema),
+        days=days,
     )
 
 
@@ -917,6 +1097,7 @@ def _make_shard(pieces: tuple[Piece, ...], partition: Partition) -> Shard:
             first.rg_stop,
             more=more,
             digest=pieces_digest(pieces) if more else "",
+            days=first.days.token if first.days is not None else "",
         ),
     )
 

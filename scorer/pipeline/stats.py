@@ -39,6 +39,7 @@ SHARD_STATS_SCHEMA = pa.schema(
         ("input_files", pa.int32()),
         ("output_path", pa.string()),
         ("rows", pa.int64()),
+        ("rows_read", pa.int64()),
         ("rows_ok", pa.int64()),
         ("rows_invalid", pa.int64()),
         ("rows_unseen_category", pa.int64()),
@@ -68,6 +69,8 @@ SHARD_STATS_SCHEMA = pa.schema(
 `input_path`, `row_group_start/stop`: the shard's first file and its row groups; `input_files`:
 how many files the shard read (a shard packs the small files of one folder; null in the rows of
 runs before shards packed files, which DuckDB reads alongside with ``union_by_name``).
+`rows_read`: a shard of some days of a row group (a day filter on a day column): the rows of its
+row groups read, of which `rows` were selected and scored; null otherwise.
 `peak_rss_bytes`: the actor process's peak resident memory when it finished the shard.
 `requests`, `bytes_read`: on object storage, the requests the actor made reading the shard (its
 files' HEADs, footers and ranged reads) and the bytes they returned; null for local input and in
@@ -87,6 +90,9 @@ RUN_STATS_SCHEMA = pa.schema(
         ("work_seconds", pa.float64()),
         ("cpu_seconds", pa.float64()),
         ("rows", pa.int64()),
+        ("rows_read", pa.int64()),
+        ("rows_without_day", pa.int64()),
+        ("row_groups_pruned", pa.int64()),
         ("rows_per_second", pa.float64()),
         ("work_rows_per_second", pa.float64()),
         ("rows_skipped", pa.int64()),
