@@ -446,3 +446,40 @@ def test_a_partition_overwrite_replaces_that_day_alone_in_delta_too(tmp_path):
     _assert_once(history, scores)
     runs = Counter(zip(scores["dt"].to_pylist(), scores["run_id"].to_pylist()))
     assert runs == {("2026-11-26", first.run_id): 1_000, ("2026-11-27", second.run_id): 1_000}
+
+
+@pytest.mark.slow
+def test_an_s3_output_with_a_configured_catalog_publishes_and_resumes(tmp_path):
+    """An s3:// OUTPUT (moto on loopback) with its catalog configured: pyiceberg writes the
+    metadata next to the scores with the endpoint and credentials the scorer's URI and env give."""
+    import pyarrow.fs as pafs
+    from servers import moto_s3
+
+    from scorer.config import IcebergConfig, JobConfig
+    from scorer.evaluation.generate import generate
+
+    credentials = {"AWS_ACCESS_KEY_ID": "iceberg-key", "AWS_SECRET_ACCESS_KEY": "iceberg-5ecret"}
+    with moto_s3(credentials) as endpoint:
+        s3 = pafs.S3FileSystem(
+            endpoint_override=endpoint, scheme="http", allow_bucket_creation=True
+        )
+        s3.create_dir("lake")
+        query = f"endpoint_override={endpoint}&scheme=http"
+        source, output = f"s3://lake/sessions?{query}", f"s3://lake/scored?{query}"
+        generate(source, sessions=2_000, files=2, days=2, seed=5, row_group_rows=500)
+        uri = f"sqlite:///{tmp_path}/catalog.db"
+        config = JobConfig(iceberg=IcebergConfig(catalog_uri=uri))
+        first = score(source, output, config=config, shard_rows=1_000, format="iceberg")
+        assert first.exit_code == 0 and first.iceberg["catalog_uri"] == uri
+        assert s3.get_file_info(pafs.FileSelector("lake/scored/scores/_iceberg")), "no metadata"
+        again = score(source, output, config=config, shard_rows=1_000, format="iceberg")
+        assert again.shards_skipped == first.shards_committed and again.iceberg == first.iceberg
+        table = load_catalog(
+            "intent_scorer",
+            uri=uri,
+            **{"s3.endpoint": f"http://{endpoint}", "s3.region": "us-east-1"},
+            **{"s3.access-key-id": "iceberg-key", "s3.secret-access-key": "iceberg-5ecret"},
+        ).load_table(TABLE)
+        scores = _rows(table)
+        assert scores.num_rows == 2_000 and len(set(scores["session_id"].to_pylist())) == 2_000
+        assert set(scores["dt"].to_pylist()) == {"2026-11-26", "2026-11-27"}
