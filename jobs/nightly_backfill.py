@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_overrides(
             input=args.input,
             output=args.output,
-            partition=config.partition | {"dt": day.isoformat()},
+            partition=config.partition | {"dt": (day.isoformat(),)},
         )
         # Ray prints cluster events to stdout; stdout carries only the JSON summary.
         with contextlib.redirect_stdout(sys.stderr):

@@ -257,7 +257,8 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     "output_format",
     type=click.Choice(OUTPUT_FORMATS),
     help="OUTPUT/scores/ as hive Parquet (default), a Delta Lake table, or an Apache Iceberg "
-    "table (catalog: [iceberg] in --config), published once per run.",
+    "table (catalog: [iceberg] in --config), published once per run and partitioned as the "
+    "input's folders are (a day column: one dt= partition per day).",
 )
 @click.option(
     "--max-attempts",
@@ -871,9 +872,9 @@ def bench_command(
         console.width = max(console.width, 150)  # the table is wider than a pipe's 80 columns
     console.print(render(result))
     for skipped in result.skipped:
-        console.print(f"skipped {skipped}")
+        console.print(f"skipped {skipped}", markup=False)
     for name, path in result.files.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", markup=False)
 
 
 def _bench_s3_latency(
@@ -904,7 +905,7 @@ def _bench_s3_latency(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     console.print(render_latency(result))
-    console.print(f"measurements: {result.path}")
+    console.print(f"measurements: {result.path}", markup=False)
 
 
 def _bench_whole_job(
@@ -925,7 +926,7 @@ def _bench_whole_job(
     if not console.is_terminal:
         console.width = max(console.width, 150)
     console.print(render(result))
-    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}")
+    console.print(f"measurements: {out_dir / 'whole-job' / 'whole-job.parquet'}", markup=False)
 
 
 # -- model commands: train, calibrate, inspect ------------------------------------------------

@@ -13,7 +13,7 @@ A config file mirrors the `scorer score` flags::
     date_timezone = "Europe/Paris"   # --date-timezone: a timestamp column's day (default UTC)
 
     [partition]                      # --partition KEY=VALUE
-    dt = "2026-11-27"
+    dt = ["2026-11-27", "2026-11-28"]  # a list: alternatives (or one value: dt = "2026-11-27")
 
     [ray]                            # where and how wide
     address = "127.0.0.2:6379"
@@ -63,6 +63,9 @@ DEFAULT_READ_AHEAD = 2
 DEFAULT_REQUESTS_IN_FLIGHT = 8
 # Of OUTPUT/scores/: hive Parquet, a Delta Lake table, or an Apache Iceberg table's data.
 OUTPUT_FORMATS = ("parquet", "delta", "iceberg")
+TABLE_FORMATS = frozenset({"delta", "iceberg"})
+"""Formats whose readers partition by folder: a day column's scores go to one ``dt=`` folder per
+day, the table's partition (docs/nights-in-a-column.md); plain Parquet keeps the day a column."""
 
 # Alert thresholds (`[monitor]`, SPEC §5a), in one place so that they are tuned in one place.
 # Starting points, to be set from measurements on clean generated days: PSI 0.25 is the usual
@@ -107,6 +110,12 @@ class StorageConfig:
         flight = self.requests_in_flight
         if isinstance(flight, bool) or not isinstance(flight, int) or flight < 1:
             raise ConfigError(f"storage.requests_in_flight: must be at least 1, got {flight!r}")
+        if isinstance(self.endpoint_override, str) and "@" in self.endpoint_override:
+            # Checked here too (see `storage.StorageOptions`) so that the message names the file.
+            raise ConfigError(
+                "storage.endpoint_override: carries credentials (user info before '@'); set them "
+                "in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)"
+            )
 
     def location_options(self) -> dict[str, str | None]:
         """The keys that `storage.StorageOptions` puts in an ``s3://`` URI."""
@@ -181,7 +190,9 @@ class JobConfig:
     model: str | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
     shard_rows: int = DEFAULT_SHARD_ROWS
-    partition: dict[str, str] = field(default_factory=dict)
+    partition: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Values per hive key: values of one key are alternatives, keys must all match. A bare
+    string is taken as the one value of its key."""
     since: dt.date | None = None
     until: dt.date | None = None
     date_column: str | None = None
@@ -206,6 +217,12 @@ class JobConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:
+        # Frozen: the normalised mapping is set once, here (a str is one value, not its letters).
+        partition = {
+            key: (values,) if isinstance(values, str) else tuple(values)
+            for key, values in self.partition.items()
+        }
+        object.__setattr__(self, "partition", partition)
         _check_positive(self, "batch_rows", "shard_rows", "max_attempts", "threads_per_actor")
         if self.max_failed_shards is not None and self.max_failed_shards < 1:
             raise ConfigError("max_failed_shards: must be at least 1")
@@ -314,13 +331,23 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"'{name}' must be a list of strings, got {value!r}")
         return tuple(value)
-    if get_origin(hint) is dict:
-        if not isinstance(value, dict) or not all(
-            isinstance(v, (str, int)) for v in value.values()
-        ):
-            raise ConfigError(f"'{name}' must be a table of strings, got {value!r}")
-        return {k: str(v) for k, v in value.items()}
+    if get_origin(hint) is dict:  # [partition]: a value or a list of alternatives per key
+        if not isinstance(value, dict) or not all(map(_is_partition_value, value.values())):
+            raise ConfigError(
+                f"'{name}' must be a table of strings or lists of strings, got {value!r}"
+            )
+        return {
+            k: tuple(str(x) for x in v) if isinstance(v, list) else (str(v),)
+            for k, v in value.items()
+        }
     raise ConfigError(f"'{name}': unsupported type {hint!r}")  # a bug in JobConfig, not user input
+
+
+def _is_partition_value(value: Any) -> bool:
+    def scalar(v: Any) -> bool:
+        return isinstance(v, (str, int)) and not isinstance(v, bool)
+
+    return scalar(value) or (isinstance(value, list) and bool(value) and all(map(scalar, value)))
 
 
 def parse_date(value: Any, name: str) -> dt.date:
@@ -337,12 +364,14 @@ def parse_date(value: Any, name: str) -> dt.date:
     raise ConfigError(f"'{name}' must be a date YYYY-MM-DD, got {value!r}")
 
 
-def parse_partitions(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
-    """`("dt=2026-11-27", "region=3")` → `{"dt": "2026-11-27", "region": "3"}`."""
-    parsed: dict[str, str] = {}
+def parse_partitions(pairs: tuple[str, ...] | list[str]) -> dict[str, tuple[str, ...]]:
+    """`("dt=2026-11-27", "dt=2026-11-28", "region=3")` → `{"dt": ("2026-11-27", "2026-11-28"),
+    "region": ("3",)}`: values of one key are alternatives, in the order given."""
+    parsed: dict[str, tuple[str, ...]] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"partition: expected KEY=VALUE, got {pair!r}")
-        parsed[key] = value
+        if value not in parsed.get(key, ()):
+            parsed[key] = (*parsed.get(key, ()), value)
     return parsed

@@ -11,6 +11,7 @@ ScorerError                      root: the CLI prints "TypeName: message"
 │   └── ChecksumError            model.onnx does not match its card's sha256
 ├── TrainingDataError            labelled data unfit for training or calibration
 ├── LockError                    another run holds OUTPUT's lock
+│   └── LockLostError            this run's lock was taken over: it stops committing (exit 1)
 ├── ClusterError                 Ray could not be started or joined
 ├── StorageError                 a filesystem URI could not be opened
 ├── ReportError                  OUTPUT holds no run, or not the one asked for
@@ -19,7 +20,8 @@ ScorerError                      root: the CLI prints "TypeName: message"
 │   └── Terminated               SIGTERM, the same abandon (exit 143 = 128 + 15)
 └── ShardError                   one shard failed (the run goes on)
     └── ShardReadError           its input could not be read or has a wrong schema
-        └── InputChangedError    its input is not the version planned (changed or removed)
+        ├── InputChangedError    its input is not the version planned (changed or removed)
+        └── InputLimitError      its input is beyond a limit of docs/limits.md
 """
 
 
@@ -79,6 +81,14 @@ class LockError(ScorerError):
     exit_code = 2
 
 
+class LockLostError(LockError):
+    """This run no longer holds the OUTPUT lock (its lease expired, another run took it over):
+    it stopped committing; what it committed stays. Exit 1: the run failed, nothing was wrong
+    with how it was asked for."""
+
+    exit_code = 1
+
+
 class ClusterError(ScorerError):
     """Ray could not be started or joined."""
 
@@ -128,6 +138,11 @@ class ShardReadError(ShardError):
         self.input_path = input_path
         """The file that could not be read, where known: in a shard packing several files,
         the driver fails that file's piece alone (it survives pickling, as instance state)."""
+
+
+class InputLimitError(ShardReadError):
+    """An input file is beyond a documented limit (docs/limits.md): its footer's size, its
+    number of row groups, or the decoded size of its key and kept strings; it fails alone."""
 
 
 class InputChangedError(ShardReadError):

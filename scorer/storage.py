@@ -10,7 +10,10 @@ Credentials never pass through here: pyarrow's S3 client reads the standard AWS 
 variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_PROFILE``
 ...). A URI that carries a secret itself (``s3://KEY:SECRET@bucket``, or a query parameter named
 like a key, token or password) is refused, because a URI ends up in logs, stats and in what is
-shipped to the actors.
+shipped to the actors; so is an endpoint with user info (``user:password@host``) in the URI's
+``endpoint_override``, in ``[storage]`` or in ``AWS_ENDPOINT_URL``: the S3 client would take
+``user`` for the host, and the endpoint is part of every URI written. ``redact`` hides both
+kinds wherever a URI is shown.
 
 Actors run in other processes, possibly on other machines, without the driver's config or
 environment. ``Location.to_spec()`` is a URI with every resolved option spelled out (endpoint,
@@ -38,6 +41,8 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Query parameters whose value is (or may be) a credential, on any filesystem pyarrow opens.
 _SECRET_PARAM = re.compile(r"key|secret|token|password|passwd|credential|sas|sig", re.IGNORECASE)
 _SCHEMES = ("http", "https")
+# Query parameters naming a server: their value may carry user info (`user:password@host`).
+_ENDPOINT_PARAM = re.compile(r"endpoint", re.IGNORECASE)
 
 # The standard AWS variables the S3 client reads; an actor needs them in its own environment.
 _AWS_ENV = (
@@ -75,6 +80,12 @@ class StorageOptions:
                 raise ConfigError(f"storage.{f.name} must be a non-empty string, got {value!r}")
         if self.scheme is not None and self.scheme not in _SCHEMES:
             raise ConfigError(f"storage.scheme must be 'http' or 'https', got {self.scheme!r}")
+        if self.endpoint_override is not None and "@" in self.endpoint_override:
+            raise ConfigError(
+                f"storage.endpoint_override {_redact_endpoint(self.endpoint_override)!r} carries "
+                "credentials; set them in the environment (AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY)"
+            )
 
     @classmethod
     def from_mapping(cls, section: Mapping[str, object], source: str) -> StorageOptions:
@@ -229,10 +240,18 @@ def redact(uri: str) -> str:
     parts = urlsplit(uri)
     netloc = redact_netloc(parts.netloc)
     query = [
-        (key, "***" if _SECRET_PARAM.search(key) else value)
+        (key, "***" if _SECRET_PARAM.search(key) else _redact_endpoint(value))
         for key, value in parse_qsl(parts.query, keep_blank_values=True)
     ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe=":*")))
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe=":*@")))
+
+
+def _redact_endpoint(endpoint: str) -> str:
+    """``user:password@host:port`` (or ``scheme://user:password@host``) as ``***@host:port``."""
+    if "@" not in endpoint:
+        return endpoint
+    scheme, sep, rest = endpoint.rpartition("://")
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
 
 
 def redact_netloc(netloc: str) -> str:
@@ -251,15 +270,26 @@ def credential_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def _endpoint_from_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL endpoint, which pyarrow 26 does not read."""
-    url = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+    name = "AWS_ENDPOINT_URL_S3" if environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+    url = environ.get(name)
     if not url:
         return {}
     parts = urlsplit(url if _URI.match(url) else f"https://{url}")
+    if "@" in parts.netloc:
+        raise StorageError(
+            f"{name}={_redact_endpoint(url)}: credentials in the endpoint are not accepted (the S3 "
+            "client would take them for the host); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY instead"
+        )
     return {"endpoint_override": parts.netloc, "scheme": parts.scheme}
 
 
 def _refuse_secrets(uri: str, parts: SplitResult) -> None:
-    secret_params = [k for k, _ in parse_qsl(parts.query) if _SECRET_PARAM.search(k)]
+    secret_params = [
+        k
+        for k, v in parse_qsl(parts.query)
+        if _SECRET_PARAM.search(k) or (_ENDPOINT_PARAM.search(k) and "@" in v)
+    ]
     # On s3:// any user info is an access key pair; elsewhere only a password is a secret.
     if parts.password is not None or (parts.scheme == "s3" and parts.username) or secret_params:
         raise StorageError(

@@ -78,7 +78,7 @@ def test_a_full_file_is_read_with_its_types(tmp_path):
     assert (config.input, config.output, config.shard_rows) == ("data/sessions", "scored", 1_000)
     assert config.overwrite is True and config.keep == ("visitor_type", "month")
     assert (config.since, config.until) == (dt.date(2026, 11, 1), dt.date(2026, 11, 27))
-    assert config.partition == {"dt": "2026-11-27", "region": "3"}
+    assert config.partition == {"dt": ("2026-11-27",), "region": ("3",)}
     assert config.ray.actors == 4
     assert config.ray.cpus_per_actor == 2.0 and isinstance(config.ray.cpus_per_actor, float)
     assert config.storage.region == "us-east-1"
@@ -99,7 +99,8 @@ def test_a_full_file_is_read_with_its_types(tmp_path):
         ('keep = "visitor_type"', "'keep' must be a list of strings, got 'visitor_type'"),
         ("keep = [1, 2]", "'keep' must be a list of strings, got [1, 2]"),
         ('partition = "dt=2026-11-27"', "'partition' must be a table of strings"),
-        ("[partition]\ndt = [1]", "'partition' must be a table of strings, got {'dt': [1]}"),
+        ("[partition]\ndt = [true]", "'partition' must be a table of strings or lists of strings"),
+        ("[partition]\ndt = []", "'partition' must be a table of strings or lists of strings"),
         ("ray = 4", "'ray' must be a table [ray]"),
         ('since = "yesterday"', "'since' must be a date YYYY-MM-DD, got 'yesterday'"),
     ],
@@ -153,7 +154,10 @@ def test_overrides_win_and_none_leaves_the_file_key(tmp_path):
 
 
 def test_partition_flags_are_key_value_pairs():
-    assert parse_partitions(["dt=2026-11-27", "region=3"]) == {"dt": "2026-11-27", "region": "3"}
+    assert parse_partitions(["dt=2026-11-27", "region=3"]) == {
+        "dt": ("2026-11-27",),
+        "region": ("3",),
+    }
     with pytest.raises(ConfigError, match="partition: expected KEY=VALUE, got 'dt'"):
         parse_partitions(["dt"])
 
@@ -196,7 +200,7 @@ def test_flags_override_file_keys(tmp_path, captured_config):
     assert result.stdout == "the plan\n"
     config = captured_config["config"]
     assert (config.batch_rows, config.ray.actors, config.keep) == (64, 3, ("region",))
-    assert config.partition == {"dt": "x"}
+    assert config.partition == {"dt": ("x",)}
     # Keys without a flag keep the file's value.
     assert (config.shard_rows, config.max_attempts, config.ray.cpus_per_actor) == (5000, 5, 0.5)
     # And without a file, the flags apply over the defaults.

@@ -9,7 +9,8 @@ previous one (S3 clients do not pipeline), so each of them is held, not only a c
 first. Bodies of uploads, sent right after their headers, are not held again.
 
 It also counts what went through (requests, bytes each way), and can stall the next requests
-that match a pattern far longer than the delay (`stall`), to see what a client's timeout does.
+that match a pattern far longer than the delay (`stall`), to see what a client's timeout does,
+or hold one until told (`gate`), so that a test orders two clients' requests as it likes.
 
 The proxy runs its own asyncio loop on a daemon thread, so it serves synchronous callers (a
 test, the bench) and the scorer's processes alike; `start()` returns once it listens.
@@ -64,6 +65,32 @@ class _Stall:
     remaining: int
 
 
+class Gate:
+    """One request held by `LatencyProxy.gate` until `open()`; `seen` is set when it arrives."""
+
+    def __init__(self, match: bytes, after: int) -> None:
+        self.match = match
+        self.after = after
+        """Matching requests let through before the one held."""
+        self.seen = threading.Event()
+        self.opened = threading.Event()
+        self.dropped = False
+        """Set by `drop`: the held request is never forwarded, its connection is closed."""
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def drop(self) -> None:
+        """Let go of the held request without forwarding it, as if lost on the way."""
+        self.dropped = True
+        self.opened.set()
+
+    def wait_seen(self, timeout: float) -> None:
+        """Return once the held request has arrived; AssertionError after `timeout` s."""
+        if not self.seen.wait(timeout):
+            raise AssertionError(f"no request matching {self.match!r} in {timeout:g} s")
+
+
 class LatencyProxy:
     """`127.0.0.1:<port>` forwarding to `upstream` (``host:port``), each request held `delay_ms`."""
 
@@ -77,6 +104,7 @@ class LatencyProxy:
         self.delay_ms = delay_ms
         self.counts = ProxyCounts()
         self._stalls: list[_Stall] = []
+        self._gates: list[Gate] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -118,6 +146,10 @@ class LatencyProxy:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        with self._lock:
+            for gate in self._gates:
+                if not gate.opened.is_set():
+                    gate.drop()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         self._loop = self._thread = None
@@ -133,6 +165,15 @@ class LatencyProxy:
         ``b"range: bytes=4-"``: a file's first row group), for `seconds` instead of the delay."""
         with self._lock:
             self._stalls.append(_Stall(match, seconds, times))
+
+    def gate(self, match: bytes, *, after: int = 0) -> Gate:
+        """Hold the request whose head contains `match`, in any case, after letting `after`
+        such requests through, until the returned gate is opened (`stop` drops what a gate
+        still holds: a request held when its client died never reaches the server)."""
+        gate = Gate(match, after)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
 
     def reset(self) -> ProxyCounts:
         """The counts so far, and zero from now on."""
@@ -183,6 +224,12 @@ class LatencyProxy:
             if answered.is_set():
                 answered.clear()
                 await asyncio.sleep(self._hold(chunk))
+                gate = self._gated(chunk)
+                while gate is not None and not gate.opened.is_set():
+                    await asyncio.sleep(0.005)
+                if gate is not None and gate.dropped:
+                    writer.close()
+                    return
             with self._lock:
                 self.counts.bytes_up += len(chunk)
             writer.write(chunk)
@@ -200,6 +247,21 @@ class LatencyProxy:
             writer.write(chunk)
             await writer.drain()
         writer.close()
+
+    def _gated(self, head: bytes) -> Gate | None:
+        """The gate that holds the request starting with `head`, if one does."""
+        if head.split(b" ", 1)[0] not in _METHODS:
+            return None
+        with self._lock:
+            for gate in self._gates:
+                if gate.seen.is_set() or gate.match.lower() not in head.lower():
+                    continue
+                if gate.after > 0:
+                    gate.after -= 1
+                    continue
+                gate.seen.set()
+                return gate
+        return None
 
     def _hold(self, head: bytes) -> float:
         """Seconds to hold the client bytes `head`, sent after an answer; counted as a request

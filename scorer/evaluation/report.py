@@ -39,6 +39,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from rich.table import Table
+from rich.text import Text
 
 from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI
 from scorer.errors import ReportError
@@ -604,9 +605,9 @@ def _f(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def render(report: Report) -> list[Table | str]:
+def render(report: Report) -> list[Table | Text | str]:
     """Rich renderables: run summary, calibration (overall, per dt), stages, actors, failures."""
-    out: list[Table | str] = [_run_table(report)]
+    out: list[Table | Text | str] = [_run_table(report)]
     if report.overall is None:
         out.append("No calibration table for this run (its input carried no label).")
     else:
@@ -624,7 +625,7 @@ def render(report: Report) -> list[Table | str]:
         )
     if report.calibration_over_time:
         out.append(_calibration_over_time_table(report))
-    out.append("Plots: " + ", ".join(str(p) for p in report.plots))
+    out.append(Text("Plots: " + ", ".join(str(p) for p in report.plots)))
     return out
 
 
@@ -687,7 +688,7 @@ def _partition_tables(report: Report) -> list[Table]:
         for name in names[1:]:
             table.add_column(name, justify="right")
     for r in report.partitions:
-        day = r[DATE_KEY] or "(none)"
+        day = Text(r[DATE_KEY] or "(none)")  # a folder name, not markup
         rates.add_row(
             day,
             f"{r['rows']:,}",
@@ -744,7 +745,9 @@ def _failed_table(report: Report) -> Table:
     for name in ("shard", "file", "attempt", "error"):
         table.add_column(name)
     for f in report.failed:
-        table.add_row(str(f["shard_id"]), str(f["input_path"]), str(f["attempt"]), str(f["error"]))
+        # Text, not markup: a file named `bad[/x].parquet` is shown as it is.
+        cells = (f["shard_id"], f["input_path"], f["attempt"], f["error"])
+        table.add_row(*(Text(str(cell)) for cell in cells))
     return table
 
 
@@ -770,7 +773,7 @@ def _drift_table(report: Report) -> Table:
         if len(breached) > len(shown):
             lines.append(f"(+{len(breached) - len(shown)} more !)")
         table.add_row(
-            _day_label(day),
+            Text(_day_label(day)),
             "\n".join(lines) or "–",
             _worst(rows, lambda r: r["share_unseen"]),
             _worst(rows, lambda r: (r["share_missing"] or 0.0) + (r["share_invalid"] or 0.0)),
@@ -812,7 +815,7 @@ def _calibration_over_time_table(report: Report) -> Table:
     for r in report.calibration_over_time:
         ece = r["ece_width_calibrated"]
         table.add_row(
-            _day_label(r[DATE_KEY]),
+            Text(_day_label(r[DATE_KEY])),
             f"{r['rows']:,}",
             _f(r["observed_rate"]),
             _f(r["mean_calibrated"]),

@@ -146,14 +146,21 @@ class ModelCard:
 
 def load_card(model_dir: str | Path) -> ModelCard:
     """Read `model_dir/model.json`; a missing or malformed key is a `ModelError` naming it."""
+    return read_card(model_dir)[0]
+
+
+def read_card(model_dir: str | Path) -> tuple[ModelCard, bytes]:
+    """`load_card`, and the bytes the card was parsed from (what a run ships to its workers:
+    read once, so that the card shipped is the card whose checksum was verified)."""
     path = Path(model_dir) / CARD_FILE
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        doc = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{path}: no model card (is {model_dir} a model directory?)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: unreadable model card: {exc}") from exc
-    return _card_from_json(_Reader(doc, path, ""))
+    return _card_from_json(_Reader(doc, path, "")), data
 
 
 def save_card(card: ModelCard, model_dir: str | Path) -> Path:

@@ -5,8 +5,10 @@ This is the hot path before inference: every step is a vectorised Arrow or NumPy
 a batch without invalid rows, costs two reductions per numeric column for validation.
 
 A row's status is `ok` or the reason of the first failing column in the card's input order:
-`missing:<col>` (null), `not_finite:<col>` (NaN or ±inf), `out_of_range:<col>` (outside the card's
-min/max). A categorical value outside the vocabulary is not an error: it is fed as "unseen"
+`missing:<col>` (null), `not_finite:<col>` (NaN or ±inf, or beyond float32, which the graph
+takes: ±inf there), `out_of_range:<col>` (outside the card's min/max). A null key comes before
+every input: `missing:<key column>` (README "Scores"), so a row nobody can join back is never
+scored. A categorical value outside the vocabulary is not an error: it is fed as "unseen"
 (index `len(vocabulary)`, weight 0) and counted. Invalid rows are fed zeros; the model nulls their
 scores.
 
@@ -73,25 +75,31 @@ class EncodedBatch:
 
 
 def encode(
-    card: ModelCard, data: pa.Table | pa.RecordBatch, out: dict[str, np.ndarray] | None = None
+    card: ModelCard,
+    data: pa.Table | pa.RecordBatch,
+    out: dict[str, np.ndarray] | None = None,
+    key_column: str | None = None,
 ) -> EncodedBatch:
     """Validate and encode `data` for `card`'s graph; columns may be in any order, extras ignored.
 
     `out` optionally supplies the feed arrays to fill (see `feed_shapes`): a caller scoring batch
     after batch reuses them, which spares the page faults of ~100 MB of fresh memory per million
-    rows. The returned feed is then those arrays, valid until the caller refills them.
+    rows. The returned feed is then those arrays, valid until the caller refills them. With
+    `key_column`, a row whose key is null is `missing:<key_column>`, whatever its inputs.
     """
-    return encode_inputs(card.inputs, data, out)
+    return encode_inputs(card.inputs, data, out, key_column)
 
 
 def encode_inputs(
     inputs: Sequence[InputSpec],
     data: pa.Table | pa.RecordBatch,
     out: dict[str, np.ndarray] | None = None,
+    key_column: str | None = None,
 ) -> EncodedBatch:
     """`encode` for a bare sequence of input specs (training validates its data with it)."""
     inputs = tuple(inputs)
     rows = data.num_rows
+    key = _key_spec(inputs, key_column)
     shapes = feed_shapes(inputs, rows)
     if out is None:
         feed = {kind: np.empty(shape, FEED_DTYPES[kind]) for kind, shape in shapes.items()}
@@ -106,6 +114,10 @@ def encode_inputs(
         feed = out
     slots = dict.fromkeys(feed, 0)
     status = None  # int32 status index per row, allocated on the first invalid value
+    if key is not None and data.column(key).null_count:
+        # Set before the inputs are checked: a null key takes precedence over them.
+        null_key = np.concatenate([to_numpy(c.is_null()) for c in _chunks(data.column(key))])
+        status = np.where(null_key, 3 * len(inputs) + 1, 0).astype(np.int32)
     unseen_masks: dict[str, np.ndarray | None] = {}  # mask allocated on the first unseen value
     for position, spec in enumerate(inputs):
         row = feed[spec.kind][slots[spec.kind]]
@@ -129,7 +141,7 @@ def encode_inputs(
                 mask[start:stop] = unseen
             start = stop
 
-    dictionary = _status_dictionary(inputs)
+    dictionary = _status_dictionary(inputs, key)
     invalid = None if status is None else status != 0
     for array in feed.values() if invalid is not None else ():
         array[:, invalid] = 0
@@ -159,15 +171,26 @@ def encode_inputs(
     )
 
 
-def status_codes(inputs: Iterable[InputSpec]) -> tuple[str, ...]:
-    """Every status a row can get, in dictionary order: `ok`, then three reasons per input."""
-    return ("ok",) + tuple(f"{reason}:{spec.name}" for spec in inputs for reason in REASONS)
+def status_codes(inputs: Iterable[InputSpec], key_column: str | None = None) -> tuple[str, ...]:
+    """Every status a row can get, in dictionary order: `ok`, then three reasons per input,
+    then `missing:<key_column>` where the key is checked."""
+    codes = ("ok",) + tuple(f"{reason}:{spec.name}" for spec in inputs for reason in REASONS)
+    return codes + ((f"missing:{key_column}",) if key_column is not None else ())
 
 
 @functools.lru_cache(maxsize=64)
-def _status_dictionary(inputs: tuple[InputSpec, ...]) -> pa.Array:
-    # One fixed dictionary per model, so batches and shards concatenate without unification.
-    return string_array(status_codes(inputs))
+def _status_dictionary(inputs: tuple[InputSpec, ...], key_column: str | None) -> pa.Array:
+    # One fixed dictionary per model and key, so batches and shards concatenate without
+    # unification.
+    return string_array(status_codes(inputs, key_column))
+
+
+def _key_spec(inputs: tuple[InputSpec, ...], key_column: str | None) -> str | None:
+    """The key column to check for nulls: none asked for, or one that is also a model input
+    (its own status says it is missing), is not checked apart."""
+    if key_column is None or any(spec.name == key_column for spec in inputs):
+        return None
+    return key_column
 
 
 def feed_shapes(inputs: Iterable[InputSpec], rows: int) -> dict[str, tuple[int, int]]:
@@ -214,14 +237,15 @@ def _encode_numeric(spec: InputSpec, chunk: pa.Array, out: np.ndarray) -> _Encod
         raise _wrong_type(spec, chunk, "an integer or floating-point number")
     missing = _null_mask(chunk)
     values = to_numpy(chunk.fill_null(fill_scalar(0, kind)) if missing is not None else chunk)
-    # Finite values beyond float32 (> 3.4e38) become inf, which the graph's log1p saturates.
+    # Finite values beyond float32 (> 3.4e38) become inf here: not finite for the graph, whose
+    # arithmetic on them gives NaN, so they are named as such below, never scored.
     with np.errstate(over="ignore"):
         out[...] = values
     if missing is None and (not len(values) or _all_valid(values, out, spec)):
         return None, None
     # Slow path, only for batches that hold an invalid value: name the reason per row.
     with np.errstate(invalid="ignore"):
-        finite = np.isfinite(values)
+        finite = np.isfinite(out)
         in_range = finite.copy()
         if spec.min is not None:
             in_range &= values >= spec.min
@@ -258,8 +282,8 @@ def _all_valid(values: np.ndarray, converted: np.ndarray, spec: InputSpec) -> bo
     min+max 0.3 ms vs 1.6 ms per million). Rounding to float32 is monotone and keeps the sign,
     so when every bit pattern is non-negative and below +inf's, all values are finite and
     >= 0, and a bit pattern strictly inside a bound's proves the value inside the bound. What
-    that cannot decide (a negative value, one rounding onto a bound, inf, NaN, beyond float32)
-    is decided exactly on the original values.
+    that cannot decide (a negative value, one rounding onto a bound, inf, NaN) is decided
+    exactly on the original values, and finiteness on the feed (beyond float32 is inf there).
     """
     if values.dtype.kind in "iu":
         return (spec.min is None or values.min() >= spec.min) and (
@@ -276,10 +300,11 @@ def _all_valid(values: np.ndarray, converted: np.ndarray, spec: InputSpec) -> bo
         if above_min and not below_max:
             below_max = values.max() <= spec.max
         return bool(above_min and below_max)
-    # min/max propagate NaN, so one pair of reductions checks finiteness and range together.
-    low, high = values.min(), values.max()
-    if not (np.isfinite(low) and np.isfinite(high)):
+    # min/max propagate NaN, so one pair of reductions checks finiteness and range together;
+    # on the float32 feed, so that a value beyond float32 (inf there) is not finite either.
+    if not (np.isfinite(converted.min()) and np.isfinite(converted.max())):
         return False
+    low, high = values.min(), values.max()
     return (spec.min is None or low >= spec.min) and (spec.max is None or high <= spec.max)
 
 

@@ -22,8 +22,15 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from scorer.arrow import numpy_array, string_array, to_numpy
-from scorer.errors import ConfigError, ModelError, ShardReadError
-from scorer.model.card import BUNDLED_MODEL, CARD_FILE, ModelCard, load_card, verify_checksum
+from scorer.errors import ChecksumError, ConfigError, ModelError, ShardReadError
+from scorer.model.card import (
+    BUNDLED_MODEL,
+    CARD_FILE,
+    GRAPH_FILE,
+    ModelCard,
+    read_card,
+    verify_checksum,
+)
 from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
     EncodedBatch,
@@ -89,10 +96,19 @@ class IntentModel:
     """A loaded, checksum-verified model. Score from one thread at a time: batches share the
     model's feed buffers (an actor scores its batches one after another anyway)."""
 
-    def __init__(self, model_dir: Path, card: ModelCard, session: onnxruntime.InferenceSession):
+    def __init__(
+        self,
+        model_dir: Path,
+        card: ModelCard,
+        session: onnxruntime.InferenceSession,
+        files: dict[str, bytes] | None = None,
+    ):
         self.model_dir = model_dir
         self.card = card
         self.session = session
+        self.files = files or {}
+        """The bytes of model.json and model.onnx this model was loaded and verified from (what
+        a run ships to its workers: never read again from a folder that may have changed)."""
         self._version = string_array([card.version])
         # As the graph declares them: categorical indices are int64 in graphs of earlier releases.
         self.feed_dtypes: dict[str, np.dtype[Any]] = {
@@ -165,9 +181,9 @@ class IntentModel:
         rows = data.num_rows
         drift = drift and self.card.reference is not None
         if rows <= _BLOCK_ROWS + _BLOCK_ROWS // 2:
-            inferred = self._encode_and_infer(data, drift)
+            inferred = self._encode_and_infer(data, drift, key_column)
         else:
-            inferred = self._in_blocks(data, drift)
+            inferred = self._in_blocks(data, drift, key_column)
         encoded, raw, calibrated = inferred.encoded, inferred.raw, inferred.calibrated
 
         valid = None if encoded.invalid_mask is None else ~encoded.invalid_mask
@@ -202,9 +218,11 @@ class IntentModel:
             drift_seconds=inferred.drift_seconds,
         )
 
-    def _encode_and_infer(self, data: pa.Table | pa.RecordBatch, drift: bool) -> _Inferred:
+    def _encode_and_infer(
+        self, data: pa.Table | pa.RecordBatch, drift: bool, key_column: str | None = None
+    ) -> _Inferred:
         started = time.perf_counter()
-        encoded = encode(self.card, data, self._feed_buffers(data.num_rows))
+        encoded = encode(self.card, data, self._feed_buffers(data.num_rows), key_column)
         encoded_at = time.perf_counter()
         if data.num_rows:
             raw, calibrated = self.session.run(_OUTPUT_NAMES, encoded.feed)
@@ -231,7 +249,9 @@ class IntentModel:
             time.perf_counter() - inferred_at,
         )
 
-    def _in_blocks(self, data: pa.Table | pa.RecordBatch, drift: bool) -> _Inferred:
+    def _in_blocks(
+        self, data: pa.Table | pa.RecordBatch, drift: bool, key_column: str | None = None
+    ) -> _Inferred:
         """`_encode_and_infer` block by block of `_BLOCK_ROWS` rows, results joined: the feed
         and the graph's intermediates of a block stay in cache, those of a whole large table
         do not (measured, 1M rows: 119 ms in one block, 112 ms in blocks of 2**18)."""
@@ -246,7 +266,7 @@ class IntentModel:
         state = DriftState() if drift else None
         for start in range(0, rows, _BLOCK_ROWS):
             block = data.slice(start, _BLOCK_ROWS)
-            inferred = self._encode_and_infer(block, drift)
+            inferred = self._encode_and_infer(block, drift, key_column)
             encoded = inferred.encoded
             stop = start + block.num_rows
             raw[start:stop], calibrated[start:stop] = inferred.raw, inferred.calibrated
@@ -300,11 +320,19 @@ class IntentModel:
         return views
 
 
-def load_model(model_dir: str | Path | None = None, threads: int = 1) -> IntentModel:
-    """Load a model directory (default: the bundled model); its checksum is verified every time."""
+def load_model(
+    model_dir: str | Path | None = None, threads: int = 1, expected_sha256: str | None = None
+) -> IntentModel:
+    """Load a model directory (default: the bundled model); its checksum is verified every time,
+    and with `expected_sha256` (a worker given the model its driver verified) it must be that."""
     model_dir = Path(model_dir) if model_dir is not None else default_model_dir()
-    card = load_card(model_dir)
+    card, card_bytes = read_card(model_dir)
     graph = verify_checksum(model_dir, card)
+    if expected_sha256 is not None and card.sha256 != expected_sha256:
+        raise ChecksumError(
+            f"{model_dir / GRAPH_FILE}: sha256 {card.sha256} is not the model this run verified "
+            f"({expected_sha256})"
+        )
     try:
         session = onnxruntime.InferenceSession(
             graph, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
@@ -312,7 +340,7 @@ def load_model(model_dir: str | Path | None = None, threads: int = 1) -> IntentM
     except Exception as exc:  # onnxruntime raises its own, undocumented exception types
         raise ModelError(f"{model_dir}: onnxruntime cannot load model.onnx: {exc}") from exc
     _check_graph_matches_card(model_dir, card, session)
-    return IntentModel(model_dir, card, session)
+    return IntentModel(model_dir, card, session, {CARD_FILE: card_bytes, GRAPH_FILE: graph})
 
 
 def default_model_dir() -> Path:

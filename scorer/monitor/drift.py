@@ -128,15 +128,18 @@ class DriftState:
                 column_sums[i] = sums[kind][slot]
         missing = np.zeros(len(reference.columns) - 1, np.int64)
         invalid = np.zeros(len(reference.columns) - 1, np.int64)
+        inputs = [column.name for column in reference.columns[:-1]]
         for code, count in invalid_counts.items():
             reason, _, name = code.partition(":")
-            (missing if reason == "missing" else invalid)[_input_index(reference, name)] += count
+            if name not in inputs:  # a null key (`missing:<key>`): no input's share, not ok
+                continue
+            (missing if reason == "missing" else invalid)[inputs.index(name)] += count
         unseen_rows = np.zeros(len(reference.columns) - 1, np.int64)
         for name, count in unseen.items():
             unseen_rows[_input_index(reference, name)] = count
         return cls(
             rows=rows,
-            rows_ok=rows - int(missing.sum() + invalid.sum()),
+            rows_ok=rows - sum(invalid_counts.values()),
             binned=binned * stride,
             below=np.asarray(below, np.int64) * stride,
             sums=column_sums * stride,

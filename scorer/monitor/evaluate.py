@@ -56,6 +56,7 @@ from scorer.monitor.alerts import RecalibrateHint, read_run_table, recalibrated_
 from scorer.pipeline.driver import new_run_id
 from scorer.pipeline.layout import (
     CALIBRATION,
+    HIVE_NULL,
     OUTPUT_STATE,
     RUN_STATS,
     read_json,
@@ -222,7 +223,7 @@ def _day_of(relpath: str) -> str | None:
     for folder in relpath.split("/")[:-1]:
         name, sep, value = folder.partition("=")
         if sep and name == DATE_KEY:
-            return unquote(value)
+            return None if value == HIVE_NULL else unquote(value)
     return None
 
 

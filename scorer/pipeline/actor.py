@@ -40,14 +40,22 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
-from scorer.errors import ShardReadError, StorageError
+from scorer.errors import InputLimitError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.monitor.drift import DriftState
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
 from scorer.pipeline.days import DayScores, DaySource, ShardDays
 from scorer.pipeline.layout import OutputLayout
+from scorer.pipeline.limits import (
+    MAX_STRING_BYTES_PER_BATCH,
+    ReadAt,
+    check_string_bytes,
+    string_bound,
+    string_leaves,
+)
 from scorer.pipeline.plan import (
     DATE_KEY,
+    FOOTER_DIGEST_TAG,
     FOOTER_TAIL_BYTES,
     Piece,
     Shard,
@@ -127,6 +135,9 @@ class ActorSettings:
     """Object storage: row groups of a shard fetched ahead of the one decoded."""
     requests_in_flight: int = DEFAULT_REQUESTS_IN_FLIGHT
     """Object storage: ranged reads an actor has in flight at most."""
+    model_sha256: str | None = None
+    """The sha256 of the model the driver verified (the run's): a worker loads `model_files`
+    only if they are that model (`load_shipped_model`). The driver always sets it."""
     days: DaySource = field(default_factory=lambda: DaySource(None))
     """The day column of files outside ``dt=`` folders (`days`); their scores get ``dt``."""
 
@@ -184,6 +195,11 @@ class ShardSource:
     """On object storage (not streamed): row groups come from concurrent ranged reads."""
     counts: ReadCounts | None = None
     """On object storage: the shard's requests and bytes, shared by its files."""
+    string_leaves: list[int] = field(default_factory=list)
+    """Leaves of the key and kept columns stored as strings, not read dictionary-encoded: their
+    decoded size is checked per row group before it is read (`limits.check_string_bytes`)."""
+    read_at: ReadAt | None = None
+    """Reads of the open file (local), for the dictionary pages those checks read."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,8 @@ class ShardScorer:
         self._read_pool: ThreadPoolExecutor | None = None
         self._remote_reads: RemoteReads | None = None
         self._bulk_reader: BulkReader | None = None
+        self._strings: dict[int, list[int]] = {}
+        """`ShardSource.string_leaves` by `Piece.schema_token`: one schema, one answer."""
 
     @property
     def remote(self) -> bool:
@@ -315,7 +333,18 @@ class ShardScorer:
         if counts is not None and not streamed:
             read = column_indices(metadata, columns)
             remote = RemoteFile(source, size, metadata, read, counts)
-        return ShardSource(parquet, columns, streamed, remote, counts)
+        token = piece.schema_token
+        strings = self._strings.get(token) if token is not None else None
+        if strings is None:
+            # Read dictionary-encoded, the model's string columns cannot grow when decoded.
+            dictionaries = set(self.model.categorical_string_columns)
+            key_and_kept = (self.settings.key_column, *self.settings.keep)
+            strings = string_leaves(metadata, [c for c in key_and_kept if c not in dictionaries])
+            if token is not None:
+                self._strings[token] = strings
+        opened = source
+        read_at = (lambda offset, nbytes: opened.read_at(nbytes, offset)) if strings else None
+        return ShardSource(parquet, columns, streamed, remote, counts, strings, read_at)
 
     def _open_version(self, path: str) -> tuple[pa.NativeFile, int, int | None]:
         """An input file opened, with the size and mtime of what was opened.
@@ -436,8 +465,11 @@ class ShardScorer:
         ranges = group_ranges(remote.metadata, group, remote.leaves, remote.size)
         remote.fetched[group] = self.remote_reads.fetch(remote.file, ranges, remote.counts)
 
-    def _remote_parquet(self, source: ShardSource, piece: Piece, group: int) -> pq.ParquetFile:
-        """A reader of row group `group` over its fetched bytes (fetched now if not ahead).
+    def _remote_parquet(
+        self, source: ShardSource, piece: Piece, group: int
+    ) -> tuple[pq.ParquetFile, RangeFile]:
+        """A reader of row group `group` over its fetched bytes (fetched now if not ahead), and
+        those bytes as a file.
         A read the S3 client gave up on (after its own retries) is a `StorageError`, which the
         driver retries: the network failed, not the data."""
         remote = source.remote
@@ -450,30 +482,41 @@ class ShardScorer:
                 f"{piece.input_path}: cannot read row group {group} from object storage: {exc}"
             ) from exc
         view = RangeFile(remote.file, remote.size, ranges, remote.counts)
-        return pq.ParquetFile(
+        parquet = pq.ParquetFile(
             pa.PythonFile(view, mode="r"),
             metadata=remote.metadata,
             read_dictionary=self.model.categorical_string_columns,
             pre_buffer=False,
         )
+        return parquet, view
 
     def _row_group_batches(
         self, opened: ShardSource, piece: Piece, group: int
     ) -> Iterator[pa.RecordBatch]:
         """A row group's batches, one at a time as they are decoded."""
         try:
-            parquet = opened.parquet
+            parquet, read_at = opened.parquet, opened.read_at
             if opened.remote is not None:
-                parquet = self._remote_parquet(opened, piece, group)
+                parquet, view = self._remote_parquet(opened, piece, group)
+                read_at = _read_at(view) if opened.string_leaves else None
                 if group + 1 < piece.rg_stop:
                     self._fetch(opened, group + 1)  # fetched while this one is decoded
+            if opened.string_leaves:  # before the row group is decoded
+                check_string_bytes(
+                    parquet.metadata,
+                    group,
+                    opened.string_leaves,
+                    self.settings.batch_rows,
+                    read_at,
+                    piece.input_path,
+                )
             yield from parquet.iter_batches(
                 batch_size=self.settings.batch_rows,
                 row_groups=[group],
                 columns=opened.columns,
                 use_threads=False,
             )
-        except StorageError:
+        except (StorageError, InputLimitError):
             raise
         except Exception as exc:
             raise ShardReadError(
@@ -596,10 +639,32 @@ class ShardScorer:
         first, rest = self._open(pieces[0], columns), pieces[1:]
         batches = list(self._row_group_batches(first, pieces[0], pieces[0].rg_start))
         schema = pa.schema([first.parquet.schema_arrow.field(name) for name in columns])
-        if bulk_schema(schema):
+        if bulk_schema(schema) and self._bulk_strings_bounded(first, rest):
             with contextlib.suppress(BulkReadFailed):  # read file by file below: names a bad file
                 return [batches + self.bulk_reader.read(rest, schema)] + [[] for _ in rest]
         return [batches] + [self._open_and_read(piece, columns) for piece in rest]
+
+    def _bulk_strings_bounded(self, first: ShardSource, rest: list[Piece]) -> bool:
+        """Whether DuckDB may decode the key and kept strings of `rest` (files of `first`'s
+        schema): it decodes them before their size could be checked (`limits`), so only files
+        whose plan footers bound them, whatever their dictionaries hold, are scanned. Without
+        the plan's footers (a Ray actor), such files are read by pyarrow, each row group
+        checked before it is decoded."""
+        if not first.string_leaves:
+            return True
+        if not self.known_footers:
+            return False
+        for piece in rest:
+            metadata = self.known_footers.get(piece.fingerprint.rpartition(FOOTER_DIGEST_TAG)[2])
+            if metadata is None or any(
+                string_bound(metadata, group, first.string_leaves, self.settings.batch_rows, None)[
+                    0
+                ]
+                > MAX_STRING_BYTES_PER_BATCH
+                for group in piece.row_groups
+            ):
+                return False
+        return True
 
     def _coalesced(
         self, reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]
@@ -903,15 +968,18 @@ class ScoringActor:
 
 def load_shipped_model(settings: ActorSettings) -> IntentModel:
     """The model the settings carry, loaded in this process (an actor's, a worker process's):
-    its files written to a temporary folder first, as the loader checks them there, and the
-    folder removed once the session holds the graph (one was left behind per actor)."""
+    its files written to a temporary folder first, as the loader checks them there (against
+    their card and against the sha256 the driver verified), and the folder removed once the
+    session holds the graph (one was left behind per actor)."""
     from scorer.model.runtime import load_model
 
     with tempfile.TemporaryDirectory(prefix="scorer-model-") as folder:
         model_dir = Path(folder)
         for name, payload in settings.model_files.items():
             (model_dir / name).write_bytes(payload)
-        return load_model(model_dir, threads=settings.threads)
+        return load_model(
+            model_dir, threads=settings.threads, expected_sha256=settings.model_sha256
+        )
 
 
 class ShardSink:
@@ -1024,3 +1092,13 @@ def _identity() -> Identity:
         node_ip=ray.util.get_node_ip_address(),
         pid=os.getpid(),
     )
+
+
+def _read_at(view: RangeFile) -> ReadAt:
+    """`limits.ReadAt` over a row group's fetched ranges (read on the calling thread only)."""
+
+    def read(offset: int, nbytes: int) -> bytes:
+        view.seek(offset)
+        return view.read(nbytes)
+
+    return read

@@ -22,6 +22,17 @@ many of them were selected.
 Per day, as with folders: each score row gets its day as a ``dt`` date column (what a ``dt=``
 folder gives a reader), and the calibration and drift states of a batch are built day by day
 (`ShardDays.score`), merged per day by the ledger.
+
+Under a table format (``config.TABLE_FORMATS``: ``--format delta``), whose partitions need one
+value per data file, a day column's scores go to one ``dt=<day>`` folder per day instead
+(`DaySource.day_folders`): every row group is planned as pieces of one day each (and one of its
+rows without a day, ``dt=__HIVE_DEFAULT_PARTITION__``), the same pieces a day filter makes, so
+resuming and successive filters stay exactly-once by the same records. A row group's days come
+from its statistics where they say one day; a row group that may hold several has its day column
+read at planning (`_exact_days`), so no piece is empty. Each piece reads its row group again:
+a file sorted by day pays about one row group more per day, one whose row groups each hold many
+days reads each once per day. Consecutive row groups of one day are one piece, and the files
+leave the ``dt`` column out (a partition column is not in a table's data files).
 """
 
 from __future__ import annotations
@@ -38,9 +49,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scorer.errors import ConfigError, PreflightError, ShardReadError
+from scorer.pipeline.layout import HIVE_NULL
 from scorer.pipeline.plan import DATE_KEY, FailedInput, InputFile, PartitionFilter
+from scorer.storage import storage_errors
 
 if TYPE_CHECKING:
+    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
     from scorer.model.runtime import ScoredBatch
@@ -114,6 +128,32 @@ class DaySelection:
     def covers(self, other: DaySelection) -> bool:
         return not other.minus(self)
 
+    def each_day(self) -> Iterator[DaySelection]:
+        """Each day of this selection alone, then its rows without a day: the pieces whose
+        scores go to one folder each (`DaySource.day_folders`). The spans must be bounded."""
+        for first, last in self.spans:
+            if first == _LOW or last == _HIGH:
+                raise ValueError(f"{self.token}: an unbounded selection has no days to list")
+            for value in range(first, last + 1):
+                yield DaySelection(((value, value),))
+        if self.nulls:
+            yield DaySelection((), True)
+
+    @property
+    def one_day(self) -> bool:
+        """One day's rows, no others (not those without a day)."""
+        return not self.nulls and len(self.spans) == 1 and self.spans[0][0] == self.spans[0][1]
+
+    @property
+    def folder(self) -> str:
+        """``dt=<day>`` of a selection of one day, ``dt=`` `layout.HIVE_NULL` of the rows
+        without a day alone: the table partition of such a piece's scores."""
+        if self.spans == () and self.nulls:
+            return f"{DATE_KEY}={HIVE_NULL}"
+        if not self.one_day:
+            raise ValueError(f"{self.token}: not a single day")
+        return f"{DATE_KEY}={_day(self.spans[0][0])}"
+
     @property
     def token(self) -> str:
         """``2026-11-22..2026-11-23,2026-11-25,null``: how a piece id names it (`parse`)."""
@@ -186,6 +226,9 @@ class DaySource:
     column: str | None
     """None: no file outside a folder has a day column (their rows have no day)."""
     timezone: str = "UTC"
+    day_folders: bool = False
+    """Each day's scores in a ``dt=`` folder of its own, without a ``dt`` column (a table
+    format's partitions); else every score row gets its day as a ``dt`` column."""
 
 
 @dataclass(frozen=True)
@@ -213,10 +256,14 @@ def resolve_days(
     *,
     column: str | None,
     timezone: str | None,
+    day_folders: bool = False,
+    filesystem: pafs.FileSystem | None = None,
 ) -> DayPlan:
     """Where each file's days come from and, under a day filter, which of its row groups hold
     selected days, from the footers alone. ``column``: ``--date-column`` (None: ``dt`` where
-    the files have it).
+    the files have it). ``day_folders``: every row group of a day-column file by its days, for
+    pieces of one day each (the day column of a row group that may hold several read from
+    ``filesystem``).
 
     Raises `PreflightError` naming the file and the column for a day column of another type,
     a file outside a folder without the asked-for column, and a folder and a column that
@@ -241,7 +288,7 @@ def resolve_days(
             f"{DATE_KEY}= folders have one: name the day column with --date-column, or give "
             "each file its day"
         )
-    source = DaySource(name if with_column else None, timezone or "UTC")
+    source = DaySource(name if with_column else None, timezone or "UTC", day_folders)
     uses_column = {f.relpath for f in with_column}
     for f in files:
         if name in f.schema.names and (f.relpath in uses_column or column is not None):
@@ -265,7 +312,7 @@ def resolve_days(
             if day_filter:
                 dropped.add(f.relpath)
             continue
-        if not day_filter:  # every row group whole: no footer statistics to read
+        if not day_filter and not day_folders:  # every row group whole: no statistics to read
             continue
         ranges = _group_days(f, source.column, zone)
         chosen: dict[int, DaySelection | None] = {}
@@ -273,11 +320,13 @@ def resolve_days(
             picked = wanted & possible
             if not picked:
                 pruned += 1
-            elif picked.covers(possible):
+            elif picked.covers(possible) and not day_folders:
                 chosen[group] = None
             else:
                 chosen[group] = picked
-        if len(chosen) < len(ranges) or any(v is not None for v in chosen.values()):
+        if day_folders:
+            chosen = _exact_days(f, chosen, source, filesystem)
+        if day_folders or len(chosen) < len(ranges) or any(v is not None for v in chosen.values()):
             groups[f.identity] = chosen
     return DayPlan(source, groups, frozenset(dropped), pruned)
 
@@ -298,10 +347,11 @@ def apply_commits(
             days = piece_days(shard)
             if days is None:
                 whole.setdefault(relpath, []).append((start, stop, shard))
-            else:
-                held = partial.setdefault(relpath, {})
-                before = held.get(start, DaySelection(()))
-                held[start] = DaySelection.of(
+                continue
+            held = partial.setdefault(relpath, {})
+            for group in range(start, stop):  # a day's piece may span row groups of that day
+                before = held.get(group, DaySelection(()))
+                held[group] = DaySelection.of(
                     [*before.spans, *days.spans], days.nulls or before.nulls
                 )
     groups = {relpath: dict(chosen) for relpath, chosen in plan.groups.items()}
@@ -394,6 +444,41 @@ def _group_days(f: InputFile, name: str, zone: zoneinfo.ZoneInfo | None) -> list
         nulls = stats.null_count is None or stats.null_count > 0
         out.append(DaySelection.of(((first, last),), nulls))
     return out
+
+
+def _exact_days(
+    f: InputFile,
+    chosen: Mapping[int, DaySelection | None],
+    source: DaySource,
+    filesystem: pafs.FileSystem | None,
+) -> dict[int, DaySelection | None]:
+    """``chosen`` with the days of each row group that its statistics do not pin to one day
+    (several days, no statistics, or maybe rows without a day) as its day column says: one
+    column of those row groups read, so that no piece of one day is planned empty. A row group
+    left with no selected row is dropped."""
+    import pyarrow.parquet as pq
+
+    assert source.column is not None
+    exact: dict[int, DaySelection | None] = dict(chosen)
+    unsure = [g for g, picked in chosen.items() if picked is None or not picked.one_day]
+    if not unsure:
+        return exact
+    with storage_errors(f.path, "cannot read"):
+        parquet = pq.ParquetFile(f.path, filesystem=filesystem)
+        for group in unsure:
+            data = parquet.read_row_group(group, columns=[source.column])
+            try:
+                days = row_days(data, source, f.path)
+            except ShardReadError as exc:
+                raise PreflightError(str(exc)) from None
+            values = pc.unique(days).cast(pa.int32()).to_pylist()
+            found = DaySelection.of(((v, v) for v in values if v is not None), None in values)
+            picked = (chosen[group] or DaySelection.every()) & found
+            if picked:
+                exact[group] = picked
+            else:
+                del exact[group]
+    return exact
 
 
 def _read_metadata(f: InputFile) -> pq.FileMetaData:
@@ -500,7 +585,7 @@ class ShardDays:
             day = unique[0].as_py() if len(unique) else None
             key = day.isoformat() if day is not None else None
             return DayScores(
-                _dated(scored.table, days),
+                _dated(scored.table, days, self.source.day_folders),
                 scored.rows_invalid,
                 scored.rows_unseen,
                 [(key, data, scored)],
@@ -524,16 +609,19 @@ class ShardDays:
         inverse = np.empty(len(order), np.int64)
         inverse[order.to_numpy()] = np.arange(len(order), dtype=np.int64)
         return DayScores(
-            _dated(joined.take(pa.array(inverse)), days),
+            _dated(joined.take(pa.array(inverse)), days, self.source.day_folders),
             sum(s.rows_invalid for _, _, s in parts),
             sum(s.rows_unseen for _, _, s in parts),
             parts,
         )
 
 
-def _dated(scores: pa.Table, days: pa.Array) -> pa.Table:
+def _dated(scores: pa.Table, days: pa.Array, day_folders: bool) -> pa.Table:
     """The scores with each row's day as ``dt`` (date32) at the end: what a reader filters and
-    `scorer evaluate` groups on, as it does a ``dt=`` folder."""
+    `scorer evaluate` groups on, as it does a ``dt=`` folder. With ``day_folders`` the folder
+    says the day, and the column is left out (a table's partition column is not in its files)."""
     if DATE_KEY in scores.column_names:  # the input's own dt column, kept (--keep dt)
         scores = scores.drop_columns([DATE_KEY])
+    if day_folders:
+        return scores
     return scores.append_column(pa.field(DATE_KEY, pa.date32()), days)

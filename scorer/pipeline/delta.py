@@ -33,7 +33,8 @@ version's, and those of runs named in the log's commits (``intent-scorer.runs``)
 with ``DeltaTable.vacuum`` (README). Nothing under ``_delta_log/`` is ever deleted by the scorer.
 
 Schema: the score files' (dictionary-encoded columns as their value type) plus the input's hive
-keys as string partition columns, in folder order. Each ``add`` carries the file's size,
+keys as string partition columns, in folder order; a day column's scores are written in ``dt=``
+folders of their day (``days``, docs/nights-in-a-column.md), so ``dt`` is one of those keys. Each ``add`` carries the file's size,
 modification time and ``numRecords`` (from the commit record: free); no column statistics.
 
 Object storage: local paths and ``s3://``. On S3 delta-rs 1.x commits with conditional PUT

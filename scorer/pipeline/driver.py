@@ -19,7 +19,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -30,10 +30,11 @@ import pyarrow as pa
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
-from scorer.config import JobConfig
+from scorer.config import TABLE_FORMATS, JobConfig
 from scorer.errors import (
     ConfigError,
     Interrupted,
+    LockLostError,
     MissingColumnError,
     NoInputFilesError,
     OutputConflictError,
@@ -59,6 +60,7 @@ from scorer.pipeline.local import (
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import (
+    DATE_KEY,
     FailedInput,
     InputFile,
     PartitionFilter,
@@ -190,6 +192,7 @@ def score(
         table = open_table(context.output, config)
         with _warnings_shown_by(progress):
             manifest = Manifest.load(context.output, published=table)
+        manifest.fence = lock.check  # every record and deletion: see `lock`
         manifest.claim(
             model_name=context.model.card.name,
             model_sha256=context.model.card.sha256,
@@ -198,10 +201,11 @@ def score(
             overwrite=config.overwrite,
         )
         report = manifest.cleanup(context.run_id)
-        if report.orphans or report.temp_runs:
+        if report.orphans or report.temp_runs or report.rolled_forward:
             progress.message(
                 f"cleaned up after an earlier crash: {len(report.orphans)} unreferenced score "
-                f"file(s), {len(report.temp_runs)} temporary folder(s)"
+                f"file(s), {len(report.temp_runs)} temporary folder(s), "
+                f"{len(report.rolled_forward)} committed score file(s) copied into place"
             )
         if report.lost:
             rows = sum(r.rows for r in report.lost)
@@ -282,9 +286,11 @@ def _prepare(config: JobConfig, input: str, output: str) -> _Context:
             "input by the next run"
         )
     digest = options_digest(key_column, config.keep)
-    files = {name: (model.model_dir / name).read_bytes() for name in ("model.onnx", "model.json")}
+    # The bytes load_model verified, not the folder read again: a `scorer calibrate --out` in
+    # place meanwhile would ship workers a model nobody verified (and the records would name
+    # the other one).
     return _Context(
-        config, new_run_id(), model, key_column, label_column, source, target, digest, files
+        config, new_run_id(), model, key_column, label_column, source, target, digest, model.files
     )
 
 
@@ -304,6 +310,7 @@ def _actor_settings(context: _Context) -> ActorSettings:
     config = context.config
     return ActorSettings(
         model_files=context.model_files,
+        model_sha256=context.model.card.sha256,
         threads=config.threads_per_actor,
         batch_rows=config.batch_rows,
         key_column=context.key_column,
@@ -348,7 +355,9 @@ def _readable(items: Sequence[InputFile | FailedInput]) -> list[InputFile]:
 
 def _selection(config: JobConfig) -> PartitionFilter:
     return PartitionFilter.parse(
-        [f"{k}={v}" for k, v in config.partition.items()], config.since, config.until
+        [f"{k}={v}" for k, values in config.partition.items() for v in values],
+        config.since,
+        config.until,
     )
 
 
@@ -359,10 +368,23 @@ def _with_days(
     whose days are a column (`days`); files without a day that a day filter leaves out go."""
     config = context.config
     selection = _selection(config)
-    plan = resolve_days(items, selection, column=config.date_column, timezone=config.date_timezone)
+    plan = resolve_days(
+        items,
+        selection,
+        column=config.date_column,
+        timezone=config.date_timezone,
+        day_folders=config.format in TABLE_FORMATS,
+        filesystem=context.input.filesystem,
+    )
     kept = [item for item in items if item.relpath not in plan.dropped]
-    if not kept or all(
-        isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
+    # Under a table format every day-column file has its row groups listed: none listed
+    # without a day filter is a file of no rows, not one the filter left out.
+    filtered = selection.since or selection.until or DATE_KEY in dict(selection.partitions)
+    if not kept or (
+        filtered
+        and all(
+            isinstance(item, InputFile) and plan.groups.get(item.identity) == {} for item in kept
+        )
     ):
         raise NoInputFilesError(
             f"{context.input.uri}: no Parquet file selected by {selection.describe()}"
@@ -453,13 +475,36 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
     if context.days is not None:
         row_groups = {f.relpath: len(f.row_group_rows) for f in files}
         days = context.days.by_relpath(files)
+        if days.source.day_folders and committed:
+            _check_day_folders(context, manifest, days.groups)
         committed, groups = apply_commits(days, committed or {}, row_groups)
-    plan = plan_shards(items, context.config.shard_rows, committed, groups)
+    plan = plan_shards(
+        items,
+        context.config.shard_rows,
+        committed,
+        groups,
+        day_folders=context.days is not None and context.days.source.day_folders,
+    )
     # In-process first: a quick first commit whatever the files' shape. With actors (a cluster,
     # an actor count) the shards are as planned.
     return (
         with_quick_head(plan, quick_first_shard) if _private_ray_optional(context.config) else plan
     )
+
+
+def _check_day_folders(context: _Context, manifest: Manifest, files: Iterable[str]) -> None:
+    """A table's day partitions cannot hold scores a plain Parquet run committed of a day
+    column's file (the day a column of them, not their folder): refused before any scoring."""
+    day_column_files = set(files)
+    for record in manifest.records.values():
+        if any(p.input_relpath in day_column_files for p in record.pieces) and not any(
+            folder.startswith(f"{DATE_KEY}=") for folder in record.output_relpath.split("/")[:-1]
+        ):
+            raise OutputConflictError(
+                f"{context.output.child(record.output_relpath).uri}: scores of the day column "
+                f"of {record.pieces[0].input_relpath} committed by a plain Parquet run; "
+                f"--format {context.config.format} partitions them by day: --overwrite rescores"
+            )
 
 
 _COMMIT_POLL_S = 0.02  # how often the loop looks at commits in progress while it waits on actors
@@ -559,6 +604,7 @@ class _Run:
         once (what an interrupted earlier run committed too); see `tables`."""
         if self.table is None:
             return
+        self.manifest.fence()
         publication = self.table.publish(
             self.manifest.records.values(), self.context.run_id, plan_scope(self.plan)
         )
@@ -753,6 +799,8 @@ class _Run:
             attempt, outcome = committing.pop(future)
             try:
                 future.result()
+            except LockLostError:
+                raise  # another run holds OUTPUT now: nothing more may be committed
             except ScorerError as exc:  # the commit refused the shard
                 queue.extend(self._failed(attempt, commit_failure(exc)))
                 continue

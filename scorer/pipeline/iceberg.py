@@ -326,8 +326,21 @@ class IcebergScores:
                 **self._io_properties(),
                 **self.config.properties,
             }
+            from sqlalchemy.exc import OperationalError
+
             with self._catalog_errors("cannot open"):
-                self._catalog = load_catalog(self.config.catalog_name, **properties)
+                for attempt in range(1, _MAX_PUBLISH_ATTEMPTS + 1):
+                    try:
+                        self._catalog = load_catalog(self.config.catalog_name, **properties)
+                        break
+                    except OperationalError:
+                        # A SQL catalog creates its tables on first open: two openers of a new
+                        # one (a reader, another job) race "table ... already exists"; the next
+                        # try finds the tables there.
+                        if attempt == _MAX_PUBLISH_ATTEMPTS:
+                            raise
+                        time.sleep(0.1 * attempt)
+        assert self._catalog is not None
         return self._catalog
 
     def _io_properties(self) -> dict[str, str]:

@@ -13,9 +13,10 @@ Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowh
     drift/run_id=<run_id>/part-0.parquet              models whose card has a reference (``DRIFT``)
     reports/<run_id>/                                 `scorer report`'s plots (``REPORTS``)
     _scorer/commits/<sha1 of shard id>.json           one commit record per committed shard
-    _scorer/tmp/<run_id>/                             temporary files of one run
+    _scorer/tmp/<run_id>/                             temporary files of one run (its shards
+                                                      before commit, on every storage)
     _scorer/output.json                               the model (and output options) OUTPUT holds
-    _scorer/lock.json                                 the run that holds OUTPUT
+    _scorer/lock.json                                 the run that holds OUTPUT (``lock``)
 
 The per-run tables (``RUN_TABLES``) are hive-partitioned by ``run_id`` so that DuckDB, Polars or
 pandas read every run at once.
@@ -53,6 +54,10 @@ LOCK_NAME = "lock.json"
 LOCK = f"{INTERNAL}/{LOCK_NAME}"
 OUTPUT_STATE = f"{INTERNAL}/output.json"
 
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+"""The folder value of a null partition value (``dt=__HIVE_DEFAULT_PARTITION__``), as Hive,
+Spark, delta-rs and DuckDB write and read it."""
+
 RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION, DRIFT)
 """The folders that hold one table per run, partitioned by ``run_id``."""
 RUN_PARTITION = "run_id"
@@ -74,7 +79,14 @@ def report_folder(run_id: str) -> str:
 
 
 def shard_output_relpath(
-    relpath: str, rg_start: int, rg_stop: int, *, more: int = 0, digest: str = "", days: str = ""
+    relpath: str,
+    rg_start: int,
+    rg_stop: int,
+    *,
+    more: int = 0,
+    digest: str = "",
+    days: str = "",
+    day_folder: str = "",
 ) -> str:
     """A shard's score file: ``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``.
 
@@ -85,9 +97,12 @@ def shard_output_relpath(
     ``plan.pieces_digest`` (12 hex digits of the sha1 of its piece ids): derived from the pieces
     alone, so the same input planned with the same ``--shard-rows`` gets the same names. A piece
     of some ``days`` of its row group alone (``pipeline.days``) is
-    ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``.
+    ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``; one of a single day whose scores
+    go to a table's partition is ``<folder>/<day_folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``,
+    ``day_folder`` being ``dt=<day>`` (``dt=`` `HIVE_NULL` for the rows without one).
     """
     folder, _, name = relpath.rpartition("/")
+    folder = "/".join(p for p in (folder, day_folder) if p)
     stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
     packed = f"-and-{more}-more-{digest}" if more else ""
     selected = f"-dt-{days.replace('..', '_to_').replace(',', '+')}" if days else ""
@@ -108,7 +123,8 @@ class OutputLayout:
 
     @property
     def writes_direct(self) -> bool:
-        """True where rename is not atomic (object storage): actors write the final key once."""
+        """True where rename is not atomic (object storage): a shard is staged whole, then
+        copied into place once its record is written."""
         return not self.location.is_local
 
     def final_path_for(self, shard: Shard) -> str:
@@ -127,19 +143,21 @@ class OutputLayout:
     def open_shard_sink(self, shard: Shard, run_id: str) -> Iterator[pa.NativeFile]:
         """The stream an actor writes a shard's Parquet file to; whole or nothing on every fs.
 
-        Locally a temporary file (``commit_shard`` renames it); on object storage an in-memory
-        buffer uploaded to the final key in one request when the block ends without error.
+        Always to the run's temporary folder, never under ``scores/``, so that readers of
+        ``scores/`` see only committed files: locally a temporary file (``commit_shard``
+        renames it); on object storage an in-memory buffer uploaded in one request when the
+        block ends without error (``commit_shard`` copies it into place, server-side).
         """
         fs = self.location.filesystem
+        path = self.temp_path_for(shard, run_id)
         if self.writes_direct:
             buffer = pa.BufferOutputStream()
             yield buffer
             data = buffer.getvalue()
             with storage_errors(self.uri(shard.output_relpath), "cannot write", error=ShardError):
-                with fs.open_output_stream(self.final_path_for(shard)) as out:
+                with fs.open_output_stream(path) as out:
                     out.write(data)
             return
-        path = self.temp_path_for(shard, run_id)
         with storage_errors(path, "cannot write", error=ShardError):
             fs.create_dir(path.rpartition("/")[0], recursive=True)
             sink = fs.open_output_stream(path)

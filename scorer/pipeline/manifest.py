@@ -18,20 +18,28 @@ flushes it to disk, renames it onto its final name (an atomic replace), then wri
 the same way (temporary file, fsync, rename, fsync of the folder). Nothing half-written is ever
 under ``scores/``, and a power loss cannot leave a record naming an empty file.
 
-Object storage (any filesystem but the local one): a rename there is a copy and a delete, not
-atomic, so the actor writes the final key once. ``OutputLayout.open_shard_sink`` assembles the
-shard's Parquet in memory (its compressed size: a few MB per million rows) and uploads it in one
-request, a PUT or a multipart completion, which readers see whole or not at all; an actor that
-fails mid-shard uploads nothing. ``commit_shard`` checks the object is there and writes the
-record, itself one PUT.
+Object storage (``s3://``): a rename there is a copy and a delete, not atomic, and readers of
+``scores/`` must never see a file no record names (docs/exactly-once.md, "What a reader of
+scores/ sees"). ``OutputLayout.open_shard_sink`` assembles the shard's Parquet in memory (its
+compressed size: a few MB per million rows) and uploads it whole, in one request, under
+``_scorer/tmp/<run_id>/``; an actor that fails mid-shard uploads nothing. ``commit_shard``
+checks the staged object is there, writes the record (one PUT: the commit point), then copies
+the object into place server-side; the staged objects go at the end of the run, in bulk
+(``discard_temp``), not one request per shard on the commit thread. A crash between record
+and copy is rolled forward by the next run's ``cleanup``.
+
+Every record written and every deletion first calls ``Manifest.fence`` (the driver sets it to
+``OutputLock.check``): a run that lost the lock stops there (``LockLostError``).
 
 What a crash leaves, and what clears it (``Manifest.cleanup``, run under the lock at the start
 of the next run):
 
 - temporary files of dead runs: deleted;
-- a file under ``scores/`` that no record names (a crash between the final write and the
-  record; on object storage it was already visible, whole): deleted, because the rerun may plan
-  other boundaries (another ``--shard-rows``) and its rows would then be there twice;
+- a committed shard whose score file is not in place but staged (object storage: a crash
+  between record and copy): copied into place;
+- a file under ``scores/`` that no record names (locally, a crash between the rename and the
+  record): deleted, because the rerun may plan other boundaries (another ``--shard-rows``) and
+  its rows would then be there twice;
 - a changed input file: ``Manifest.supersede`` deletes its records first, then its outputs, so a
   crash in between leaves only unreferenced files (above), never a record without its file. A
   record packing that file with others goes whole (its one output file holds them all): the
@@ -57,7 +65,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
@@ -209,6 +217,9 @@ class CleanupReport:
     lost: tuple[CommitRecord, ...] = ()
     """Records whose score file is gone (deleted by a lifecycle rule or a person): dropped, so
     that their rows are scored again instead of being skipped for good."""
+    rolled_forward: tuple[str, ...] = ()
+    """Score files (relative to OUTPUT) of committed shards copied into place from where a
+    crashed run staged them (object storage: see the module docstring)."""
 
 
 class Manifest:
@@ -238,6 +249,9 @@ class Manifest:
     ) -> None:
         self.layout = layout
         self.published = published
+        self.fence: Callable[[], None] = _unfenced
+        """Called before every record written and every deletion: ``OutputLock.check``, which
+        raises ``LockLostError`` once this run no longer holds the lock (the driver sets it)."""
         self._records: dict[str, CommitRecord] = {}
         self._by_input: dict[str, dict[str, CommitRecord]] = {}
         self._bad_records = tuple(bad_records)
@@ -364,6 +378,7 @@ class Manifest:
         ``cleanup`` deletes, and never a record whose file is gone.
         """
         fs = self.layout.location.filesystem
+        self.fence()
         # A Delta table's files stay: its current version serves readers until the new one.
         for relpath in (COMMITS,) if self.published else (COMMITS, SCORES):
             with storage_errors(self.layout.uri(relpath), "cannot delete"):
@@ -376,6 +391,8 @@ class Manifest:
         """Delete what crashed runs left: their temporary files, unreferenced score files, and
         unparsable records. Only under the lock: any other run's temp files are then dead."""
         fs = self.layout.location.filesystem
+        self.fence()
+        rolled = self._roll_forward()
         temp_runs = []
         for info in list_files(
             fs, self.layout.path(TMP), recursive=False, where=self.layout.uri(TMP)
@@ -394,6 +411,7 @@ class Manifest:
             fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES)
         )
         lost = self._without_files(listed)
+        self.fence()
         delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in lost])
         referenced = {self.layout.path(r.output_relpath) for r in self._records.values()}
         orphans = [
@@ -407,6 +425,7 @@ class Manifest:
         delete_files(fs, orphans)
         report = CleanupReport(
             temp_runs=tuple(sorted(temp_runs)),
+            rolled_forward=rolled,
             orphans=tuple(sorted(p[len(root) + 1 :] for p in orphans)),
             bad_records=self._bad_records,
             lost=lost,
@@ -510,8 +529,9 @@ class Manifest:
         records = list(records)
         for record in records:
             self._forget(record)
-        if not on_storage:
+        if not on_storage or not records:
             return
+        self.fence()
         fs = self.layout.location.filesystem
         delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in records])
         outputs = [r.output_relpath for r in records if not self._published(r.output_relpath)]
@@ -535,16 +555,17 @@ class Manifest:
         read, must then be the shard's, and ``rows`` at most that.
         """
         self._check_commit(shard, rows, rows_read)
+        self.fence()  # before the rename too: locally a renamed file is visible at once
         fs = self.layout.location.filesystem
         final = self.layout.final_path_for(shard)
         final_uri = self.layout.uri(shard.output_relpath)
+        temp = self.layout.temp_path_for(shard, run_id)
         temp_missing = (ShardError, "the shard's temporary output is missing")
         with storage_errors(final_uri, "cannot commit", missing=temp_missing):
             if self.layout.writes_direct:
-                if fs.get_file_info(final).type != pafs.FileType.File:
-                    raise ShardError(f"{final_uri}: missing, the shard's output was not written")
+                if fs.get_file_info(temp).type != pafs.FileType.File:
+                    raise ShardError(f"{final_uri}: the shard's staged output was not written")
             else:
-                temp = self.layout.temp_path_for(shard, run_id)
                 replace_durably(fs, temp, final)
         record = CommitRecord(
             shard_id=shard.shard_id,
@@ -569,10 +590,16 @@ class Manifest:
         )
         self._write_json(_record_relpath(shard.shard_id), record.to_dict(), run_id)
         self._remember(record)
+        if self.layout.writes_direct:
+            # Committed: now visible. A crash before the copy leaves the record and the staged
+            # file, which the next run's cleanup copies into place (`_roll_forward`).
+            with storage_errors(final_uri, "cannot copy into place"):
+                fs.copy_file(temp, final)
         return record
 
     def discard_temp(self, run_id: str) -> None:
-        """Delete this run's temporary files (abandoned shards), at the end of a run."""
+        """Delete this run's temporary files (abandoned shards; on object storage also the
+        staged copies of committed ones), at the end of a run."""
         delete_dir(self.layout.location.filesystem, self.layout.path(temp_relpath(run_id)))
 
     def _check_commit(self, shard: Shard, rows: int, rows_read: int | None = None) -> None:
@@ -603,6 +630,29 @@ class Manifest:
                             f"{shard.shard_id}: overlaps committed shard {other.shard_id}"
                         )
 
+    def _roll_forward(self) -> tuple[str, ...]:
+        """Object storage: copy into place the score files of committed shards that a crashed
+        run had staged but not yet copied (its record is the commit point)."""
+        if not self.layout.writes_direct or not self._records:
+            return ()
+        fs = self.layout.location.filesystem
+        listed = list_files(
+            fs, self.layout.path(SCORES), recursive=True, where=self.layout.uri(SCORES)
+        )
+        present = {i.path for i in listed if i.type == pafs.FileType.File}
+        rolled = []
+        for record in self._records.values():
+            final = self.layout.path(record.output_relpath)
+            if final in present:
+                continue
+            staged = self.layout.path(temp_relpath(record.run_id, record.output_relpath))
+            with storage_errors(self.layout.uri(record.output_relpath), "cannot copy into place"):
+                if fs.get_file_info(staged).type != pafs.FileType.File:
+                    continue  # not staged either: its file was deleted after it committed
+                fs.copy_file(staged, final)
+            rolled.append(record.output_relpath)
+        return tuple(sorted(rolled))
+
     def _published(self, relpath: str) -> bool:
         """Whether a table's log may reference ``relpath``; a Delta log's own files always."""
         if relpath.startswith(f"{SCORES}/_delta_log/"):
@@ -631,6 +681,7 @@ class Manifest:
 
     def _write_json(self, relpath: str, data: Mapping[str, object], run_id: str) -> None:
         """Write a small JSON file so it appears whole: temp + rename locally, one PUT elsewhere."""
+        self.fence()
         fs = self.layout.location.filesystem
         payload = json.dumps(data, indent=1, sort_keys=True).encode()
         with storage_errors(self.layout.uri(relpath), "cannot write"):
@@ -643,6 +694,10 @@ class Manifest:
             with open(temp, "wb") as out:
                 out.write(payload)
             replace_durably(fs, temp, self.layout.path(relpath))
+
+
+def _unfenced() -> None:
+    """The fence of a manifest used without the lock (a dry run, a test): nothing to check."""
 
 
 def _other_days(piece: Piece, committed_id: str) -> bool:

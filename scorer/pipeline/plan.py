@@ -47,8 +47,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, InputChangedError, NoInputFilesError, PreflightError
+from scorer.errors import (
+    ConfigError,
+    InputChangedError,
+    InputLimitError,
+    NoInputFilesError,
+    PreflightError,
+)
 from scorer.pipeline.layout import shard_output_relpath
+from scorer.pipeline.limits import check_footer_bytes, check_row_groups
 from scorer.storage import Location, storage_errors
 
 if TYPE_CHECKING:
@@ -206,6 +213,9 @@ class Piece:
     schema object); None where not known (pieces rebuilt from commit records)."""
     days: DaySelection | None = None
     """Only the rows of these days (a row group straddling a day filter, `days`); None: all."""
+    day_folder: bool = False
+    """Of one day (or of the rows without one), its scores in that day's ``dt=`` folder: a
+    table format's partition (`days.DaySource.day_folders`)."""
 
     @property
     def piece_id(self) -> str:
@@ -499,6 +509,8 @@ def plan_shards(
     shard_rows: int,
     committed_ranges: Mapping[str, Sequence[CommittedRange]] | None = None,
     groups: Mapping[str, Mapping[int, DaySelection | None]] | None = None,
+    *,
+    day_folders: bool = False,
 ) -> Plan:
     """Pack the files' row groups into shards of at most ``shard_rows`` rows, folder by folder.
 
@@ -510,7 +522,9 @@ def plan_shards(
     it stays within ``shard_rows``; a row group larger than that is a shard of its own.
 
     ``groups`` maps a file's relpath to the only row groups to read of it (`days.DayPlan`), each
-    whole (None) or of some days alone, such a piece a shard of its own.
+    whole (None) or of some days alone, such a piece a shard of its own. ``day_folders``: each
+    selected day of a row group is a piece of its own, in that day's folder, and consecutive row
+    groups of one day of a file one piece (within ``shard_rows``).
     """
     if shard_rows < 1:
         raise ConfigError(f"--shard-rows must be at least 1, got {shard_rows}")
@@ -522,7 +536,7 @@ def plan_shards(
     shards: list[Shard] = []
     skipped: dict[str, list[Piece]] = {}
     for folder_files in folders.values():
-        packer = _Packer(shard_rows)
+        packer = _Packer(shard_rows, day_folders)
         for f in sorted(folder_files, key=lambda f: f.relpath):
             done = _checked_ranges(f, committed_ranges.get(f.relpath, ()))
             for start, stop, committed_id in done:
@@ -582,8 +596,8 @@ def with_quick_head(plan: Plan, quick: Callable[[int, int], bool]) -> Plan:
                 head = first.pieces[:index]
                 rest = first.pieces[index + 1 :]
                 if group > piece.rg_start:  # the piece itself is cut on a row-group boundary
-                    head += (_piece(f, piece.rg_start, group),)
-                rest = (_piece(f, group, piece.rg_stop), *rest)
+                    head += (_piece(f, piece.rg_start, group, piece.days, piece.day_folder),)
+                rest = (_piece(f, group, piece.rg_stop, piece.days, piece.day_folder), *rest)
                 cut = (_make_shard(head, first.partition), _make_shard(rest, first.partition))
                 return replace(plan, shards=(*cut, *plan.shards[1:]))
             rows += f.row_group_rows[group]
@@ -615,13 +629,20 @@ CommittedRange = tuple[int, int] | tuple[int, int, str]
 class _Packer:
     """Fills shards of one folder row group by row group, in the order they are added."""
 
-    def __init__(self, shard_rows: int) -> None:
+    def __init__(self, shard_rows: int, day_folders: bool = False) -> None:
         self.shard_rows = shard_rows
+        self.day_folders = day_folders
         self.shards: list[tuple[list[Piece], Partition]] = []
         self.rows = 0
         self.groups = 0  # in the shard being filled
+        self.by_day: dict[DaySelection, int] = {}  # the last shard of each day, by its index
 
     def add(self, f: InputFile, group: int, days: DaySelection | None = None) -> None:
+        if days is not None and self.day_folders:
+            for day in days.each_day():
+                self._add_day(f, group, day)
+            self.rows, self.groups = self.shard_rows + 1, 1
+            return
         if days is not None:  # some days of a row group: a shard of its own (see `days`)
             self.shards.append(([_piece(f, group, group + 1, days)], f.partition))
             self.rows, self.groups = self.shard_rows + 1, 1
@@ -645,6 +666,22 @@ class _Packer:
             current.append(_piece(f, group, group + 1))
         self.rows += rows
         self.groups += 1
+
+    def _add_day(self, f: InputFile, group: int, day: DaySelection) -> None:
+        """One day of a row group: onto the piece of that day ending just before it, where the
+        shard stays within ``shard_rows``, else a shard of its own."""
+        index = self.by_day.get(day)
+        if index is not None:
+            (last,) = self.shards[index][0]
+            if (
+                last.input_relpath == f.relpath
+                and last.rg_stop == group
+                and last.rows + f.row_group_rows[group] <= self.shard_rows
+            ):
+                self.shards[index] = ([_piece(f, last.rg_start, group + 1, day, True)], f.partition)
+                return
+        self.by_day[day] = len(self.shards)
+        self.shards.append(([_piece(f, group, group + 1, day, True)], f.partition))
 
     def finish(self) -> list[tuple[tuple[Piece, ...], Partition]]:
         return [(tuple(pieces), partition) for pieces, partition in self.shards]
@@ -845,7 +882,10 @@ def _read_footer(
     try:
         with fs.open_input_file(c.path) as source:
             footer = read_footer(source, c.size)
+        check_row_groups(footer.metadata)
         schema = schemas.arrow_schema(footer.metadata)
+    except InputLimitError as exc:
+        return FailedInput(c.path, c.relpath, c.partition, c.size, str(exc))
     except (OSError, ValueError, pa.ArrowException) as exc:
         reason = f"unreadable Parquet footer: {exc}"
         return FailedInput(c.path, c.relpath, c.partition, c.size, reason)
@@ -918,6 +958,7 @@ def _footer_bytes(source: pa.NativeFile, size: int) -> tuple[bytes, bytes]:
     footer_bytes = int.from_bytes(tail[-8:-4], "little")
     if footer_bytes + 12 > size:
         raise ValueError(f"footer length {footer_bytes} exceeds the file ({size} bytes)")
+    check_footer_bytes(footer_bytes)  # before a footer of any size is read
     if footer_bytes + 8 <= tail_bytes:
         return tail[-8 - footer_bytes : -8], tail[-8:]
     source.seek(size - 8 - footer_bytes)
@@ -1068,7 +1109,13 @@ def _gaps(done: Sequence[tuple[int, int, str]], n_groups: int) -> list[tuple[int
     return gaps
 
 
-def _piece(f: InputFile, start: int, stop: int, days: DaySelection | None = None) -> Piece:
+def _piece(
+    f: InputFile,
+    start: int,
+    stop: int,
+    days: DaySelection | None = None,
+    day_folder: bool = False,
+) -> Piece:
     return Piece(
         input_path=f.path,
         input_relpath=f.relpath,
@@ -1081,6 +1128,7 @@ def _piece(f: InputFile, start: int, stop: int, days: DaySelection | None = None
         whole_file=start == 0 and stop == len(f.row_group_rows),
         schema_token=id(f.schema),
         days=days,
+        day_folder=day_folder,
     )
 
 
@@ -1097,7 +1145,8 @@ def _make_shard(pieces: tuple[Piece, ...], partition: Partition) -> Shard:
             first.rg_stop,
             more=more,
             digest=pieces_digest(pieces) if more else "",
-            days=first.days.token if first.days is not None else "",
+            days=first.days.token if first.days is not None and not first.day_folder else "",
+            day_folder=first.days.folder if first.days is not None and first.day_folder else "",
         ),
     )
 

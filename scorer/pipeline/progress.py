@@ -2,7 +2,8 @@
 
 `Progress` does nothing (library and notebook default), `LogProgress` prints plain lines (not a
 terminal, CI, cluster jobs) and `RichProgress` draws a live bar: rows done of the footer total,
-rows/s, ETA and failed shards.
+rows/s, ETA and failed shards. What it prints of the run (file names, error text) is escaped:
+a file named `bad[/x].parquet` is shown as it is, never read as console markup.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class RichProgress(Progress):
         self.task = self.bar.add_task("score", total=total_rows, rate="", failed="")
 
     def message(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+        self.console.print(text, markup=False, highlight=False)
 
     def dispatching(self) -> None:
         self.started = time.monotonic()
@@ -134,8 +135,11 @@ class RichProgress(Progress):
     def shard_failed(self, *, shard_id: str, error: str, will_retry: bool) -> None:
         if not will_retry:
             self.failed += 1
+        from rich.markup import escape
+
         self.console.print(
-            f"[red]shard {shard_id} failed{' (will retry)' if will_retry else ''}:[/red] {error}",
+            f"[red]shard {escape(shard_id)} failed{' (will retry)' if will_retry else ''}:[/red] "
+            f"{escape(error)}",
             highlight=False,
         )
         if self.task is not None:

@@ -29,7 +29,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.errors import OutputConflictError, StorageError
-from scorer.pipeline.layout import SCORES
+from scorer.pipeline.layout import HIVE_NULL, SCORES
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.plan import Plan
 from scorer.storage import Location, credential_env, storage_errors
@@ -157,9 +157,14 @@ def is_scorer_file(relpath: str) -> bool:
 
 
 def partition_values(relpath: str) -> dict[str, str | None]:
-    """The hive ``key=value`` folders of a file below ``scores/``, in folder order."""
+    """The hive ``key=value`` folders of a file below ``scores/``, in folder order; `HIVE_NULL`
+    is a null value (the rows of a day column without a day, docs/nights-in-a-column.md)."""
     folders = relpath.split("/")[1:-1]
-    return {k: v for k, sep, v in (f.partition("=") for f in folders) if sep and k}
+    return {
+        k: None if v == HIVE_NULL else v
+        for k, sep, v in (f.partition("=") for f in folders)
+        if sep and k
+    }
 
 
 def plan_scope(plan: Plan) -> frozenset[tuple[str, ...]]:
