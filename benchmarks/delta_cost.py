@@ -22,7 +22,8 @@ from pathlib import Path
 from scorer.evaluation.generate import generate
 
 
-def main() -> None:
+def main(formats: tuple[str, ...] = ("parquet", "delta")) -> None:
+    """Time whole jobs of each of `formats` (the first is the baseline of the ratios)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/work/bench-data/big-32"))
     parser.add_argument("--sessions", type=int, default=16_000_000)
@@ -32,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.exists():
         generate(args.data, sessions=args.sessions, files=args.files, days=4, seed=1)
-    seconds: dict[str, list[float]] = {"parquet": [], "delta": []}
+    seconds: dict[str, list[float]] = {f: [] for f in formats}
     with tempfile.TemporaryDirectory() as scratch:
         for rep in range(args.reps):
             for output_format in seconds:
@@ -48,10 +49,15 @@ def main() -> None:
                 seconds[output_format].append(time.perf_counter() - started)
                 shutil.rmtree(out)
                 print(f"round {rep + 1} {output_format}: {seconds[output_format][-1]:.1f} s")
-    parquet, delta = (statistics.median(seconds[f]) for f in ("parquet", "delta"))
+    medians = {f: statistics.median(seconds[f]) for f in formats}
+    base = medians[formats[0]]
     print(
-        f"{args.data}: medians of {args.reps}, parquet {parquet:.1f} s, delta {delta:.1f} s, "
-        f"ratio {delta / parquet:.3f}"
+        f"{args.data}: medians of {args.reps}, "
+        + ", ".join(f"{f} {m:.1f} s" for f, m in medians.items())
+        + ", ratios to "
+        + formats[0]
+        + ": "
+        + ", ".join(f"{f} {m / base:.3f}" for f, m in medians.items() if f != formats[0])
     )
 
 

@@ -264,8 +264,9 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     "--format",
     "output_format",
     type=click.Choice(OUTPUT_FORMATS),
-    help="OUTPUT/scores/ as hive Parquet (default) or a Delta Lake table, published once per run "
-    "and partitioned as the input's folders are (a day column: one dt= partition per day).",
+    help="OUTPUT/scores/ as hive Parquet (default), a Delta Lake table, or an Apache Iceberg "
+    "table (catalog: [iceberg] in --config), published once per run and partitioned as the "
+    "input's folders are (a day column: one dt= partition per day).",
 )
 @click.option(
     "--max-attempts",

@@ -7,7 +7,7 @@ A config file mirrors the `scorer score` flags::
     shard_rows = 1_000_000
     keep = ["visitor_type"]
     processes = 1                    # --processes: worker processes beside the driver (no Ray)
-    format = "delta"                 # --format: "parquet" (default) or "delta" (a Delta table)
+    format = "delta"                 # --format: "parquet" (default), "delta" or "iceberg"
     since = 2026-11-01               # TOML dates or "YYYY-MM-DD" strings
     date_column = "event_date"       # --date-column: the day as a column, not a dt= folder
     date_timezone = "Europe/Paris"   # --date-timezone: a timestamp column's day (default UTC)
@@ -29,6 +29,11 @@ A config file mirrors the `scorer score` flags::
     endpoint_override = "127.0.0.1:9000"
     region = "us-east-1"
     scheme = "http"
+
+    [iceberg]                        # format = "iceberg": the catalog (docs/iceberg.md)
+    catalog_uri = "postgresql+psycopg2://scorer@db:5432/catalog"  # default: SQLite in OUTPUT
+    namespace = "scoring"
+    table = "intent_scores"
 
     [monitor]                        # alert thresholds of `score` and `evaluate` (--alert-*)
     psi = 0.25                       # inf switches a kind of alert off
@@ -60,8 +65,9 @@ DEFAULT_CPUS_PER_ACTOR = 1.0
 # fetched ahead of the one decoded, and ranged reads an actor has in flight at most.
 DEFAULT_READ_AHEAD = 2
 DEFAULT_REQUESTS_IN_FLIGHT = 8
-OUTPUT_FORMATS = ("parquet", "delta")  # of OUTPUT/scores/: hive Parquet, or a Delta Lake table
-TABLE_FORMATS = frozenset({"delta"})
+# Of OUTPUT/scores/: hive Parquet, a Delta Lake table, or an Apache Iceberg table's data.
+OUTPUT_FORMATS = ("parquet", "delta", "iceberg")
+TABLE_FORMATS = frozenset({"delta", "iceberg"})
 """Formats whose readers partition by folder: a day column's scores go to one ``dt=`` folder per
 day, the table's partition (docs/nights-in-a-column.md); plain Parquet keeps the day a column."""
 
@@ -122,6 +128,31 @@ class StorageConfig:
             "region": self.region,
             "scheme": self.scheme,
         }
+
+
+@dataclass(frozen=True)
+class IcebergConfig:
+    """The catalog of ``format = "iceberg"`` (docs/iceberg.md).
+
+    ``catalog_uri``: a SQL catalog's SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg2://…``)
+    or a REST catalog's ``http(s)://`` URL; unset on a local OUTPUT, a SQLite catalog inside
+    OUTPUT (``_scorer/iceberg/``). ``catalog_name``: the catalog's name (a SQL catalog keeps its
+    tables under it). ``properties``: more pyiceberg catalog properties (``warehouse``,
+    ``s3.endpoint``, a REST ``credential``, ...), passed as they are.
+    """
+
+    catalog_uri: str | None = None
+    catalog_name: str = "intent_scorer"
+    namespace: str = "scorer"
+    table: str = "scores"
+    properties: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("catalog_name", "namespace", "table"):
+            if not getattr(self, name):
+                raise ConfigError(f"iceberg.{name}: must not be empty")
+        if "uri" in self.properties:
+            raise ConfigError("iceberg.properties: give the catalog's uri as iceberg.catalog_uri")
 
 
 @dataclass(frozen=True)
@@ -186,6 +217,7 @@ class JobConfig:
     None: one per spare core where the job is big enough, 0: none."""
     ray: RayOptions = field(default_factory=RayOptions)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    iceberg: IcebergConfig = field(default_factory=IcebergConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,9 @@ def _rows(schema: pa.Schema) -> list[dict]:
     def value(kind: pa.DataType, i: int) -> object:
         if pa.types.is_list(kind):
             return [value(kind.value_type, i + k) for k in range(i + 1)]
+        if pa.types.is_struct(kind):
+            fields = [kind.field(k) for k in range(kind.num_fields)]
+            return {f.name: value(f.type, i + k) for k, f in enumerate(fields)}
         if pa.types.is_dictionary(kind) or pa.types.is_string(kind):
             return f"v{i}-é"
         if pa.types.is_timestamp(kind):

@@ -195,7 +195,7 @@ def test_a_night_killed_before_its_delta_commit_is_published_once_by_the_backfil
     import psutil
     from test_faults import _wait_for
 
-    from scorer.pipeline.delta import PAUSE_ENV
+    from scorer.pipeline.tables import PAUSE_ENV
 
     path = _export(tmp_path / "sessions.parquet", sorted_by_day=True)
     out = tmp_path / "out"

@@ -28,8 +28,8 @@ from test_faults import SLOW_HISTORY, TOTAL_SHARDS, _commits, _wait_for
 from scorer.cli import cli
 from scorer.config import JobConfig
 from scorer.errors import ConfigError, OutputConflictError
-from scorer.pipeline.delta import PAUSE_ENV, file_run
 from scorer.pipeline.driver import score
+from scorer.pipeline.tables import PAUSE_ENV, file_run
 
 SLOW_DELTA = ["--batch-rows", "5", "--shard-rows", "500", "--format", "delta", "--json"]
 
@@ -179,8 +179,8 @@ def test_a_parquet_run_refuses_a_delta_output_and_the_format_key_is_checked(tmp_
     score(str(history), str(out), format="delta")
     with pytest.raises(OutputConflictError, match="Delta table: pass --format delta"):
         score(str(history), str(out))
-    with pytest.raises(ConfigError, match="format: must be one of parquet, delta"):
-        JobConfig(format="iceberg")
+    with pytest.raises(ConfigError, match="format: must be one of parquet, delta, iceberg"):
+        JobConfig(format="orc")
     config = tmp_path / "job.toml"
     config.write_text('format = "delta"\n')
     result = CliRunner().invoke(

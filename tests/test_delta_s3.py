@@ -23,8 +23,8 @@ from servers import moto_s3
 from test_faults import _wait_for
 
 from scorer.evaluation.generate import generate
-from scorer.pipeline.delta import PAUSE_ENV
 from scorer.pipeline.driver import score
+from scorer.pipeline.tables import PAUSE_ENV
 
 pytestmark = pytest.mark.slow
 

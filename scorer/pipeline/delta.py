@@ -25,7 +25,8 @@ commit delta-rs retries after it in fact landed conflicts instead of adding the 
 
 Data files are immutable in a Delta table (older versions, time travel, point at them), so a run
 never writes onto a published name: with Delta a shard's file is ``<today's name>.run-<run_id>
-.parquet`` (``run_file_relpath``). What the ``manifest`` may then delete differs (``Published``):
+.parquet`` (``tables.run_file_relpath``). What the ``manifest`` may then delete differs
+(``Published``):
 ``--overwrite`` drops the records but not the files, superseding drops records and only files never
 published, and orphan cleanup spares every file a retained version may reference: the current
 version's, and those of runs named in the log's commits (``intent-scorer.runs``). Such files go
@@ -46,98 +47,46 @@ the scorer are never removed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import re
-import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
-import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, OutputConflictError, StorageError
-from scorer.pipeline.layout import HIVE_NULL, SCORES
+from scorer.errors import ConfigError, StorageError
+from scorer.pipeline.layout import SCORES
 from scorer.pipeline.manifest import CommitRecord
-from scorer.pipeline.plan import Plan
-from scorer.storage import Location, credential_env, storage_errors
+from scorer.pipeline.tables import (
+    MARKERS,
+    RUN_KEY,
+    RUNS_KEY,
+    Publication,
+    S3Settings,
+    changes,
+    committed_files,
+    file_run,
+    layout_keys,
+    partition_values,
+    pause,
+    table_schema,
+)
+from scorer.storage import Location
 
 if TYPE_CHECKING:  # imported where used: 0.1 s that a Parquet run need not pay
     from deltalake import DeltaTable
 
-DELTA_LOG = "_delta_log"
+DELTA_LOG = MARKERS["delta"]
 APP_ID = "intent-scorer"
 """The application id of the scorer's transactions in the Delta log."""
-RUNS_KEY = "intent-scorer.runs"
-"""Commit metadata: the runs whose files a commit added (the run ids in their names)."""
-RUN_KEY = "intent-scorer.run_id"
-"""Commit metadata: the run that made the commit."""
-PAUSE_ENV = "SCORER_PAUSE_AT"
-"""Test hook: the driver stops itself (SIGSTOP) at the named point of a publish, ``publish``
-(the table read, nothing committed) or ``published`` (committed, the run stats not written), so
-a fault test kills it at an observed point instead of after a guessed sleep."""
 
-_RUN_SUFFIX = ".run-"
-_SHARD_NAME = re.compile(r"-rg\d{5}-\d{5}")
 _MAX_PUBLISH_ATTEMPTS = 5
-# Object-store credentials delta-rs takes as storage options (it does not share pyarrow's client).
-_DELTA_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
-def run_file_relpath(relpath: str, run_id: str) -> str:
-    """``scores/dt=…/<stem>-rg…-….parquet`` → ``…-….run-<run_id>.parquet``: never a published name."""
-    stem = relpath[: -len(".parquet")] if relpath.endswith(".parquet") else relpath
-    return f"{stem}{_RUN_SUFFIX}{run_id}.parquet"
-
-
-def file_run(relpath: str) -> str | None:
-    """The run id in a Delta data file's name (``run_file_relpath``); None for other names."""
-    name = relpath.rpartition("/")[2]
-    if _RUN_SUFFIX not in name or not name.endswith(".parquet"):
-        return None
-    return name[: -len(".parquet")].rpartition(_RUN_SUFFIX)[2]
-
-
-def with_run_names(plan: Plan, run_id: str) -> Plan:
-    """The plan with each shard to score writing ``run_file_relpath`` (skipped shards keep theirs)."""
-    shards = tuple(
-        dataclasses.replace(s, output_relpath=run_file_relpath(s.output_relpath, run_id))
-        for s in plan.shards
-    )
-    return dataclasses.replace(plan, shards=shards)
-
-
-def check_format(output: Location, output_format: str, *, overwrite: bool) -> None:
-    """Refuse what would mix the formats in one OUTPUT, and filesystems delta-rs is not wired to.
-
-    A Parquet run on a Delta table would delete files its older versions reference; ``--overwrite``
-    replaces the table. A Delta run on Parquet scores publishes the committed files it finds.
-    """
-    if output_format == "delta":
-        _table_uri(output.child(SCORES))  # unsupported filesystem: a ConfigError now
-        return
-    log = output.child(f"{SCORES}/{DELTA_LOG}")
-    with storage_errors(log.uri, "cannot read"):
-        is_table = output.filesystem.get_file_info(log.path).type == pafs.FileType.Directory
-    if is_table and not overwrite:
-        raise OutputConflictError(
-            f'{output.uri}: scores/ is a Delta table: pass --format delta (or format = "delta"), '
-            "or --overwrite to replace it with plain Parquet"
-        )
-
-
-@dataclass(frozen=True)
-class Publication:
-    """What a publish did: the table's version after it, and the files it added and removed."""
-
-    version: int | None
-    added: int
-    removed: int
+def check_location(output: Location) -> None:
+    """Refuse a filesystem delta-rs is not wired to (a ConfigError now, before scoring)."""
+    _table_uri(output.child(SCORES))
 
 
 class ScoresTable:
@@ -164,18 +113,20 @@ class ScoresTable:
 
     # -- publishing ---------------------------------------------------------------------------
 
-    def publish(self, records: Iterable[CommitRecord], run_id: str) -> Publication:
+    def publish(
+        self, records: Iterable[CommitRecord], run_id: str, scope: frozenset[tuple[str, ...]]
+    ) -> Publication:
         """One transaction making the current version hold exactly the records' files (of the
-        scorer's files; others' are left alone). A no-op when it does already."""
+        scorer's files within the run's partitions, ``tables.changes``; others' are left alone).
+        A no-op when it does already."""
         wanted = {r.output_relpath: r for r in records}
         for attempt in range(1, _MAX_PUBLISH_ATTEMPTS + 1):
             table = self._open()
             active = self._active(table) if table is not None else set()
-            adds = sorted(set(wanted) - active)
-            removes = sorted(p for p in active - set(wanted) if _is_scorer_file(p))
+            adds, removes = changes(wanted, active, scope)
             if not adds and not removes:
-                return Publication(table.version() if table is not None else None, 0, 0)
-            _pause("publish")
+                return _publication(table.version() if table is not None else None, 0, 0)
+            pause("publish")
             from deltalake.exceptions import CommitFailedError
 
             try:
@@ -188,8 +139,8 @@ class ScoresTable:
                     ) from exc
                 continue  # another writer committed first: recompute against its version
             self._current = self._runs = None
-            _pause("published")
-            return Publication(version, len(adds), len(removes))
+            pause("published")
+            return _publication(version, len(adds), len(removes))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _commit(
@@ -204,30 +155,15 @@ class ScoresTable:
             create_table_with_add_actions,
         )
 
-        fs = self.output.filesystem
-        paths = [self.output.child(r.output_relpath).path for r in adds]
-        with storage_errors(self.location.uri, "cannot publish"):
-            infos = fs.get_file_info(paths) if paths else []
-        missing = [r.output_relpath for r, i in zip(adds, infos) if i.type != pafs.FileType.File]
-        if missing:
-            raise StorageError(
-                f"{self.output.child(missing[0]).uri}: committed but missing, not published "
-                f"({len(missing)} file(s)); --overwrite rescores"
-            )
-        keys = _partition_keys(adds[0].output_relpath) if adds else []
+        infos = committed_files(self.output, adds)
+        keys = layout_keys(self.output, adds)
         actions: list[AddAction | RemoveAction] = []
         for record, info in zip(adds, infos):
-            values = _partition_values(record.output_relpath)
-            if list(values) != keys:
-                raise StorageError(
-                    f"{self.output.child(record.output_relpath).uri}: partition keys "
-                    f"{list(values)} differ from {keys}: one Delta table needs one layout"
-                )
             actions.append(
                 AddAction(
                     path=self._in_table(record.output_relpath),
                     size=info.size,
-                    partition_values=values,
+                    partition_values=partition_values(record.output_relpath),
                     modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else 0,
                     data_change=True,
                     stats=json.dumps({"numRecords": record.rows}),
@@ -239,7 +175,7 @@ class ScoresTable:
                 path=self._in_table(p),
                 data_change=True,
                 deletion_timestamp=now_ms,
-                partition_values=_partition_values(p),
+                partition_values=partition_values(p),
             )
             for p in removes
         ]
@@ -261,7 +197,7 @@ class ScoresTable:
             )
             table.update_incremental()
             return table.version()
-        schema = Schema.from_arrow(self._schema(adds[0].output_relpath, keys))
+        schema = Schema.from_arrow(table_schema(self.output, adds[0].output_relpath, keys))
         create_table_with_add_actions(
             self.uri,
             schema,
@@ -272,21 +208,6 @@ class ScoresTable:
             commit_properties=properties,
         )
         return DeltaTable(self.uri, storage_options=self.storage_options).version()
-
-    def _schema(self, relpath: str, keys: list[str]) -> pa.Schema:
-        """A score file's schema as the table's: dictionaries as their values, plus the keys."""
-        location = self.output.child(relpath)
-        with storage_errors(location.uri, "cannot read"):
-            with self.output.filesystem.open_input_file(location.path) as f:
-                schema = pq.read_schema(f)
-        fields = [
-            pa.field(f.name, f.type.value_type, f.nullable)
-            if pa.types.is_dictionary(f.type)
-            else f.remove_metadata()
-            for f in schema
-            if f.name not in keys
-        ]
-        return pa.schema(fields + [pa.field(key, pa.string()) for key in keys])
 
     # -- reading the log ----------------------------------------------------------------------
 
@@ -320,51 +241,25 @@ class ScoresTable:
         return relpath[len(SCORES) + 1 :]
 
 
-def _is_scorer_file(relpath: str) -> bool:
-    """Written by the scorer (a shard's name), so a publish may remove it."""
-    return file_run(relpath) is not None or _SHARD_NAME.search(relpath) is not None
-
-
-def _partition_keys(relpath: str) -> list[str]:
-    return list(_partition_values(relpath))
-
-
-def _partition_values(relpath: str) -> dict[str, str | None]:
-    """The hive ``key=value`` folders of a file below ``scores/``, in folder order; `HIVE_NULL`
-    is a null value (the rows of a day column without a day, docs/nights-in-a-column.md)."""
-    folders = relpath.split("/")[1:-1]
-    return {
-        k: None if v == HIVE_NULL else v
-        for k, sep, v in (f.partition("=") for f in folders)
-        if sep and k
-    }
+def _publication(version: int | None, added: int, removed: int) -> Publication:
+    return Publication(
+        version, added, removed, f"Delta version {version}", {"delta_version": version}
+    )
 
 
 def _table_uri(location: Location) -> tuple[str, dict[str, str]]:
     """The table's URI and delta-rs storage options (a local path; s3:// with its endpoint)."""
     if location.is_local:
         return location.path, {}
-    parts = urlsplit(location.uri)
-    if parts.scheme != "s3":
-        raise ConfigError(
-            f"format: delta supports local paths and s3:// outputs, not {parts.scheme}://"
-        )
-    query = dict(parse_qsl(parts.query))
-    options: dict[str, str] = {}
-    if "endpoint_override" in query:
-        scheme = query.get("scheme", "https")
-        options["AWS_ENDPOINT_URL"] = f"{scheme}://{query['endpoint_override']}"
-        if scheme == "http":
+    scheme = urlsplit(location.uri).scheme
+    if scheme != "s3":
+        raise ConfigError(f"format: delta supports local paths and s3:// outputs, not {scheme}://")
+    s3 = S3Settings.of(location)
+    options = dict(s3.credentials)
+    if s3.endpoint_url:
+        options["AWS_ENDPOINT_URL"] = s3.endpoint_url
+        if s3.endpoint_url.startswith("http://"):
             options["AWS_ALLOW_HTTP"] = "true"
-    if "region" in query:
-        options["AWS_REGION"] = query["region"]
-    env = credential_env()
-    options.update({k: env[k] for k in _DELTA_CREDENTIALS if k in env})
-    if "AWS_REGION" not in options and "AWS_DEFAULT_REGION" in env:
-        options["AWS_REGION"] = env["AWS_DEFAULT_REGION"]
+    if s3.region:
+        options["AWS_REGION"] = s3.region
     return f"s3://{location.path}", options
-
-
-def _pause(point: str) -> None:
-    if os.environ.get(PAUSE_ENV) == point:
-        os.kill(os.getpid(), signal.SIGSTOP)

@@ -46,7 +46,6 @@ from scorer.monitor.alerts import score_hint, table_alerts
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
 from scorer.pipeline.days import DayPlan, DaySource, apply_commits, resolve_days
-from scorer.pipeline.delta import ScoresTable, check_format, with_run_names
 from scorer.pipeline.layout import CALIBRATION, DRIFT, OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.local import (
@@ -84,6 +83,13 @@ from scorer.pipeline.processes import (
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
+from scorer.pipeline.tables import (
+    ScoresTableFormat,
+    check_format,
+    open_table,
+    plan_scope,
+    with_run_names,
+)
 from scorer.storage import Location, StorageOptions, resolve
 
 __all__ = ["RunSummary", "new_run_id", "score"]
@@ -163,7 +169,7 @@ def score(
     if not dry_run:
         check_reachable(config.ray.address)
 
-    check_format(context.output, config.format, overwrite=config.overwrite)
+    check_format(context.output, config)
     if dry_run:
         manifest = Manifest.load(context.output)
         manifest.forget_records_without_files()
@@ -183,7 +189,7 @@ def score(
     with _warnings_shown_by(progress):  # a stale lock taken over, an unreadable commit record
         lock.acquire()
     try:
-        table = ScoresTable(context.output) if config.format == "delta" else None
+        table = open_table(context.output, config)
         with _warnings_shown_by(progress):
             manifest = Manifest.load(context.output, published=table)
         manifest.fence = lock.check  # every record and deletion: see `lock`
@@ -210,7 +216,7 @@ def score(
         items = _identified(manifest, context, items, progress=progress)
         manifest.supersede(_readable(items))
         plan = _plan(context, items, manifest)
-        if table is not None:  # a Delta table's data files are immutable: see `delta`
+        if table is not None:  # a table's data files are immutable: see `tables`
             plan = with_run_names(plan, context.run_id)
         run = _Run(context, plan, manifest, progress, started_wall, started, table)
         try:
@@ -523,7 +529,7 @@ class _Run:
         progress: Progress,
         started_wall: dt.datetime,
         started: float,
-        table: ScoresTable | None = None,
+        table: ScoresTableFormat | None = None,
     ) -> None:
         self.context, self.plan, self.manifest, self.progress = context, plan, manifest, progress
         self.table = table
@@ -594,16 +600,19 @@ class _Run:
         return self.summary
 
     def _publish(self) -> None:
-        """With Delta, the run's one transaction: everything committed becomes visible at once
-        (what an interrupted earlier run committed too); see `delta`."""
+        """With a table format, the run's one commit: everything committed becomes visible at
+        once (what an interrupted earlier run committed too); see `tables`."""
         if self.table is None:
             return
         self.manifest.fence()
-        publication = self.table.publish(self.manifest.records.values(), self.context.run_id)
-        self.summary.delta_version = publication.version
+        publication = self.table.publish(
+            self.manifest.records.values(), self.context.run_id, plan_scope(self.plan)
+        )
+        for name, value in publication.summary.items():
+            setattr(self.summary, name, value)
         if publication.added or publication.removed:
             self.progress.message(
-                f"published Delta version {publication.version}: {publication.added} file(s) "
+                f"published {publication.label}: {publication.added} file(s) "
                 f"added, {publication.removed} removed"
             )
 

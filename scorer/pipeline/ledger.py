@@ -77,6 +77,7 @@ class RunSummary:
     drift_path: str | None = None  # the run's drift table (SPEC §5a), once written
     drift_skipped: str | None = None  # why there is none, e.g. "model card has no reference"
     delta_version: int | None = None  # --format delta: the scores table's version once published
+    iceberg: dict[str, Any] | None = None  # --format iceberg: catalog_uri, table, snapshot_id
     alerts: list[Alert] = field(default_factory=list)  # of the drift and calibration written
     fail_on_alert: bool = field(default=False, repr=False)  # [monitor]: alerts make the exit 3
 

@@ -115,13 +115,20 @@ RUN_STATS_SCHEMA = pa.schema(
         ("onnxruntime_version", pa.string()),
         ("pyarrow_version", pa.string()),
         ("delta_version", pa.int64()),
+        (
+            "iceberg",
+            pa.struct(
+                [("catalog_uri", pa.string()), ("table", pa.string()), ("snapshot_id", pa.int64())]
+            ),
+        ),
     ]
 )
 """`rows_per_second` is over the wall time; `work_rows_per_second` over the work window (first
 shard dispatched to last shard finished), the figure that compares with the I/O floor.
 `cpu_seconds`: the actors' CPU time over the shards committed in this run. `delta_version`: with
 `--format delta`, the version of the scores table once this run published (null otherwise, and
-for a run interrupted before publishing)."""
+for a run interrupted before publishing). `iceberg`: with `--format iceberg`, the catalog (its
+secrets redacted), the table and the snapshot current once this run published (docs/iceberg.md)."""
 
 
 def utc_now() -> dt.datetime:
