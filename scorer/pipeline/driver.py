@@ -716,6 +716,8 @@ class _Run:
             )
 
     def _run_workers(self, workers: Workers) -> None:
+        if self.table is not None:
+            self.table.warm_up()
         if not self.summary.setup_seconds:
             self.summary.setup_seconds = time.perf_counter() - self.started
         self.progress.dispatching()

@@ -80,6 +80,12 @@ class ScoresTableFormat(Protocol):
         """One commit making the current version hold the records' files (``changes``)."""
         ...
 
+    def warm_up(self) -> None:
+        """Load what ``publish`` needs while the run scores, off the job's critical path.
+        Called once the driver's worker processes are forked (a fork must not copy a thread
+        in the middle of an import)."""
+        ...
+
 
 def open_table(output: Location, config: JobConfig) -> ScoresTableFormat | None:
     """The table the run publishes to; None for plain Parquet. Imported on use: a Parquet run
