@@ -30,7 +30,7 @@ import pyarrow as pa
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
-from scorer.config import TABLE_FORMATS, JobConfig
+from scorer.config import DEFAULT_SHARD_ROWS, TABLE_FORMATS, JobConfig
 from scorer.errors import (
     ConfigError,
     Interrupted,
@@ -52,6 +52,7 @@ from scorer.pipeline.local import (
     InProcessThenActors,
     InProcessWorker,
     RayInBackground,
+    balanced_shard_rows,
     in_process_note,
     quick_first_shard,
     ray_pays_off,
@@ -478,9 +479,14 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
         if days.source.day_folders and committed:
             _check_day_folders(context, manifest, days.groups)
         committed, groups = apply_commits(days, committed or {}, row_groups)
+    shard_rows = context.config.shard_rows
+    if shard_rows == DEFAULT_SHARD_ROWS and _private_ray_optional(context.config):
+        # The default, on this machine's cores: every worker gets several shards.
+        rows = sum(f.rows for f in files)
+        shard_rows = balanced_shard_rows(shard_rows, rows, os.cpu_count() or 1)
     plan = plan_shards(
         items,
-        context.config.shard_rows,
+        shard_rows,
         committed,
         groups,
         day_folders=context.days is not None and context.days.source.day_folders,
