@@ -206,8 +206,9 @@ def monitor_options(command: Callable[..., _R]) -> Callable[..., _R]:
     type=click.IntRange(min=1),
     help=(
         "Target rows per shard; big files split on row-group boundaries, small files of one "
-        f"folder packed together (default {DEFAULT_SHARD_ROWS}, or fewer where the job scored "
-        "on this machine would give a worker less than four shards; never under 100000)."
+        f"folder packed together (default {DEFAULT_SHARD_ROWS}). With the default, a job scored "
+        "on this machine that would give a worker fewer than four shards gets smaller ones, "
+        "never under 100000 rows."
     ),
 )
 @click.option(
