@@ -30,8 +30,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from scorer.evaluation.generate import generate
-from scorer.evaluation.whole_job import scorer_bin
+from scorer.jobs.generate import generate
+from scorer.jobs.whole_job import scorer_bin
 from scorer.pipeline.layout import SHARD_STATS, run_table_relpath
 
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 
-from scorer.evaluation.generate import DEFAULT_END_DATE, generate
-from scorer.evaluation.whole_job import scorer_bin
+from scorer.jobs.generate import DEFAULT_END_DATE, generate
+from scorer.jobs.whole_job import scorer_bin
 from scorer.pipeline.layout import SHARD_STATS, run_table_relpath
 
 

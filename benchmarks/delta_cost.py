@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 
 
 def main(formats: tuple[str, ...] = ("parquet", "delta")) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from scorer.config import DEFAULT_BATCH_ROWS
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 from scorer.model.runtime import load_model
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 
 
 def main() -> None:

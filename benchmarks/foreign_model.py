@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from scorer.evaluation.bench import bench_data
-from scorer.evaluation.whole_job import scorer_bin
+from scorer.jobs.bench import bench_data
+from scorer.jobs.whole_job import scorer_bin
 
 FEATURES = (
     "admin_pages",

@@ -35,7 +35,7 @@ MB = 1_000_000
 
 
 def _write(where: str, rows: int) -> None:
-    from scorer.evaluation.generate import generate
+    from scorer.jobs.generate import generate
 
     generate(where, sessions=rows, files=1, days=1, seed=7, row_group_rows=rows)
 

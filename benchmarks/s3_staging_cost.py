@@ -2,7 +2,7 @@
 against an earlier one, at chosen per-request latencies (docs/exactly-once.md).
 
 Whole `scorer score s3://... s3://... --json` processes through the loopback latency proxy
-(`scorer.evaluation.latency`) in front of moto's S3 server, alternating the two checkouts REPS
+(`scorer.jobs.latency`) in front of moto's S3 server, alternating the two checkouts REPS
 times per latency on the same sessions; prints each run's whole-process seconds, requests by
 method through the proxy, the medians and their ratio.
 
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from scorer.evaluation.generate import generate
-from scorer.evaluation.latency import latency_proxy, moto_server
+from scorer.jobs.generate import generate
+from scorer.jobs.latency import latency_proxy, moto_server
 
 # `python -m scorer` from the checkout named first, even where an editable install of another
 # one puts its own finder ahead of PYTHONPATH.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from scorer.evaluation.generate import generate
-from scorer.evaluation.latency import moto_server
+from scorer.jobs.generate import generate
+from scorer.jobs.latency import moto_server
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scorer.evaluation.bench import bench_data
-from scorer.evaluation.whole_job import scorer_bin
+from scorer.jobs.bench import bench_data
+from scorer.jobs.whole_job import scorer_bin
 
 # Each reader in a process of its own, timed after its import: what reading the files costs.
 READ_ONLY = {

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scorer import ScorerError
 from scorer.config import DEFAULT_BATCH_ROWS
-from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS, run_bench
+from scorer.jobs.bench import DEFAULT_REPS, DEFAULT_SESSIONS, run_bench
 
 
 def main(argv: list[str] | None = None) -> int:

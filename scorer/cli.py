@@ -34,8 +34,8 @@ from scorer.config import (
     OUTPUT_FORMATS,
 )
 from scorer.errors import Interrupted, ScorerError, Terminated
-from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS
-from scorer.evaluation.generate import (
+from scorer.jobs.bench import DEFAULT_REPS, DEFAULT_SESSIONS
+from scorer.jobs.generate import (
     DEFAULT_CONVERSION_RATE,
     DEFAULT_END_DATE,
     Break,
@@ -54,8 +54,8 @@ from scorer.model.card import (
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
 
 if TYPE_CHECKING:
-    from scorer.monitor.alerts import Alert
-    from scorer.monitor.evaluate import Evaluation
+    from scorer.jobs.evaluate import Evaluation
+    from scorer.pipeline.alerts import Alert
     from scorer.pipeline.driver import RunSummary
 
 _P = ParamSpec("_P")
@@ -552,7 +552,7 @@ def generate_command(
     s3://bucket/history?endpoint_override=host:9000&scheme=http. Sessions are drawn from the
     bundled real sessions of the same calendar month, jittered, in the session schema; the label
     `converted` is drawn from a known ground-truth probability (see
-    scorer.evaluation.generate.ground_truth_probability), so that the calibration of any model can be
+    scorer.jobs.generate.ground_truth_probability), so that the calibration of any model can be
     measured on them. --break makes broken days for drift tests and demos; the labels and every
     other column stay exactly those of the same command without it.
 
@@ -626,7 +626,7 @@ def report(output: Path, run_id: str | None, out_dir: Path | None, config_file: 
     from rich.console import Console
 
     from scorer.config import load_config
-    from scorer.evaluation.report import build_report, render
+    from scorer.jobs.report import build_report, render
 
     monitor = load_config(config_file).monitor
     built = build_report(
@@ -691,8 +691,8 @@ def evaluate_command(
     import json
 
     from scorer.config import load_config
-    from scorer.monitor.alerts import calibration_alerts, exit_code
-    from scorer.monitor.evaluate import evaluate
+    from scorer.jobs.evaluate import evaluate
+    from scorer.pipeline.alerts import calibration_alerts, exit_code
     from scorer.storage import StorageOptions
 
     config = load_config(config_file).with_overrides(
@@ -860,7 +860,7 @@ def bench_command(
     """
     from rich.console import Console
 
-    from scorer.evaluation.bench import render, run_bench
+    from scorer.jobs.bench import render, run_bench
 
     if whole_job:
         _bench_whole_job(out_dir, data, sessions, files, reps)
@@ -902,7 +902,7 @@ def _bench_s3_latency(
 ) -> None:
     from rich.console import Console
 
-    from scorer.evaluation.latency import render_latency, run_latency_bench
+    from scorer.jobs.latency import render_latency, run_latency_bench
 
     try:
         delays_ms = [float(ms) for ms in delays.split(",")]
@@ -933,8 +933,8 @@ def _bench_whole_job(
 ) -> None:
     from rich.console import Console
 
-    from scorer.evaluation.bench import bench_data
-    from scorer.evaluation.whole_job import render, run_whole_job
+    from scorer.jobs.bench import bench_data
+    from scorer.jobs.whole_job import render, run_whole_job
 
     def message(text: str) -> None:
         click.echo(text, err=True)

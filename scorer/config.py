@@ -58,7 +58,7 @@ from scorer.errors import ConfigError
 # The defaults of the job, read by the dataclasses below and by the CLI's help texts.
 DEFAULT_BATCH_ROWS = 131_072
 DEFAULT_SHARD_ROWS = 1_000_000
-DEFAULT_MAX_ATTEMPTS = 3  # per shard, the first included (SPEC §6)
+DEFAULT_MAX_ATTEMPTS = 3  # per shard, the first included (docs/backfills.md)
 DEFAULT_THREADS_PER_ACTOR = 1
 DEFAULT_CPUS_PER_ACTOR = 1.0
 # Object storage (measured through a latency proxy, README "Sizing"): row groups of a shard
@@ -71,7 +71,7 @@ TABLE_FORMATS = frozenset({"delta", "iceberg"})
 """Formats whose readers partition by folder: a day column's scores go to one ``dt=`` folder per
 day, the table's partition (docs/nights-in-a-column.md); plain Parquet keeps the day a column."""
 
-# Alert thresholds (`[monitor]`, SPEC §5a), in one place so that they are tuned in one place.
+# Alert thresholds (`[monitor]`, docs/output.md), in one place so that they are tuned in one place.
 # Starting points, to be set from measurements on clean generated days: PSI 0.25 is the usual
 # "the population has shifted" line (0.1-0.25 "moderate"). A clean generated November day of the
 # bundled model has an equal-width ECE of intent_calibrated of ~0.05 (8M rows; the model is close
@@ -157,7 +157,7 @@ class IcebergConfig:
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Alert thresholds: a figure of a day above its threshold is an alert (`scorer.monitor.alerts`).
+    """Alert thresholds: a figure of a day above its threshold is an alert (`scorer.pipeline.alerts`).
 
     ``psi``: drift of a model input or of intent_calibrated against the card's reference;
     ``share_unseen`` / ``share_invalid`` / ``share_missing``: shares of a column's rows outside

@@ -587,7 +587,7 @@ def _checked_scores(p: np.ndarray, eps: float | None = None) -> _Scores:
 
 
 # --------------------------------------------------------------------------------------------
-# The calibration table (SPEC §5)
+# The calibration table (docs/output.md)
 # --------------------------------------------------------------------------------------------
 
 _SCORES = ("raw", "calibrated")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 
 
 @pytest.fixture(scope="session")

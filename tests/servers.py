@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scorer.evaluation.latency import LatencyProxy, latency_proxy, moto_server, moto_server_path
+from scorer.jobs.latency import LatencyProxy, latency_proxy, moto_server, moto_server_path
 
 
 def free_port() -> int:
@@ -34,7 +34,7 @@ def moto_s3(credentials: dict[str, str]) -> Iterator[str]:
 
 @contextlib.contextmanager
 def s3_latency(upstream: str, delay_ms: float) -> Iterator[LatencyProxy]:
-    """The scorer's loopback latency proxy (`scorer.evaluation.latency`) in front of
+    """The scorer's loopback latency proxy (`scorer.jobs.latency`) in front of
     `upstream`, a `moto_s3` address: every HTTP request through it is held `delay_ms`."""
     with latency_proxy(upstream, delay_ms) as proxy:
         yield proxy

@@ -17,9 +17,11 @@ import scorer
 from scorer.cli import cli
 from scorer.config import DEFAULT_ALERT_PSI, MonitorConfig, load_config
 from scorer.errors import ConfigError
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 from scorer.metrics import CalibrationState, calibration_table
-from scorer.monitor.alerts import (
+from scorer.model.drift import drift_schema
+from scorer.pipeline import layout
+from scorer.pipeline.alerts import (
     ALERT_EXIT_CODE,
     RecalibrateHint,
     calibration_alerts,
@@ -27,8 +29,6 @@ from scorer.monitor.alerts import (
     exit_code,
     run_alerts,
 )
-from scorer.monitor.drift import drift_schema
-from scorer.pipeline import layout
 from scorer.storage import resolve
 
 HINT = RecalibrateHint(data="history/", model="models/intent-v1", out="models/new")

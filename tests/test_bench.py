@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import cli
-from scorer.evaluation import bench
+from scorer.jobs import bench
 
 
 def test_bench_measures_every_contestant(tmp_path, history, ray_cluster, monkeypatch):
@@ -71,7 +71,7 @@ def test_bench_rejects_bad_actor_list(tmp_path):
 
 
 def test_whole_job_times_the_scorer_and_its_peers_and_checks_they_agree(tmp_path, history):
-    from scorer.evaluation.whole_job import CONTESTANTS, render, run_whole_job
+    from scorer.jobs.whole_job import CONTESTANTS, render, run_whole_job
 
     messages = []
     result = run_whole_job(history, tmp_path / "wj", reps=1, on_message=messages.append)
@@ -97,7 +97,7 @@ def test_the_peers_implement_the_cards_calibrators_and_refuse_others():
     import json
 
     from scorer.errors import ConfigError
-    from scorer.evaluation.peers import PEERS, peer_script
+    from scorer.jobs.peers import PEERS, peer_script
     from scorer.model.runtime import default_model_dir
 
     card = json.loads((default_model_dir() / "model.json").read_text())

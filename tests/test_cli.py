@@ -20,7 +20,7 @@ from scorer.config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_SHARD_ROWS,
 )
-from scorer.evaluation.bench import DEFAULT_REPS, DEFAULT_SESSIONS
+from scorer.jobs.bench import DEFAULT_REPS, DEFAULT_SESSIONS
 from scorer.model.card import (
     BUNDLED_MODEL,
     CALIBRATION_METHODS,

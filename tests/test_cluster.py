@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_faults import _stopped_writing_a_shard, _wait_for
 
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 
 pytestmark = pytest.mark.slow
 

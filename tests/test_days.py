@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from scorer.cli import cli
-from scorer.evaluation.generate import Break, generate
+from scorer.jobs.generate import Break, generate
 from scorer.pipeline.days import DaySelection, selected_days
 from scorer.pipeline.plan import PartitionFilter
 

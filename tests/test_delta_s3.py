@@ -22,7 +22,7 @@ from deltalake import DeltaTable, write_deltalake
 from servers import moto_s3
 from test_faults import _wait_for
 
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 from scorer.pipeline.driver import score
 from scorer.pipeline.tables import PAUSE_ENV
 

@@ -1,4 +1,4 @@
-"""Drift against the card's reference (`scorer.monitor.drift`): PSI's laws, mergeable states, the
+"""Drift against the card's reference (`scorer.model.drift`): PSI's laws, mergeable states, the
 sample of large batches, drift that is there and drift that is not, and the table a real
 `scorer score` run writes."""
 
@@ -20,9 +20,9 @@ from conftest import make_history
 from scorer import score
 from scorer.cli import cli
 from scorer.model.card import CARD_FILE
+from scorer.model.drift import SAMPLE_ROWS, DriftState, drift_schema, drift_table, psi
 from scorer.model.runtime import default_model_dir, load_model
 from scorer.model.sessions import load_bundled_sessions
-from scorer.monitor.drift import SAMPLE_ROWS, DriftState, drift_schema, drift_table, psi
 from scorer.pipeline import layout
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

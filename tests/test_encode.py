@@ -325,7 +325,7 @@ def test_feed_buffers_are_filled_in_place():
         encode_inputs(INPUTS, table.slice(1), out)
 
 
-# --- law: the vectorised statuses equal a row-by-row reading of SPEC §5 ------------------------
+# --- law: the vectorised statuses equal a row-by-row reading of docs/output.md ------------------------
 
 
 def reference_status(row: dict) -> str:

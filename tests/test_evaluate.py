@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 import scorer
 from scorer.cli import cli
-from scorer.evaluation.generate import generate
-from scorer.monitor.evaluate import SCORED_RUN_IDS, evaluate
+from scorer.jobs.evaluate import SCORED_RUN_IDS, evaluate
+from scorer.jobs.generate import generate
 from scorer.pipeline import layout
 
 KEY, LABEL = "session_id", "converted"

@@ -1,4 +1,4 @@
-"""Backfills that survive (SPEC §6): real processes killed with real signals, broken files,
+"""Backfills that survive (docs/backfills.md): real processes killed with real signals, broken files,
 preflight refusals, and bad rows.
 
 In-process runs join the session's shared Ray (``ray_cluster``); a test starts a ``scorer score``
@@ -688,7 +688,7 @@ def _bad_value(spec, kind):
 
 
 def _expected_status(card, row: dict) -> str:
-    """SPEC §5, written out independently of scorer.model.encode: the first failing column in the
+    """docs/output.md, written out independently of scorer.model.encode: the first failing column in the
     card's order; within a column missing, then not_finite, then out_of_range."""
     for spec in card.inputs:
         value = row[spec.name]

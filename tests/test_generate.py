@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from scorer.cli import cli
 from scorer.errors import ConfigError, OutputConflictError
-from scorer.evaluation.generate import (
+from scorer.jobs.generate import (
     METADATA_KEY,
     UNSEEN_INT,
     UNSEEN_STRING,

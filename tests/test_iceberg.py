@@ -459,7 +459,7 @@ def test_an_s3_output_with_a_configured_catalog_publishes_and_resumes(tmp_path):
     from servers import moto_s3
 
     from scorer.config import IcebergConfig, JobConfig
-    from scorer.evaluation.generate import generate
+    from scorer.jobs.generate import generate
 
     credentials = {"AWS_ACCESS_KEY_ID": "iceberg-key", "AWS_SECRET_ACCESS_KEY": "iceberg-5ecret"}
     with moto_s3(credentials) as endpoint:

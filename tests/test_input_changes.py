@@ -1,4 +1,4 @@
-"""A file replaced or removed while a run reads it (SPEC §6): its shards fail as "input changed
+"""A file replaced or removed while a run reads it (docs/backfills.md): its shards fail as "input changed
 during the run" (exit 1), the scores never hold rows of two versions, and the rerun scores the
 version now there, once.
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import make_history
 from servers import moto_s3
 
-from scorer.evaluation.latency import latency_proxy
+from scorer.jobs.latency import latency_proxy
 from scorer.pipeline.layout import LOCK
 from scorer.pipeline.lock import LEASE_ENV, OutputLock, lease_from_env
 from scorer.storage import resolve

@@ -204,7 +204,7 @@ def test_calibrated_is_monotone_in_raw(trained, sessions, method):
     check()
 
 
-# --- the scores table (SPEC §5) ---------------------------------------------------------------
+# --- the scores table (docs/output.md) ---------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")

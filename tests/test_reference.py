@@ -1,4 +1,4 @@
-"""The model card's reference (`scorer.monitor.reference`): what `train`, `calibrate` and the
+"""The model card's reference (`scorer.model.reference`): what `train`, `calibrate` and the
 bundled card hold, that adding it changed no score, and that a malformed one is refused by key."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from scorer.errors import ModelError
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 from scorer.model.card import CARD_FILE, GRAPH_FILE, load_card
+from scorer.model.reference import SCORE_COLUMN, bin_counts, numeric_edges
 from scorer.model.runtime import default_model_dir, load_model
 from scorer.model.sessions import bundled_sessions_path, load_bundled_sessions
 from scorer.model.train import CALENDAR, SEASON, add_reference, recalibrate, train
-from scorer.monitor.reference import SCORE_COLUMN, bin_counts, numeric_edges
 
 # model.onnx of intent-v1 as released (1.0.1): adding the reference must not touch it.
 BUNDLED_SHA256 = "7f1c7bf5e0de49f8003be98d4976c12024ae53fd78dd4ffd559858695ed2efb6"

@@ -1,4 +1,4 @@
-"""`scorer report` over a fake OUTPUT tree laid out exactly as SPEC §5 says.
+"""`scorer report` over a fake OUTPUT tree laid out exactly as docs/output.md says.
 
 `make_output_tree` writes scores, shard stats, run stats and the calibration table of two runs
 (the latest labelled, with drift over three days; an older one unlabelled), so the report's
@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from scorer import metrics
 from scorer.cli import cli
-from scorer.evaluation.report import (
+from scorer.jobs.report import (
     ECE_THRESHOLD,
     HISTOGRAM_BINS,
     PSI_THRESHOLD,
@@ -33,7 +33,7 @@ from scorer.evaluation.report import (
     read_report,
 )
 from scorer.metrics import CalibrationState
-from scorer.monitor.drift import drift_schema
+from scorer.model.drift import drift_schema
 from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
 
 RUN = "20261128T010203Z-a1b2c3"
@@ -151,7 +151,7 @@ def _write(table: pa.Table, path: Path) -> None:
 
 
 def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
-    """Write a fake OUTPUT under root (SPEC §5 layout) and return what it holds."""
+    """Write a fake OUTPUT under root (docs/output.md layout) and return what it holds."""
     rng = np.random.default_rng(seed)
     scored, shard_stats, states = [], [], {}
     shard_id = 0

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from scorer import metrics
 from scorer.cli import cli
-from scorer.evaluation.report import read_report
+from scorer.jobs.report import read_report
 from scorer.pipeline.driver import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")

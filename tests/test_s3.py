@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from servers import moto_s3
 
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 from scorer.pipeline.driver import score
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]

@@ -24,7 +24,7 @@ from servers import moto_s3, s3_latency
 
 from scorer.config import load_config
 from scorer.errors import ConfigError, Interrupted
-from scorer.evaluation.generate import generate
+from scorer.jobs.generate import generate
 from scorer.pipeline.driver import score
 from scorer.pipeline.ranges import RangeFile, ReadCounts, column_indices, group_ranges
 

@@ -18,7 +18,7 @@ from servers import moto_s3
 from test_lock_lease import CREDENTIALS, HISTORY, OPTIONS, Scorers, assert_every_row_once
 
 from scorer.errors import ShardError
-from scorer.evaluation.latency import latency_proxy
+from scorer.jobs.latency import latency_proxy
 from scorer.pipeline.layout import COMMITS, SCORES, TMP
 from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import PartitionFilter, plan_shards, scan_inputs

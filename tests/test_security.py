@@ -1,4 +1,4 @@
-"""The private local Ray is closed (SPEC §6): every socket on loopback, no dashboard, Ray's token
+"""The private local Ray is closed (docs/backfills.md): every socket on loopback, no dashboard, Ray's token
 on the job endpoints its dashboard agent still serves, and the model checked before any actor.
 
 The Ray examined is the test session's (``ray_cluster``), started by ``scorer.pipeline.cluster`` exactly as

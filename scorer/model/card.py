@@ -1,4 +1,4 @@
-"""The model card: `model.json` beside `model.onnx` (SPEC §4).
+"""The model card: `model.json` beside `model.onnx` (docs/model.md).
 
 The card is the scorer's only description of a model: which columns it reads (in status-precedence
 order), their valid ranges and vocabularies, the calibration, the training data, the holdout
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer.errors import ChecksumError, ModelError
-from scorer.monitor.reference import Reference, reference_from_json, reference_to_json
+from scorer.model.reference import Reference, reference_from_json, reference_to_json
 
 CARD_FILE = "model.json"
 GRAPH_FILE = "model.onnx"

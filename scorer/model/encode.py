@@ -1,4 +1,4 @@
-"""Validate and encode an Arrow batch into the graph's feed, with one status per row (SPEC §5).
+"""Validate and encode an Arrow batch into the graph's feed, with one status per row (docs/output.md).
 
 This is the hot path before inference: every step is a vectorised Arrow or NumPy pass per column
 (no per-row Python), values are converted once into preallocated feed arrays, and the common case,

@@ -1,7 +1,7 @@
 """The intent model at run time: its card plus one onnxruntime session, and `.score(table)`.
 
 `IntentModel.score` is the exact code the Ray actors run on every batch: encode (validate, build
-the feed), infer, assemble the scores table of SPEC §5. The per-batch Python work is a handful
+the feed), infer, assemble the scores table of docs/output.md. The per-batch Python work is a handful
 of calls whatever the batch size; constant columns are dictionary arrays over one shared buffer
 of zero indices, so assembling the output copies nothing.
 """
@@ -31,6 +31,7 @@ from scorer.model.card import (
     read_card,
     verify_checksum,
 )
+from scorer.model.drift import DriftState
 from scorer.model.encode import (
     ACCEPTED_FEED_DTYPES,
     FEED_DTYPES,
@@ -40,7 +41,6 @@ from scorer.model.encode import (
 )
 from scorer.model.foreign_feed import ForeignFeed
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
-from scorer.monitor.drift import DriftState
 
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
 _DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
@@ -135,7 +135,7 @@ class IntentModel:
         return [s.name for s in self.card.inputs if s.kind == "categorical" and s.dtype == "string"]
 
     def output_metadata(self, run_id: str | None = None) -> dict[bytes, bytes]:
-        """Parquet key-value metadata naming the model and the run (SPEC §5)."""
+        """Parquet key-value metadata naming the model and the run (docs/output.md)."""
         metadata = {
             b"scorer.model.name": self.card.name.encode(),
             b"scorer.model.version": self.card.version.encode(),
@@ -160,7 +160,7 @@ class IntentModel:
         keep: Sequence[str] = (),
         run_id: str | None = None,
     ) -> pa.Table:
-        """Score every row of `data`: SPEC §5 columns, input order, nulls for invalid rows."""
+        """Score every row of `data`: docs/output.md columns, input order, nulls for invalid rows."""
         return self.score_batch(data, key_column=key_column, keep=keep, run_id=run_id).table
 
     def score_batch(

@@ -1,4 +1,4 @@
-"""The session schema (SPEC §2) and the bundled real sessions.
+"""The session schema (docs/input.md) and the bundled real sessions.
 
 The bundled copy is the UCI "Online Shoppers Purchasing Intention" data set converted once to the
 session schema; see ``scorer/data/README.md`` for its attribution and licence.

@@ -67,6 +67,7 @@ from scorer.model.encode import encode, encode_inputs
 from scorer.model.foreign import LOGIT_OUTPUT, recalibrated
 from scorer.model.graph import CalibratorParams, LinearParams, build_graph
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
+from scorer.model.reference import Reference, build_reference, with_scores
 from scorer.model.runtime import IntentModel, load_model
 from scorer.model.sessions import (
     KEY_COLUMN,
@@ -75,7 +76,6 @@ from scorer.model.sessions import (
     VISITOR_TYPES,
     bundled_sessions_path,
 )
-from scorer.monitor.reference import Reference, build_reference, with_scores
 
 BUNDLED_DESCRIPTION = "bundled real sessions (UCI Online Shoppers Purchasing Intention)"
 SPLITS = (("train", 0.6), ("calibration", 0.2), ("test", 0.2))
@@ -110,14 +110,14 @@ _STRING_CATEGORICALS = {"month": MONTHS, "visitor_type": VISITOR_TYPES}
 INTEGER_CATEGORICALS = ("operating_system", "browser", "region", "traffic_type")
 _CATEGORICAL_ORDER = ("month", *INTEGER_CATEGORICALS, "visitor_type")
 _BOOLEAN = ("weekend",)
-# The reference's season and calendar columns (`scorer.monitor.reference`): a night's sessions
+# The reference's season and calendar columns (`scorer.model.reference`): a night's sessions
 # hold one month, no special day or all the same one, and a weekend day only weekend rows.
 SEASON = "month"
 CALENDAR = ("month", "special_day", "weekend")
 
 
 def session_inputs(integer_vocabularies: dict[str, tuple[int, ...]]) -> tuple[InputSpec, ...]:
-    """The model's inputs over the session schema (SPEC §2), given the integer codes seen."""
+    """The model's inputs over the session schema (docs/input.md), given the integer codes seen."""
     numeric = tuple(
         InputSpec(name, dtype, "numeric", low, high) for name, dtype, low, high in _NUMERIC
     )
@@ -144,7 +144,7 @@ class FittedModel:
 
 @dataclass(frozen=True)
 class ReferenceRows:
-    """The rows a model directory's reference is built from (`scorer.monitor.reference`)."""
+    """The rows a model directory's reference is built from (`scorer.model.reference`)."""
 
     table: pa.Table
     labels: np.ndarray

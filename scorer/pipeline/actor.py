@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
 from scorer.errors import InputLimitError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
-from scorer.monitor.drift import DriftState
+from scorer.model.drift import DriftState
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
 from scorer.pipeline.days import DayScores, DaySource, ShardDays
 from scorer.pipeline.layout import OutputLayout

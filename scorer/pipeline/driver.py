@@ -42,8 +42,8 @@ from scorer.errors import (
 )
 from scorer.model.card import InputSpec
 from scorer.model.runtime import IntentModel, load_model
-from scorer.monitor.alerts import score_hint, table_alerts
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
+from scorer.pipeline.alerts import score_hint, table_alerts
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
 from scorer.pipeline.days import DayPlan, DaySource, apply_commits, resolve_days
 from scorer.pipeline.layout import CALIBRATION, DRIFT, OutputLayout

@@ -1,6 +1,6 @@
 """Where everything lives under OUTPUT, and the storage operations the commit protocol is made of.
 
-Layout under OUTPUT (SPEC §5); every path under OUTPUT is spelled here and nowhere else::
+Layout under OUTPUT (docs/output.md); every path under OUTPUT is spelled here and nowhere else::
 
     scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs (``shard_output_relpath``)
     scores/<folder>/<stem>-rg<start>-<stop>-and-<n>-more-<digest>.parquet

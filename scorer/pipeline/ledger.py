@@ -21,10 +21,10 @@ import pyarrow as pa
 
 from scorer._version import __version__
 from scorer.metrics import CalibrationState, calibration_table
-from scorer.monitor.alerts import Alert, exit_code
-from scorer.monitor.drift import DriftState, drift_table
-from scorer.monitor.reference import Reference
+from scorer.model.drift import DriftState, drift_table
+from scorer.model.reference import Reference
 from scorer.pipeline.actor import ShardOutcome
+from scorer.pipeline.alerts import Alert, exit_code
 from scorer.pipeline.layout import CALIBRATION, DRIFT, RUN_STATS, SHARD_STATS, run_table_relpath
 from scorer.pipeline.plan import DATE_KEY, FailedInput, Shard
 from scorer.pipeline.stats import (
@@ -45,7 +45,7 @@ StatsRow = dict[str, object]
 
 @dataclass
 class RunSummary:
-    """What a run did; `exit_code` follows SPEC §6."""
+    """What a run did; `exit_code` follows docs/backfills.md."""
 
     run_id: str
     status: RunStatus
@@ -74,7 +74,7 @@ class RunSummary:
     rows_per_node: dict[str, int] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     plan_text: str | None = None
-    drift_path: str | None = None  # the run's drift table (SPEC §5a), once written
+    drift_path: str | None = None  # the run's drift table (docs/output.md), once written
     drift_skipped: str | None = None  # why there is none, e.g. "model card has no reference"
     delta_version: int | None = None  # --format delta: the scores table's version once published
     iceberg: dict[str, Any] | None = None  # --format iceberg: catalog_uri, table, snapshot_id

@@ -1,4 +1,4 @@
-"""Throughput statistics: one row per shard attempt and one row per run (SPEC §5).
+"""Throughput statistics: one row per shard attempt and one row per run (docs/output.md).
 
 Both are written as Parquet under OUTPUT (``layout.SHARD_STATS``, ``layout.RUN_STATS``), one
 ``run_id=<RUN_ID>`` folder per run, so that DuckDB, Polars or pandas read every run at once with

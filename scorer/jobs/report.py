@@ -1,6 +1,6 @@
 """`scorer report`: calibration and throughput of one run, and drift and calibration over time.
 
-Every read is DuckDB SQL over the layout of SPEC §5 (paths from `scorer.pipeline.layout`), the
+Every read is DuckDB SQL over the layout of docs/output.md (paths from `scorer.pipeline.layout`), the
 same SQL an analyst would write:
 
     OUTPUT/scores/**/*.parquet                   the run's rows carry run_id; dt comes from folders

@@ -8,7 +8,7 @@ contestants alternating within every repetition so that a noisy machine hurts th
   statistics and shutdown. Its JSON summary adds the work window and the setup, and its
   commit records when the first shard was committed after the process started.
 - ``polars`` and ``duckdb``: the same model in a Polars and in a DuckDB script, every weight
-  inlined from the card (`scorer.evaluation.peers`), reading the same files and writing
+  inlined from the card (`scorer.jobs.peers`), reading the same files and writing
   dt-partitioned zstd Parquet of the key and both scores.
 
 After the last repetition the outputs are compared on the key (rows matched, max |Δ| of each
@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer.errors import ConfigError
-from scorer.evaluation.peers import PEERS, agreement, write_peer_scripts
+from scorer.jobs.peers import PEERS, agreement, write_peer_scripts
 
 CONTESTANTS = ("scorer", *PEERS)
 

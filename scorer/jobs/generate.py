@@ -2,7 +2,7 @@
 
 Layout. `sessions` rows are spread evenly over `days` consecutive days ending at `end_date`, and
 `files` files evenly over those days: ``OUTPUT/dt=YYYY-MM-DD/part-NNNNN.parquet`` in the session
-schema (SPEC §2), with `session_id` numbering all rows of the data set in (day, file) order.
+schema (docs/input.md), with `session_id` numbering all rows of the data set in (day, file) order.
 
 Features. A smoothed bootstrap of the bundled real sessions: each row copies a real session of the
 same calendar month as its `dt` (Jan and Apr, absent from the real year, borrow Dec and Mar), so
@@ -245,7 +245,7 @@ def ground_truth_probability(
 
     `columns` needs page_value, exit_rate, product_pages, visitor_type, month and weekend (any
     Arrow integer or string width, or array-likes). `shift` is the data set's intercept shift
-    (`GenerateSummary.shift`, also in each file's key-value metadata under ``scorer.evaluation.generate``).
+    (`GenerateSummary.shift`, also in each file's key-value metadata under ``scorer.jobs.generate``).
     """
 
     def column(name: str) -> pa.Array | pa.ChunkedArray:

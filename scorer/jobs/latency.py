@@ -346,7 +346,7 @@ def run_latency_bench(
     """`scorer score s3://… s3://… --actors N` against a moto S3 server on loopback, through
     the latency proxy at each of `delays_ms`, alternating them `reps` times; written to
     OUT/s3-latency.parquet. Needs ``moto_server`` (``pip install 'moto[server]'``)."""
-    from scorer.evaluation.generate import generate
+    from scorer.jobs.generate import generate
     from scorer.pipeline.cluster import ray_session
     from scorer.pipeline.driver import score
 

@@ -38,7 +38,7 @@ from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
 from scorer.pipeline.plan import DATE_KEY
 from scorer.storage import Location, storage_errors
 
-ALERT_EXIT_CODE = 3  # SPEC §6: alerts raised with --fail-on-alert, everything else succeeded
+ALERT_EXIT_CODE = 3  # docs/backfills.md: alerts raised with --fail-on-alert, everything else succeeded
 CALIBRATED = "intent_calibrated"
 
 _ALL_DAYS = "all"  # how the overall row's dt prints
@@ -199,7 +199,7 @@ def read_run_table(output: Location, table: str, run_id: str) -> pa.Table | None
 
 
 def exit_code(run_exit_code: int, alerts: Sequence[Alert], fail_on_alert: bool) -> int:
-    """SPEC §6: a failure of the run (1, ...) wins over alerts; 3 only when all else succeeded."""
+    """docs/backfills.md: a failure of the run (1, ...) wins over alerts; 3 only when all else succeeded."""
     if run_exit_code == 0 and fail_on_alert and alerts:
         return ALERT_EXIT_CODE
     return run_exit_code

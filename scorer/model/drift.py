@@ -2,7 +2,7 @@
 
 Every scored batch yields a `DriftState` (built in `IntentModel.score_batch` from the graph's feed
 while it is still in memory, on the scoring thread): integer counts of each model input and of
-`intent_calibrated` on the reference's bins (`scorer.monitor.reference`), sums for the means, and
+`intent_calibrated` on the reference's bins (`scorer.model.reference`), sums for the means, and
 exact counts of the rows each column made invalid or unseen. States of a shard are merged in the
 actor, those of a `dt` partition and of the run in the driver (`merge`: associative and
 commutative, counts exactly), and `drift_table` turns them into
@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from scorer.arrow import RUN_ID_TYPE, table_from_rows
-from scorer.monitor.reference import (
+from scorer.model.reference import (
     ColumnReference,
     Reference,
     bins_from_below,

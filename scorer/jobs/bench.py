@@ -262,7 +262,7 @@ def bench_data(
     out_dir: Path, sessions: int, files: int, seed: int, on_message: Callable[[str], None]
 ) -> str:
     """`sessions` generated sessions in `files` files under `out_dir`, reused when there."""
-    from scorer.evaluation.generate import generate
+    from scorer.jobs.generate import generate
 
     path = out_dir / f"data-{sessions}-{files}-seed{seed}"
     if any(path.rglob("*.parquet")):

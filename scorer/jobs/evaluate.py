@@ -52,7 +52,7 @@ from scorer.arrow import to_numpy
 from scorer.errors import EvaluateError, ScorerError, StorageError
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
-from scorer.monitor.alerts import RecalibrateHint, read_run_table, recalibrated_dir
+from scorer.pipeline.alerts import RecalibrateHint, read_run_table, recalibrated_dir
 from scorer.pipeline.driver import new_run_id
 from scorer.pipeline.layout import (
     CALIBRATION,

@@ -23,7 +23,7 @@ no `special_day`, a Saturday only `weekend` rows. Compared with the whole year t
 day (on the bundled sessions the PSI of `special_day` for November against the year is 0.71, of
 `product_pages` for March 0.14). So the reference keeps, besides the year, the counts of every
 column per value of the season column (`month`) on the same edges, and a partition is compared
-with the months it holds, weighted by its rows per month (`scorer.monitor.drift`). The calendar
+with the months it holds, weighted by its rows per month (`scorer.model.drift`). The calendar
 columns themselves (`month`, `special_day`, `weekend`) are listed in `calendar` and not compared.
 
 Card JSON (key ``reference``)::
@@ -45,14 +45,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from scorer.errors import ModelError
-
-if TYPE_CHECKING:
-    from scorer.model.card import InputSpec
 
 SCORE_COLUMN = "intent_calibrated"
 KINDS = ("numeric", "categorical", "boolean", "score")
@@ -218,7 +215,7 @@ def _shares(counts: Sequence[int]) -> np.ndarray:
 
 
 def build_reference(
-    inputs: Sequence[InputSpec],
+    inputs: Sequence[InputColumn],
     feed: Mapping[str, np.ndarray],
     calibrated: np.ndarray,
     labels: np.ndarray,
@@ -253,7 +250,7 @@ def build_reference(
 
 def with_scores(
     reference: Reference,
-    inputs: Sequence[InputSpec],
+    inputs: Sequence[InputColumn],
     feed: Mapping[str, np.ndarray],
     calibrated: np.ndarray,
     labels: np.ndarray,
@@ -292,7 +289,7 @@ def with_seasons(
     reference: Reference,
     season: str,
     season_of_row: np.ndarray,
-    inputs: Sequence[InputSpec],
+    inputs: Sequence[InputColumn],
     feed: Mapping[str, np.ndarray],
     calibrated: np.ndarray,
     labels: np.ndarray,
@@ -342,7 +339,9 @@ def _replace_seasons(
     )
 
 
-def _rows_by_input(inputs: Sequence[InputSpec], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def _rows_by_input(
+    inputs: Sequence[InputColumn], feed: Mapping[str, np.ndarray]
+) -> list[np.ndarray]:
     """Each input's row of the feed, in card order (the feed holds a kind's inputs in order)."""
     slots = dict.fromkeys(feed, 0)
     rows = []
@@ -364,7 +363,7 @@ def feed_slots(reference: Reference) -> list[tuple[str, int]]:
 
 
 def _season_of_rows(
-    inputs: Sequence[InputSpec], feed: Mapping[str, np.ndarray], season: str
+    inputs: Sequence[InputColumn], feed: Mapping[str, np.ndarray], season: str
 ) -> np.ndarray:
     position = [s.name for s in inputs].index(season)
     if inputs[position].kind != "categorical":
@@ -372,7 +371,7 @@ def _season_of_rows(
     return _rows_by_input(inputs, feed)[position].astype(np.int64)
 
 
-def _column_of(spec: InputSpec, values: np.ndarray) -> ColumnReference:
+def _column_of(spec: InputColumn, values: np.ndarray) -> ColumnReference:
     if spec.kind == "numeric":
         return _column_reference(spec.name, "numeric", numeric_edges(values), values)
     if spec.kind == "boolean":
@@ -409,6 +408,20 @@ def _mean(kind: str, values: np.ndarray) -> float | None:
 # --------------------------------------------------------------------------------------------
 # Card JSON
 # --------------------------------------------------------------------------------------------
+
+
+class InputColumn(Protocol):
+    """What a reference needs of one of the card's inputs (`scorer.model.card.InputSpec`), named
+    here so that the card, which carries a reference, and the reference need not import each other."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def vocabulary(self) -> tuple[str, ...] | tuple[int, ...] | None: ...
 
 
 class CardReader(Protocol):
@@ -455,7 +468,7 @@ def _column_to_json(column: ColumnReference) -> dict[str, Any]:
     return doc
 
 
-def reference_from_json(r: CardReader, inputs: Sequence[InputSpec]) -> Reference:
+def reference_from_json(r: CardReader, inputs: Sequence[InputColumn]) -> Reference:
     """The card's ``reference``, checked against the card's inputs; a malformed key is a
     `ModelError` naming it."""
     season = r.get("season", str, optional=True)
@@ -473,7 +486,7 @@ def reference_from_json(r: CardReader, inputs: Sequence[InputSpec]) -> Reference
             "must describe the card's inputs in order, then intent_calibrated: "
             + ", ".join(f"{n} ({k})" for n, k in expected),
         )
-    specs: list[InputSpec | None] = [*inputs, None]
+    specs: list[InputColumn | None] = [*inputs, None]
     columns = tuple(_column_from_json(item, spec) for item, spec in zip(items, specs))
     seasons_doc = r.child("seasons")
     seasons = {}
@@ -500,7 +513,7 @@ def reference_from_json(r: CardReader, inputs: Sequence[InputSpec]) -> Reference
     )
 
 
-def _column_from_json(r: CardReader, spec: InputSpec | None) -> ColumnReference:
+def _column_from_json(r: CardReader, spec: InputColumn | None) -> ColumnReference:
     kind = r.get("kind", str)
     labels: tuple[str, ...] = ()
     if kind in ("numeric", "score"):

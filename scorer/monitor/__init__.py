@@ -1,1 +1,0 @@
-"""Trust over time: the card's reference, drift, late labels, alerts."""
