@@ -691,8 +691,9 @@ def evaluate_command(
     import json
 
     from scorer.config import load_config
+    from scorer.errors import EXIT_OK, exit_code
     from scorer.jobs.evaluate import evaluate
-    from scorer.pipeline.alerts import calibration_alerts, exit_code
+    from scorer.pipeline.alerts import calibration_alerts
     from scorer.storage import StorageOptions
 
     config = load_config(config_file).with_overrides(
@@ -706,7 +707,7 @@ def evaluate_command(
         storage=StorageOptions(**config.storage.location_options()),
     )
     alerts = calibration_alerts(evaluation.calibration, config.monitor, evaluation.recalibrate_hint)
-    code = exit_code(0, alerts, config.monitor.fail_on_alert)
+    code = exit_code(EXIT_OK, alerts, config.monitor.fail_on_alert)
     if as_json:
         result = evaluation.to_dict() | {"alerts": [a.to_dict() for a in alerts], "exit_code": code}
         click.echo(json.dumps(result, default=str, indent=2))

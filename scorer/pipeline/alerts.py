@@ -24,7 +24,7 @@ calibrator on the breached days (``RecalibrateHint``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
 from scorer.pipeline.plan import DATE_KEY
 from scorer.storage import Location, storage_errors
 
-ALERT_EXIT_CODE = 3  # docs/backfills.md: alerts raised with --fail-on-alert, everything else succeeded
 CALIBRATED = "intent_calibrated"
 
 _ALL_DAYS = "all"  # how the overall row's dt prints
@@ -196,13 +195,6 @@ def read_run_table(output: Location, table: str, run_id: str) -> pa.Table | None
         # pulls in pandas, half a second at the end of every `scorer score` (profiled).
         with output.filesystem.open_input_file(where.path) as source:
             return pq.ParquetFile(source).read()
-
-
-def exit_code(run_exit_code: int, alerts: Sequence[Alert], fail_on_alert: bool) -> int:
-    """docs/backfills.md: a failure of the run (1, ...) wins over alerts; 3 only when all else succeeded."""
-    if run_exit_code == 0 and fail_on_alert and alerts:
-        return ALERT_EXIT_CODE
-    return run_exit_code
 
 
 # -- rows and lines ------------------------------------------------------------------------
