@@ -691,9 +691,7 @@ def evaluate_command(
     import json
 
     from scorer.config import load_config
-    from scorer.errors import EXIT_OK, exit_code
     from scorer.jobs.evaluate import evaluate
-    from scorer.pipeline.alerts import calibration_alerts
     from scorer.storage import StorageOptions
 
     config = load_config(config_file).with_overrides(
@@ -705,16 +703,14 @@ def evaluate_command(
         key_column=config.key_column,
         label_column=config.label_column,
         storage=StorageOptions(**config.storage.location_options()),
+        monitor=config.monitor,
     )
-    alerts = calibration_alerts(evaluation.calibration, config.monitor, evaluation.recalibrate_hint)
-    code = exit_code(EXIT_OK, alerts, config.monitor.fail_on_alert)
     if as_json:
-        result = evaluation.to_dict() | {"alerts": [a.to_dict() for a in alerts], "exit_code": code}
-        click.echo(json.dumps(result, default=str, indent=2))
+        click.echo(json.dumps(evaluation.to_dict(), default=str, indent=2))
     else:
         click.echo(_describe_evaluation(evaluation))
-    _print_alerts(alerts)
-    sys.exit(code)
+    _print_alerts(evaluation.alerts)
+    sys.exit(evaluation.exit_code)
 
 
 # The per-day table of `scorer evaluate`: (heading, calibration column, width).
