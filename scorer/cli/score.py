@@ -216,7 +216,8 @@ def score_command(
     SIGINT (Ctrl-C), 143 stopped by SIGTERM (a scheduler); on either, in-flight shards are
     abandoned cleanly and a rerun resumes.
     """
-    from scorer.config import load_config, parse_date, parse_partitions
+    from scorer.config import load_config, parse_date
+    from scorer.partitions import parse_partitions
     from scorer.pipeline.driver import score
     from scorer.pipeline.progress import LogProgress, RichProgress
 

@@ -34,8 +34,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import MonitorConfig
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
-from scorer.pipeline.plan import DATE_KEY
 from scorer.storage import Location, storage_errors
 
 CALIBRATED = "intent_calibrated"
