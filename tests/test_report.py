@@ -23,18 +23,12 @@ from click.testing import CliRunner
 
 from scorer import metrics
 from scorer.cli import cli
-from scorer.jobs.report import (
-    ECE_THRESHOLD,
-    HISTOGRAM_BINS,
-    PSI_THRESHOLD,
-    STAGES,
-    ReportError,
-    build_report,
-    read_report,
-)
+from scorer.errors import ReportError
+from scorer.jobs.report import build_report, read_report
+from scorer.jobs.report.contents import ECE_THRESHOLD, HISTOGRAM_BINS, PSI_THRESHOLD
 from scorer.metrics import CalibrationState
 from scorer.model.drift import drift_schema
-from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
+from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, STAGES, stats_table
 
 RUN = "20261128T010203Z-a1b2c3"
 OLD_RUN = "20261127T010203Z-d4e5f6"

@@ -1,0 +1,77 @@
+"""What a report holds: the `Report` record the queries fill and the plots and tables read.
+
+Separate from the queries, the plots and the tables because all three share it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI
+from scorer.errors import ReportError
+from scorer.pipeline.plan import DATE_KEY
+
+HISTOGRAM_BINS = 50  # equal-width bins of the score histogram, over [0, 1]
+SCORES = ("raw", "calibrated")  # the two scores, as the columns' suffixes spell them
+NO_DT = "(none)"  # the label of rows from files outside any dt folder
+# Where the report marks a figure as breached: the alerts' default thresholds (`[monitor]`,
+# justified where `scorer.config` defines them). Callers with a config's thresholds pass theirs.
+PSI_THRESHOLD = DEFAULT_ALERT_PSI
+ECE_THRESHOLD = DEFAULT_ALERT_ECE
+
+
+def day_label(day: str | None) -> str:
+    """A dt as the report shows it: rows outside any dt folder are ``(none)``."""
+    return NO_DT if day is None else day
+
+
+@dataclass(frozen=True)
+class Report:
+    """The figures of one run, as read from OUTPUT, and the plots drawn from them."""
+
+    run_id: str
+    run: dict
+    calibration: list[dict]  # calibration table rows, partitions by dt then overall; [] unlabelled
+    stages: dict[str, float]  # seconds per stage, summed over the run's shard attempts
+    actors: list[dict]  # per actor: rows, shards, busy seconds, seconds per stage, rows/s
+    failed: list[dict]  # failed shard attempts: shard, file, attempt, error
+    histogram: dict[str, np.ndarray]  # rows per HISTOGRAM_BINS equal-width bin, per score
+    # Across every run in OUTPUT, the newest run's rows per dt (dt order; drift in table order):
+    drift: list[dict]  # per dt and column: DRIFT_SQL's columns; [] without drift tables
+    calibration_over_time: list[dict]  # per dt: CALIBRATION_OVER_TIME_SQL's columns
+    psi_threshold: float = PSI_THRESHOLD
+    ece_threshold: float = ECE_THRESHOLD
+    plots: list[Path] = dataclasses.field(default_factory=list)
+
+    @property
+    def overall(self) -> dict | None:
+        """The calibration table's overall row; None for an unlabelled run."""
+        return next((r for r in self.calibration if r["scope"] == "overall"), None)
+
+    def labelled_overall(self) -> dict[str, Any]:
+        """The overall row, for what is drawn only for a labelled run; a ReportError without."""
+        row = self.overall
+        if row is None:
+            raise ReportError(
+                f"run {self.run_id}: no calibration table (its input carried no label)"
+            )
+        return row
+
+    @property
+    def partitions(self) -> list[dict]:
+        return [r for r in self.calibration if r["scope"] == "partition"]
+
+    @property
+    def drift_days(self) -> list[str | None]:
+        """The dts with drift figures, in order (None, files outside any dt folder, last)."""
+        return list(dict.fromkeys(r[DATE_KEY] for r in self.drift))
+
+    @property
+    def drift_columns(self) -> list[str]:
+        """The columns with drift figures, in the drift tables' order (card order, then score)."""
+        return list(dict.fromkeys(r["column"] for r in self.drift))
