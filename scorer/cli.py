@@ -629,9 +629,7 @@ def report(output: Path, run_id: str | None, out_dir: Path | None, config_file: 
     from scorer.jobs.report import build_report, render
 
     monitor = load_config(config_file).monitor
-    built = build_report(
-        output, run_id, out_dir, psi_threshold=monitor.psi, ece_threshold=monitor.ece
-    )
+    built = build_report(output, run_id, out_dir, monitor=monitor)
     console = Console()
     for renderable in render(built):
         console.print(renderable)

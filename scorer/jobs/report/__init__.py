@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from scorer.jobs.report.contents import ECE_THRESHOLD, PSI_THRESHOLD, Report
+from scorer.config import MonitorConfig
+from scorer.jobs.report.contents import Report
 from scorer.jobs.report.plots import write_plots
 from scorer.jobs.report.queries import read_report
 from scorer.jobs.report.tables import render
@@ -30,11 +31,11 @@ def build_report(
     run_id: str | None = None,
     out_dir: str | Path | None = None,
     *,
-    psi_threshold: float = PSI_THRESHOLD,
-    ece_threshold: float = ECE_THRESHOLD,
+    monitor: MonitorConfig | None = None,
 ) -> Report:
-    """Read one run and write its PNGs (default under OUTPUT/reports/<RUN_ID>/)."""
-    report = read_report(output, run_id, psi_threshold=psi_threshold, ece_threshold=ece_threshold)
+    """Read one run and write its PNGs (default under OUTPUT/reports/<RUN_ID>/); ``monitor``
+    marks the figures that breach it, as for `read_report`."""
+    report = read_report(output, run_id, monitor=monitor)
     out = (
         Path(out_dir) if out_dir is not None else Path(output) / layout.report_folder(report.run_id)
     )

@@ -1,6 +1,9 @@
 """What a report holds: the `Report` record the queries fill and the plots and tables read.
 
-Separate from the queries, the plots and the tables because all three share it.
+Separate from the queries, the plots and the tables because all three share it, and it is where
+the report asks which of its figures breach: `Report` carries the job's `[monitor]` config and
+asks its `MonitorConfig.breaches`, the rule `scorer score` and `scorer evaluate` raise alerts by,
+so that the report marks exactly the figures that raised (or would raise) an alert.
 """
 
 from __future__ import annotations
@@ -12,17 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI
+from scorer.config import MonitorConfig, MonitorMetric
 from scorer.errors import ReportError
 from scorer.pipeline.plan import DATE_KEY
 
 HISTOGRAM_BINS = 50  # equal-width bins of the score histogram, over [0, 1]
 SCORES = ("raw", "calibrated")  # the two scores, as the columns' suffixes spell them
 NO_DT = "(none)"  # the label of rows from files outside any dt folder
-# Where the report marks a figure as breached: the alerts' default thresholds (`[monitor]`,
-# justified where `scorer.config` defines them). Callers with a config's thresholds pass theirs.
-PSI_THRESHOLD = DEFAULT_ALERT_PSI
-ECE_THRESHOLD = DEFAULT_ALERT_ECE
 
 
 def day_label(day: str | None) -> str:
@@ -44,8 +43,8 @@ class Report:
     # Across every run in OUTPUT, the newest run's rows per dt (dt order; drift in table order):
     drift: list[dict]  # per dt and column: DRIFT_SQL's columns; [] without drift tables
     calibration_over_time: list[dict]  # per dt: CALIBRATION_OVER_TIME_SQL's columns
-    psi_threshold: float = PSI_THRESHOLD
-    ece_threshold: float = ECE_THRESHOLD
+    # What marks a figure as breached: the job's `[monitor]` (default: the alerts' defaults).
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
     plots: list[Path] = dataclasses.field(default_factory=list)
 
     @property
@@ -75,3 +74,16 @@ class Report:
     def drift_columns(self) -> list[str]:
         """The columns with drift figures, in the drift tables' order (card order, then score)."""
         return list(dict.fromkeys(r["column"] for r in self.drift))
+
+    def psi_breached(self, row: dict) -> bool:
+        """Whether a drift row's PSI raised (or would raise) a drift alert."""
+        return self.monitor.breaches("psi", row["psi"], row["rows"])
+
+    def ece_breached(self, row: dict) -> bool:
+        """Whether a calibration row's ECE of intent_calibrated raised a calibration alert."""
+        return self.monitor.breaches("ece", row["ece_width_calibrated"], row["rows"])
+
+    def breach_rule(self, metric: MonitorMetric, name: str) -> str:
+        """How a title states what is marked: ``PSI > 0.25, days of 5,000+ rows``."""
+        rule = f"{name} > {self.monitor.threshold(metric):g}"
+        return f"{rule}, days of {self.monitor.min_rows:,}+ rows" if self.monitor.min_rows else rule

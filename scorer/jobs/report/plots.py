@@ -181,9 +181,11 @@ def plot_drift_psi(report: Report) -> Figure:
     """
     days, columns = report.drift_days, report.drift_columns
     psi = np.full((len(columns), len(days)), np.nan)
+    breached = np.zeros(psi.shape, dtype=bool)
     for r in report.drift:
-        psi[columns.index(r["column"]), days.index(r[DATE_KEY])] = _nan([r["psi"]])[0]
-    threshold = report.psi_threshold
+        cell = columns.index(r["column"]), days.index(r[DATE_KEY])
+        psi[cell], breached[cell] = _nan([r["psi"]])[0], report.psi_breached(r)
+    threshold = report.monitor.psi
     fig = Figure(
         figsize=(min(20, max(8, 0.42 * len(days) + 4)), max(4.5, 0.32 * len(columns) + 2.2)),
         layout="constrained",
@@ -201,10 +203,10 @@ def plot_drift_psi(report: Report) -> Figure:
     bar.set_label("PSI against the model card's reference")
     bar.ax.axhline(threshold, color="black", ls="--", lw=1.2)
     # Values only where they matter: past a month of days every cell would be unreadable.
-    for (i, j), value in np.ndenumerate(psi):
-        if value >= threshold:
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, weight="bold",
-                    color="white" if value >= 2.5 * threshold else "black")  # fmt: skip
+    for i, j in zip(*np.nonzero(breached)):
+        value = psi[i, j]
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, weight="bold",
+                color="white" if value >= 2.5 * threshold else "black")  # fmt: skip
     ax.set_yticks(np.arange(len(columns)), columns)
     _date_ticks(ax, [day_label(d) for d in days])
     # White lines between cells, so that a row or a day can be followed across the map.
@@ -215,7 +217,8 @@ def plot_drift_psi(report: Report) -> Figure:
     ax.set(xlabel=DATE_KEY, ylabel="model input (then the calibrated score)")
     ax.set_title(
         f"Drift per {DATE_KEY}: PSI per column, newest run per {DATE_KEY}\n"
-        f"labelled: PSI ≥ {threshold:g} (dashed on the colour bar); grey: not computed"
+        f"labelled: {report.breach_rule('psi', 'PSI')} (dashed on the colour bar)\n"
+        "grey: not computed"
     )
     return fig
 
@@ -227,7 +230,7 @@ def plot_calibration_over_time(report: Report) -> Figure:
     days = [day_label(r[DATE_KEY]) for r in rows]
     x = np.arange(len(rows))
     ece_width = _nan(r["ece_width_calibrated"] for r in rows)
-    threshold = report.ece_threshold
+    threshold = report.monitor.ece
     fig = Figure(figsize=(min(20, max(8, 0.35 * len(rows) + 4)), 7.5), layout="constrained")
     ece, rate = fig.subplots(2, 1, sharex=True)
     colour = COLOURS["calibrated"]
@@ -240,10 +243,10 @@ def plot_calibration_over_time(report: Report) -> Figure:
         color=colour,
         label="ECE, 15 equal-mass bins",
     )
-    breached = ece_width >= threshold
+    breached = np.array([report.ece_breached(r) for r in rows], dtype=bool)
     if breached.any():
-        ece.scatter(x[breached], ece_width[breached], s=120, facecolors="none",
-                    edgecolors="red", lw=1.5, zorder=3, label=f"ECE ≥ {threshold:g}")  # fmt: skip
+        ece.scatter(x[breached], ece_width[breached], s=120, facecolors="none", edgecolors="red",
+                    lw=1.5, zorder=3, label=report.breach_rule("ece", "ECE"))  # fmt: skip
     ece.axhline(threshold, color="red", ls="--", lw=1.2, label=f"threshold {threshold:g}")
     top = np.nanmax(np.append(ece_width, threshold)) if len(rows) else threshold
     ece.set(ylabel="ECE of intent_calibrated", ylim=(0, 1.15 * top))

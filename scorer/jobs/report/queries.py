@@ -30,14 +30,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from scorer.config import MonitorConfig
 from scorer.errors import ReportError
-from scorer.jobs.report.contents import (
-    ECE_THRESHOLD,
-    HISTOGRAM_BINS,
-    PSI_THRESHOLD,
-    SCORES,
-    Report,
-)
+from scorer.jobs.report.contents import HISTOGRAM_BINS, SCORES, Report
 from scorer.pipeline import layout
 from scorer.pipeline.plan import DATE_KEY, is_hidden
 from scorer.pipeline.stats import STAGES
@@ -174,11 +169,11 @@ def read_report(
     output: str | Path,
     run_id: str | None = None,
     *,
-    psi_threshold: float = PSI_THRESHOLD,
-    ece_threshold: float = ECE_THRESHOLD,
+    monitor: MonitorConfig | None = None,
 ) -> Report:
     """The figures of one run (default: the latest by start time) and of every run over time,
-    without plots. The thresholds only mark figures; they change no number."""
+    without plots. ``monitor`` (default: the alerts' defaults) only marks the figures that breach
+    it; it changes no number."""
     output = Path(output)
     con = duckdb.connect()
     try:
@@ -204,8 +199,7 @@ def read_report(
             calibration_over_time=_over_time(
                 con, output, layout.CALIBRATION, CALIBRATION_OVER_TIME_SQL
             ),
-            psi_threshold=psi_threshold,
-            ece_threshold=ece_threshold,
+            monitor=monitor or MonitorConfig(),
         )
     finally:
         con.close()

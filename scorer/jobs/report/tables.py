@@ -178,9 +178,8 @@ def _drift_table(report: Report) -> Table:
 
     The run each dt's figures come from goes in the caption, so that the table fits 80 columns.
     """
-    threshold = report.psi_threshold
     table = Table(
-        title=f"Drift per {DATE_KEY} (! marks PSI ≥ {threshold:g})",
+        title=f"Drift per {DATE_KEY} (! marks {report.breach_rule('psi', 'PSI')})",
         caption=_runs_caption(report.drift),
     )
     for name in (DATE_KEY, "highest PSI", "unseen", "missing+invalid"):
@@ -188,7 +187,7 @@ def _drift_table(report: Report) -> Table:
     for day in report.drift_days:
         rows = [r for r in report.drift if r[DATE_KEY] == day]
         ranked = sorted((r for r in rows if r["psi"] is not None), key=lambda r: -r["psi"])
-        breached = [r for r in ranked if r["psi"] >= threshold]
+        breached = [r for r in ranked if report.psi_breached(r)]
         shown = breached[:MAX_BREACHES_SHOWN] or ranked[:1]
         lines = [f"{r['column']} {r['psi']:.3f}{' !' if r in breached else ''}" for r in shown]
         if len(breached) > len(shown):
@@ -226,21 +225,19 @@ def _worst(rows: list[dict], share: Callable[[dict], float | None]) -> str:
 
 
 def _calibration_over_time_table(report: Report) -> Table:
-    threshold = report.ece_threshold
     table = Table(
-        title=f"Calibration over time (! marks ECE ≥ {threshold:g})",
+        title=f"Calibration over time (! marks {report.breach_rule('ece', 'ECE')})",
         caption=_runs_caption(report.calibration_over_time).replace("run", "evaluation", 1),
     )
     for name in (DATE_KEY, "rows", "observed", "mean calibrated", "ECE width", "ECE mass"):
         table.add_column(name, justify="left" if name == DATE_KEY else "right", no_wrap=True)
     for r in report.calibration_over_time:
-        ece = r["ece_width_calibrated"]
         table.add_row(
             Text(day_label(r[DATE_KEY])),
             f"{r['rows']:,}",
             _f(r["observed_rate"]),
             _f(r["mean_calibrated"]),
-            _f(ece) + (" !" if ece is not None and ece >= threshold else "  "),
+            _f(r["ece_width_calibrated"]) + (" !" if report.ece_breached(r) else "  "),
             _f(r["ece_mass_calibrated"]),
         )
     return table
