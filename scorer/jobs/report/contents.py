@@ -80,7 +80,7 @@ class Report:
         return self.monitor.breaches("psi", row["psi"], row["rows"])
 
     def ece_breached(self, row: dict) -> bool:
-        """Whether a calibration row's ECE of intent_calibrated raised a calibration alert."""
+        """Whether a calibration row's ECE of intent_calibrated raised (or would raise) an alert."""
         return self.monitor.breaches("ece", row["ece_width_calibrated"], row["rows"])
 
     def breach_rule(self, metric: MonitorMetric, name: str) -> str:
