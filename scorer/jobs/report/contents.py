@@ -17,7 +17,7 @@ import numpy as np
 
 from scorer.config import MonitorConfig, MonitorMetric
 from scorer.errors import ReportError
-from scorer.pipeline.plan import DATE_KEY
+from scorer.partitions import DATE_KEY
 
 HISTOGRAM_BINS = 50  # equal-width bins of the score histogram, over [0, 1]
 SCORES = ("raw", "calibrated")  # the two scores, as the columns' suffixes spell them

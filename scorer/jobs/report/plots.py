@@ -17,7 +17,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from scorer.jobs.report.contents import HISTOGRAM_BINS, SCORES, Report, day_label
-from scorer.pipeline.plan import DATE_KEY
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.stats import STAGES
 
 COLOURS = {"raw": "tab:orange", "calibrated": "tab:blue", "observed": "black"}

@@ -33,8 +33,9 @@ import numpy as np
 from scorer.config import MonitorConfig
 from scorer.errors import ReportError
 from scorer.jobs.report.contents import HISTOGRAM_BINS, SCORES, Report
+from scorer.partitions import DATE_KEY
 from scorer.pipeline import layout
-from scorer.pipeline.plan import DATE_KEY, is_hidden
+from scorer.pipeline.scan import is_hidden
 from scorer.pipeline.stats import STAGES
 
 LATEST_RUN_SQL = """

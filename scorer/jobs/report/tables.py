@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from scorer.jobs.report.contents import SCORES, Report, day_label
+from scorer.partitions import DATE_KEY
 from scorer.pipeline import layout
-from scorer.pipeline.plan import DATE_KEY
 from scorer.pipeline.stats import STAGES
 
 MAX_BREACHES_SHOWN = 4  # per dt in the terminal's drift table, one line each
