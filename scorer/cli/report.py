@@ -59,9 +59,7 @@ def report_command(
     from scorer.jobs.report import build_report, render
 
     monitor = load_config(config_file).monitor
-    built = build_report(
-        output, run_id, out_dir, psi_threshold=monitor.psi, ece_threshold=monitor.ece
-    )
+    built = build_report(output, run_id, out_dir, monitor=monitor)
     console = Console()
     for renderable in render(built):
         console.print(renderable)
