@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from scorer.partitions import DATE_KEY
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -125,7 +127,7 @@ def describe_evaluation(evaluation: Evaluation) -> str:
     heading = "".join(f"{name:>{width}}" for name, _, width in _EVALUATION_FIGURES)
     lines.append(f"  {'dt':<12}{'rows':>12}{heading}")
     for row in e.calibration.to_pylist():
-        day = row["dt"] if row["scope"] == "partition" else "overall"
+        day = row[DATE_KEY] if row["scope"] == "partition" else "overall"
         figures = "".join(
             f"{'-' if row[column] is None else format(row[column], '.4f'):>{width}}"
             for _, column, width in _EVALUATION_FIGURES

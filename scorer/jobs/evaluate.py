@@ -44,7 +44,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import duckdb
 import numpy as np
@@ -58,7 +57,7 @@ from scorer.config import MonitorConfig
 from scorer.errors import EXIT_OK, EvaluateError, ScorerError, StorageError, exit_code
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
-from scorer.partitions import DATE_KEY, HIVE_NULL
+from scorer.partitions import DATE_KEY, HIVE_NULL, partition_of
 from scorer.pipeline.alerts import (
     Alert,
     RecalibrateHint,
@@ -248,11 +247,8 @@ def _column_days(
 
 
 def _day_of(relpath: str) -> str | None:
-    for folder in relpath.split("/")[:-1]:
-        name, sep, value = folder.partition("=")
-        if sep and name == DATE_KEY:
-            return None if value == HIVE_NULL else unquote(value)
-    return None
+    day = next((value for key, value in partition_of(relpath) if key == DATE_KEY), None)
+    return None if day == HIVE_NULL else day
 
 
 def _day_order(day: str | None) -> tuple[bool, str]:
