@@ -32,9 +32,9 @@ from test_faults import (
 from scorer.config import JobConfig
 from scorer.errors import ConfigError
 from scorer.model.runtime import default_model_dir, load_model
-from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.local import InProcessWorker, worker_processes_for
+from scorer.pipeline.outcome import ShardOutcome
 from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
 from scorer.pipeline.processes import (
     PROCESS_NAME,
@@ -43,6 +43,7 @@ from scorer.pipeline.processes import (
     stop_worker_processes,
 )
 from scorer.pipeline.retry import Failure
+from scorer.pipeline.shipping import ActorSettings
 from scorer.storage import resolve
 
 # 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready in well under 1 s.

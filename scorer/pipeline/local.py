@@ -27,18 +27,13 @@ from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any
 
-from scorer.pipeline.actor import (
-    ActorSettings,
-    Identity,
-    ShardOutcome,
-    ShardScorer,
-    StageThreads,
-    stream_shard,
-)
 from scorer.pipeline.cluster import ClusterInfo, ray_session
+from scorer.pipeline.outcome import Identity, ShardOutcome
 from scorer.pipeline.plan import Shard
 from scorer.pipeline.pool import ActorPool, PoolSpec
 from scorer.pipeline.retry import Failure, local_failure
+from scorer.pipeline.shipping import ActorSettings
+from scorer.pipeline.stages import ShardScorer, StageThreads, stream_shard
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scorer.errors import ClusterError
-from scorer.pipeline.actor import ActorSettings, ScoringActor, ShardOutcome
+from scorer.pipeline.actor import ScoringActor
 from scorer.pipeline.cluster import ClusterInfo
+from scorer.pipeline.outcome import ShardOutcome
 from scorer.pipeline.plan import Shard
 from scorer.pipeline.retry import Failure, ray_failure
+from scorer.pipeline.shipping import ActorSettings
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.
 PLACEMENT_TIMEOUT_S = 120.0

@@ -42,9 +42,10 @@ from scorer.pipeline.retry import Failure, local_failure
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
-    from scorer.pipeline.actor import ActorSettings, Identity, ShardOutcome
     from scorer.pipeline.local import InProcessWorker
+    from scorer.pipeline.outcome import Identity, ShardOutcome
     from scorer.pipeline.plan import Shard
+    from scorer.pipeline.shipping import ActorSettings
 
 # How long a worker process finishing its last shard may take to exit before it is killed.
 EXIT_WAIT_S = 2.0
@@ -319,14 +320,10 @@ def _child(
     import asyncio
     import socket
 
-    from scorer.pipeline.actor import (
-        Identity,
-        ShardScorer,
-        StageThreads,
-        load_shipped_model,
-        stream_shard,
-    )
+    from scorer.pipeline.outcome import Identity
     from scorer.pipeline.retry import one_line
+    from scorer.pipeline.shipping import load_shipped_model
+    from scorer.pipeline.stages import ShardScorer, StageThreads, stream_shard
 
     try:
         scorer = ShardScorer(settings, load_shipped_model(settings), known_footers)
