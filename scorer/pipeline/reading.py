@@ -326,7 +326,7 @@ class ShardReader:
             )
         else:
             reads = self._read_ahead(source, shard)
-        yield from self._coalesced(reads)
+        yield from coalesced(reads, self.settings.batch_rows)
 
     def _read_row_group(
         self,
@@ -597,29 +597,6 @@ class ShardReader:
                 return False
         return True
 
-    def _coalesced(
-        self, reads: Iterator[tuple[Piece, Iterable[pa.RecordBatch]]]
-    ) -> Iterator[SourcedBatch]:
-        """Consecutive batches joined up to `batch_rows` rows (never split, so a shard of one
-        big file keeps its batches); a change of schema between files ends a batch."""
-        limit = self.settings.batch_rows
-        held: list[pa.RecordBatch] = []
-        held_rows, held_from, held_schema = 0, "", None
-        for piece, batches in reads:
-            for batch in batches:
-                # `equals`, not `!=`: the operator costs 25 µs a batch, 30x the method (measured).
-                if held and (
-                    held_rows + batch.num_rows > limit or not batch.schema.equals(held_schema)
-                ):
-                    yield SourcedBatch(_joined(held), held_from)
-                    held, held_rows = [], 0
-                if not held:
-                    held_from, held_schema = piece.input_path, batch.schema
-                held.append(batch)
-                held_rows += batch.num_rows
-        if held:
-            yield SourcedBatch(_joined(held), held_from)
-
     @property
     def remote_reads(self) -> RemoteReads:
         """The threads fetching object-storage ranges; started with the first remote shard."""
@@ -644,6 +621,29 @@ class ShardReader:
     def empty(self, source: ShardSource) -> pa.Table:
         """No rows, the columns read: a shard of empty row groups still commits a file."""
         return source.parquet.schema_arrow.empty_table().select(source.columns)
+
+
+def coalesced(
+    reads: Iterable[tuple[Piece, Iterable[pa.RecordBatch]]], limit: int
+) -> Iterator[SourcedBatch]:
+    """Consecutive batches joined up to `limit` rows (never split, so a shard of one big file
+    keeps its batches); a change of schema between files ends a batch."""
+    held: list[pa.RecordBatch] = []
+    held_rows, held_from, held_schema = 0, "", None
+    for piece, batches in reads:
+        for batch in batches:
+            # `equals`, not `!=`: the operator costs 25 µs a batch, 30x the method (measured).
+            if held and (
+                held_rows + batch.num_rows > limit or not batch.schema.equals(held_schema)
+            ):
+                yield SourcedBatch(_joined(held), held_from)
+                held, held_rows = [], 0
+            if not held:
+                held_from, held_schema = piece.input_path, batch.schema
+            held.append(batch)
+            held_rows += batch.num_rows
+    if held:
+        yield SourcedBatch(_joined(held), held_from)
 
 
 def _footer_reads(metadata: pq.FileMetaData, size: int) -> tuple[int, int]:
