@@ -17,7 +17,8 @@ from conftest import make_history, shard_scorer
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline.outcome import Identity
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.shipping import load_shipped_model
 from scorer.pipeline.stages import StageThreads, stream_shard
 from scorer.pipeline.stats import STAGES

@@ -37,8 +37,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.errors import InputLimitError, ShardReadError, StorageError
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
 from scorer.pipeline.days import ShardDays
+from scorer.pipeline.footers import (
+    FOOTER_DIGEST_TAG,
+    FOOTER_TAIL_BYTES,
+    file_fingerprint,
+    read_footer,
+)
 from scorer.pipeline.limits import (
     MAX_STRING_BYTES_PER_BATCH,
     ReadAt,
@@ -46,15 +53,7 @@ from scorer.pipeline.limits import (
     string_bound,
     string_leaves,
 )
-from scorer.pipeline.plan import (
-    DATE_KEY,
-    FOOTER_DIGEST_TAG,
-    FOOTER_TAIL_BYTES,
-    Piece,
-    Shard,
-    file_fingerprint,
-    read_footer,
-)
+from scorer.pipeline.plan import Piece, Shard
 from scorer.pipeline.ranges import (
     RangeFile,
     ReadCounts,
