@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 class ShardScorer:
     """The per-shard stages without Ray or threads: open, read, score, write.
 
-    Each call runs where it is made; `stream_shard` runs them on the actor's stage threads.
+    Each call runs where it is made; `stream_shard` runs them on a worker's stage threads.
     """
 
     def __init__(
