@@ -5,7 +5,7 @@ A private local Ray costs seconds before its first actor scores a row (measured 
 the work of a typical nightly partition is a few seconds. So when no cluster is named, no actor
 count is asked for and no Ray is connected, the driver first asks whether Ray would finish the
 job sooner (`ray_pays_off`): its start-up against the rows it would score faster than the
-driver alone. If not, `InProcessWorker` scores the shards itself, with `actor.stream_shard` on
+driver alone. If not, `InProcessWorker` scores the shards itself, with `stages.stream_shard` on
 its own stage threads (the overlap of read, score and write an actor has), and the run goes
 through the same queue, retries, commit thread and ledger as with actors. Ray is then never
 imported, and the run summary says why.

@@ -113,7 +113,7 @@ class ActorPool:
             self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
 
     def submit(self, index: int, shard: Shard, attempt: int, has_label: bool) -> ObjectRef:
-        """Send a shard to actor ``index``; the ref resolves to its ``actor.ShardOutcome``."""
+        """Send a shard to actor ``index``; the ref resolves to its ``outcome.ShardOutcome``."""
         ref = self.actors[index].score_shard.remote(shard, attempt, has_label)
         self.held[ref] = self.actors[index]
         return ref

@@ -9,7 +9,7 @@ start, when the driver is one thread. A forked process has pyarrow, onnxruntime 
 parsed footers already (`known_footers`): it is ready once its own onnxruntime session is made,
 in ~10-50 ms, where a spawned ``python -m`` one took ~0.8 s and ~0.6 s of CPU for its imports
 on 2 cores, while the in-process worker needed that CPU. Each joins the queue once its model
-is loaded and scores whole shards with the actors' own code (`actor.stream_shard`), writing
+is loaded and scores whole shards with the actors' own code (`stages.stream_shard`), writing
 under the run's temporary folder; the driver commits them, as it commits an actor's. A job that
 ends before a process is ready never waits for it.
 

@@ -284,7 +284,7 @@ class ShardReader:
         mtime a HEAD's after the open (a replacement in between is seen as a change). Ranged
         reads there are not pinned to the object version that was checked: an ETag with
         `If-Match` would pin them, but pyarrow's S3 filesystem offers neither (see
-        `plan.file_fingerprint`).
+        `footers.file_fingerprint`).
         """
         location = self.settings.input_location
         if location.is_local:
@@ -554,7 +554,7 @@ class ShardReader:
         """Whether runs of the shard's files may be scanned by DuckDB (`bulk`): local files,
         and once the reader has started, or for a shard of `BULK_MIN_FILES` files or more. DuckDB's
         import and connection cost ~0.13 s of CPU, what ~200 files' scans save; a quick first
-        shard of ~50 files (`plan.with_quick_head`) took 0.2-0.3 s longer to commit with them."""
+        shard of ~50 files (`packing.with_quick_head`) took 0.2-0.3 s longer to commit with them."""
         if self.remote:
             return False
         started = self._bulk_reader is not None and self._bulk_reader.started
@@ -646,7 +646,7 @@ def coalesced(
 
 
 def _footer_reads(metadata: pq.FileMetaData, size: int) -> tuple[int, int]:
-    """Requests and bytes `plan.read_footer` took: its tail, and the rest of a longer footer."""
+    """Requests and bytes `footers.read_footer` took: its tail, and the rest of a longer footer."""
     tail = min(size, FOOTER_TAIL_BYTES)
     footer = metadata.serialized_size
     if footer + 8 <= tail:
