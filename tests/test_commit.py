@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from scorer.errors import LockError, OutputConflictError, ShardError
-from scorer.pipeline.layout import LOCK, OutputLayout
+from scorer.pipeline.layout import LOCK, OutputLayout, record_key
 from scorer.pipeline.lock import OutputLock, StaleLockWarning
-from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest, record_key
+from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest
 from scorer.pipeline.plan import legacy_fingerprint, plan_shards, scan_inputs
 from scorer.storage import resolve
 

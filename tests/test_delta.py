@@ -29,7 +29,8 @@ from scorer.cli import cli
 from scorer.config import JobConfig
 from scorer.errors import ConfigError, OutputConflictError
 from scorer.pipeline.driver import score
-from scorer.pipeline.tables import PAUSE_ENV, file_run
+from scorer.pipeline.layout import file_run
+from scorer.pipeline.tables import PAUSE_ENV
 
 SLOW_DELTA = ["--batch-rows", "5", "--shard-rows", "500", "--format", "delta", "--json"]
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 # Every scorer module the driver needs is imported here, not lazily: a driver started by
 # `ray job submit` runs from a working_dir that Ray may unpack again when the driver joins the
 # cluster, and a module first imported after that can be missing for a moment.
-from scorer.config import DEFAULT_SHARD_ROWS, TABLE_FORMATS, JobConfig
+from scorer.config import DEFAULT_SHARD_ROWS, JobConfig
 from scorer.errors import (
     ConfigError,
     Interrupted,
@@ -82,15 +82,10 @@ from scorer.pipeline.processes import (
     stop_worker_processes,
 )
 from scorer.pipeline.progress import Progress
+from scorer.pipeline.publish import check_format, open_table
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
 from scorer.pipeline.stats import RunStatus, utc_now
-from scorer.pipeline.tables import (
-    ScoresTableFormat,
-    check_format,
-    open_table,
-    plan_scope,
-    with_run_names,
-)
+from scorer.pipeline.tables import ScoresTableFormat, plan_scope
 from scorer.storage import Location, StorageOptions, resolve
 
 __all__ = ["RunSummary", "new_run_id", "score"]
@@ -216,9 +211,8 @@ def score(
             )
         items = _identified(manifest, context, items, progress=progress)
         manifest.supersede(_readable(items))
-        plan = _plan(context, items, manifest)
-        if table is not None:  # a table's data files are immutable: see `tables`
-            plan = with_run_names(plan, context.run_id)
+        # A table's data files are immutable: each shard's file is named for this run.
+        plan = _plan(context, items, manifest, run_id=context.run_id if table is not None else "")
         run = _Run(context, plan, manifest, progress, started_wall, started, table)
         try:
             return run.execute()
@@ -374,7 +368,7 @@ def _with_days(
         selection,
         column=config.date_column,
         timezone=config.date_timezone,
-        day_folders=config.format in TABLE_FORMATS,
+        day_folders=config.format.is_table,
         filesystem=context.input.filesystem,
     )
     kept = [item for item in items if item.relpath not in plan.dropped]
@@ -465,7 +459,13 @@ def _usable(spec: InputSpec, arrow_type: Any) -> bool:  # a pyarrow.DataType
     return pa.types.is_integer(t)
 
 
-def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest: Manifest) -> Plan:
+def _plan(
+    context: _Context,
+    items: Sequence[InputFile | FailedInput],
+    manifest: Manifest,
+    *,
+    run_id: str = "",
+) -> Plan:
     files = _readable(items)
     committed = None
     if not context.config.overwrite:
@@ -490,6 +490,7 @@ def _plan(context: _Context, items: Sequence[InputFile | FailedInput], manifest:
         committed,
         groups,
         day_folders=context.days is not None and context.days.source.day_folders,
+        run_id=run_id,
     )
     # In-process first: a quick first commit whatever the files' shape. With actors (a cluster,
     # an actor count) the shards are as planned.
