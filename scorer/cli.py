@@ -56,7 +56,7 @@ from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
 if TYPE_CHECKING:
     from scorer.jobs.evaluate import Evaluation
     from scorer.pipeline.alerts import Alert
-    from scorer.pipeline.driver import RunSummary
+    from scorer.pipeline.ledger import RunSummary
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -356,7 +356,7 @@ def score_command(
     import json
 
     from scorer.config import load_config, parse_date, parse_partitions
-    from scorer.pipeline.driver import score
+    from scorer.pipeline.entry import score
     from scorer.pipeline.progress import LogProgress, RichProgress
 
     config = load_config(config_file).with_overrides(

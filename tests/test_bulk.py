@@ -22,7 +22,7 @@ from scorer.model.runtime import load_model
 from scorer.pipeline import actor, bulk
 from scorer.pipeline.actor import BULK_FILES_PER_READ
 from scorer.pipeline.bulk import is_bulk_type, joins_run
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
 from scorer.storage import resolve
 

@@ -28,7 +28,7 @@ from test_faults import SLOW_HISTORY, TOTAL_SHARDS, _commits, _wait_for
 from scorer.cli import cli
 from scorer.config import JobConfig
 from scorer.errors import ConfigError, OutputConflictError
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 from scorer.pipeline.layout import file_run
 from scorer.pipeline.tables import PAUSE_ENV
 

@@ -53,7 +53,7 @@ from scorer.errors import EvaluateError, ScorerError, StorageError
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
 from scorer.pipeline.alerts import RecalibrateHint, read_run_table, recalibrated_dir
-from scorer.pipeline.driver import new_run_id
+from scorer.pipeline.context import new_run_id
 from scorer.pipeline.layout import (
     CALIBRATION,
     HIVE_NULL,
