@@ -28,7 +28,8 @@ from scorer.pipeline.actor import (
     stream_shard,
 )
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 MB = 1_000_000

@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scorer import ScorerError, load_config, score
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.progress import LogProgress
 
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_overrides(
             input=args.input,
             output=args.output,
-            partition=config.partition | {"dt": (day.isoformat(),)},
+            partition=config.partition | {DATE_KEY: (day.isoformat(),)},
         )
         # Ray prints cluster events to stdout; stdout carries only the JSON summary.
         with contextlib.redirect_stdout(sys.stderr):

@@ -355,7 +355,8 @@ def score_command(
     """
     import json
 
-    from scorer.config import load_config, parse_date, parse_partitions
+    from scorer.config import load_config, parse_date
+    from scorer.partitions import parse_partitions
     from scorer.pipeline.entry import score
     from scorer.pipeline.progress import LogProgress, RichProgress
 

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from scorer.errors import ConfigError
+from scorer.partitions import check_day_range
 
 # The defaults of the job, read by the dataclasses below and by the CLI's help texts.
 DEFAULT_BATCH_ROWS = 131_072
@@ -268,8 +269,7 @@ class JobConfig:
                 f"format: must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}"
             )
         object.__setattr__(self, "format", OutputFormat(self.format))
-        if self.since and self.until and self.since > self.until:
-            raise ConfigError(f"since ({self.since}) is after until ({self.until})")
+        check_day_range(self.since, self.until, flags=False)
 
     def with_overrides(self, **overrides: Any) -> JobConfig:
         """A copy with the given non-None values; `ray__actors=4` reaches into a section."""
@@ -407,16 +407,3 @@ def parse_date(value: Any, name: str) -> dt.date:
         except ValueError:
             pass
     raise ConfigError(f"'{name}' must be a date YYYY-MM-DD, got {value!r}")
-
-
-def parse_partitions(pairs: tuple[str, ...] | list[str]) -> dict[str, tuple[str, ...]]:
-    """`("dt=2026-11-27", "dt=2026-11-28", "region=3")` → `{"dt": ("2026-11-27", "2026-11-28"),
-    "region": ("3",)}`: values of one key are alternatives, in the order given."""
-    parsed: dict[str, tuple[str, ...]] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"partition: expected KEY=VALUE, got {pair!r}")
-        if value not in parsed.get(key, ()):
-            parsed[key] = (*parsed.get(key, ()), value)
-    return parsed

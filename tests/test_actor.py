@@ -22,7 +22,8 @@ from scorer.pipeline.actor import (
     load_shipped_model,
     stream_shard,
 )
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.stats import STAGES
 from scorer.storage import resolve
 

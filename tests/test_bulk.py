@@ -23,7 +23,9 @@ from scorer.pipeline import actor, bulk
 from scorer.pipeline.actor import BULK_FILES_PER_READ
 from scorer.pipeline.bulk import is_bulk_type, joins_run
 from scorer.pipeline.entry import score
-from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
+from scorer.pipeline.footers import footers_by_digest
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 # 150 files of 100 rows, one row group each, in one folder: one packed shard, three scans.

@@ -21,10 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from scorer.errors import LockError, OutputConflictError, ShardError
+from scorer.pipeline.footers import legacy_fingerprint
 from scorer.pipeline.layout import LOCK, OutputLayout, record_key
 from scorer.pipeline.lock import OutputLock, StaleLockWarning
 from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest
-from scorer.pipeline.plan import legacy_fingerprint, plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 REPO = Path(__file__).resolve().parents[1]

@@ -148,7 +148,8 @@ def test_repeated_partition_values_of_one_key_are_alternatives(tmp_path):
 
 
 def test_the_library_takes_alternatives_for_one_partition_key():
-    from scorer.config import JobConfig, parse_partitions
+    from scorer.config import JobConfig
+    from scorer.partitions import parse_partitions
 
     parsed = parse_partitions(["dt=2026-11-27", "dt=2026-11-28", "region=3"])
     assert parsed == {"dt": ("2026-11-27", "2026-11-28"), "region": ("3",)}

@@ -18,8 +18,10 @@ from scorer.pipeline import layout
 from scorer.pipeline.actor import ShardOutcome
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.manifest import options_digest
-from scorer.pipeline.plan import FailedInput, plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.plan import FailedInput
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
+from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
     SHARD_STATS_SCHEMA,

@@ -9,9 +9,9 @@ import pytest
 
 from scorer.config import OUTPUT_FORMATS, JobConfig, OutputFormat, load_config
 from scorer.errors import ConfigError
+from scorer.partitions import HIVE_NULL
 from scorer.pipeline.layout import (
     COMMITS,
-    HIVE_NULL,
     TABLE_LOGS,
     commit_record_relpath,
     file_run,
@@ -20,7 +20,8 @@ from scorer.pipeline.layout import (
     partition_values,
     shard_output_relpath,
 )
-from scorer.pipeline.plan import InputFile, plan_shards, split_off, with_quick_head
+from scorer.pipeline.packing import plan_shards, split_off, with_quick_head
+from scorer.pipeline.plan import InputFile
 from scorer.pipeline.retry import Failure, split_poison
 
 

@@ -31,8 +31,9 @@ from test_plan import synthetic
 from scorer.errors import ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline.manifest import CommitRecord, Manifest
-from scorer.pipeline.plan import plan_shards, scan_inputs, split_off
+from scorer.pipeline.packing import plan_shards, split_off
 from scorer.pipeline.retry import local_failure
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 # 60 files of 100 rows (2 row groups of 50) over 2 days; 1,000-row shards: 3 of 10 files a day.

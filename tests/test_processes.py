@@ -33,9 +33,10 @@ from scorer.config import JobConfig
 from scorer.errors import ConfigError
 from scorer.model.runtime import default_model_dir, load_model
 from scorer.pipeline.actor import ActorSettings, ShardOutcome
+from scorer.pipeline.footers import footers_by_digest
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.local import InProcessWorker, worker_processes_for
-from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.processes import (
     PROCESS_NAME,
     InProcessAndProcesses,
@@ -43,6 +44,7 @@ from scorer.pipeline.processes import (
     stop_worker_processes,
 )
 from scorer.pipeline.retry import Failure
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 # 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready in well under 1 s.

@@ -52,18 +52,19 @@ from scorer.arrow import to_numpy
 from scorer.errors import EvaluateError, ScorerError, StorageError
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
+from scorer.partitions import DATE_KEY, HIVE_NULL
 from scorer.pipeline.alerts import RecalibrateHint, read_run_table, recalibrated_dir
 from scorer.pipeline.context import new_run_id
 from scorer.pipeline.layout import (
     CALIBRATION,
-    HIVE_NULL,
     OUTPUT_STATE,
     RUN_STATS,
     read_json,
     run_table_relpath,
 )
 from scorer.pipeline.manifest import CommitRecord, Manifest
-from scorer.pipeline.plan import DATE_KEY, FailedInput, InputFile, scan_inputs
+from scorer.pipeline.plan import FailedInput, InputFile
+from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.stats import write_table
 from scorer.storage import Location, StorageOptions, resolve, storage_errors
 

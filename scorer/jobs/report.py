@@ -43,8 +43,9 @@ from rich.text import Text
 
 from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI
 from scorer.errors import ReportError
+from scorer.partitions import DATE_KEY
 from scorer.pipeline import layout
-from scorer.pipeline.plan import DATE_KEY, is_hidden
+from scorer.pipeline.scan import is_hidden
 from scorer.pipeline.stats import STAGES
 
 __all__ = [

@@ -76,6 +76,7 @@ from scorer.model.sessions import (
     VISITOR_TYPES,
     bundled_sessions_path,
 )
+from scorer.partitions import DATE_KEY
 
 BUNDLED_DESCRIPTION = "bundled real sessions (UCI Online Shoppers Purchasing Intention)"
 SPLITS = (("train", 0.6), ("calibration", 0.2), ("test", 0.2))
@@ -222,10 +223,10 @@ def _days_filter(
 ) -> ds.Expression | None:
     if since is None and until is None:
         return None
-    if "dt" not in dataset.schema.names:
+    if DATE_KEY not in dataset.schema.names:
         raise TrainingDataError(f"{path}: --since/--until need a dt=YYYY-MM-DD partition folder")
     # ISO dates order as strings, whatever type the partition was inferred as.
-    day = ds.field("dt").cast(pa.string())
+    day = ds.field(DATE_KEY).cast(pa.string())
     bounds = [day >= since.isoformat()] if since else []
     bounds += [day <= until.isoformat()] if until else []
     return functools.reduce(operator.and_, bounds)

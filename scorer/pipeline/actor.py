@@ -43,8 +43,15 @@ from scorer.config import DEFAULT_READ_AHEAD, DEFAULT_REQUESTS_IN_FLIGHT
 from scorer.errors import InputLimitError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState
 from scorer.model.drift import DriftState
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.bulk import BulkReader, BulkReadFailed, bulk_schema, joins_run, scannable
 from scorer.pipeline.days import DayScores, DaySource, ShardDays
+from scorer.pipeline.footers import (
+    FOOTER_DIGEST_TAG,
+    FOOTER_TAIL_BYTES,
+    file_fingerprint,
+    read_footer,
+)
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.limits import (
     MAX_STRING_BYTES_PER_BATCH,
@@ -53,15 +60,7 @@ from scorer.pipeline.limits import (
     string_bound,
     string_leaves,
 )
-from scorer.pipeline.plan import (
-    DATE_KEY,
-    FOOTER_DIGEST_TAG,
-    FOOTER_TAIL_BYTES,
-    Piece,
-    Shard,
-    file_fingerprint,
-    read_footer,
-)
+from scorer.pipeline.plan import Piece, Shard
 from scorer.pipeline.ranges import (
     RangeFile,
     ReadCounts,

@@ -34,11 +34,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.config import MonitorConfig
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
-from scorer.pipeline.plan import DATE_KEY
 from scorer.storage import Location, storage_errors
 
-ALERT_EXIT_CODE = 3  # docs/backfills.md: alerts raised with --fail-on-alert, everything else succeeded
+ALERT_EXIT_CODE = (
+    3  # docs/backfills.md: alerts raised with --fail-on-alert, everything else succeeded
+)
 CALIBRATED = "intent_calibrated"
 
 _ALL_DAYS = "all"  # how the overall row's dt prints

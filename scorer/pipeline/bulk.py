@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from scorer.pipeline.plan import Piece, digest_fingerprint, read_footer_digest
+from scorer.pipeline.footers import digest_fingerprint, read_footer_digest
+from scorer.pipeline.plan import Piece
 
 if TYPE_CHECKING:
     import duckdb

@@ -29,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 from scorer.config import DEFAULT_SHARD_ROWS, JobConfig
 from scorer.errors import ConfigError, Interrupted, NoInputFilesError
 from scorer.model.runtime import load_model
+from scorer.partitions import DATE_KEY, PartitionFilter
 from scorer.pipeline.cluster import check_reachable, ray_connected
 from scorer.pipeline.context import RunContext, new_run_id, new_summary
 from scorer.pipeline.days import apply_commits, resolve_days
@@ -38,17 +39,8 @@ from scorer.pipeline.ledger import RunSummary
 from scorer.pipeline.local import balanced_shard_rows, quick_first_shard
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
-from scorer.pipeline.plan import (
-    DATE_KEY,
-    FailedInput,
-    InputFile,
-    PartitionFilter,
-    Plan,
-    plan_shards,
-    scan_inputs,
-    with_output_names,
-    with_quick_head,
-)
+from scorer.pipeline.packing import plan_shards, with_quick_head
+from scorer.pipeline.plan import FailedInput, InputFile, Plan
 from scorer.pipeline.preflight import (
     check_day_folders,
     check_model_columns,
@@ -56,6 +48,7 @@ from scorer.pipeline.preflight import (
 )
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.publish import check_format, open_table
+from scorer.pipeline.scan import scan_inputs, with_output_names
 from scorer.pipeline.stats import utc_now
 from scorer.storage import StorageOptions, resolve
 

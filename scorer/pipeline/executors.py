@@ -21,6 +21,7 @@ from scorer.pipeline.actor import ActorSettings
 from scorer.pipeline.cluster import ray_connected, ray_session, resolve_address
 from scorer.pipeline.context import RunContext
 from scorer.pipeline.days import DaySource
+from scorer.pipeline.footers import footers_by_digest
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.ledger import RunSummary
 from scorer.pipeline.local import (
@@ -31,7 +32,7 @@ from scorer.pipeline.local import (
     ray_pays_off,
     worker_processes_for,
 )
-from scorer.pipeline.plan import Plan, footers_by_digest
+from scorer.pipeline.plan import Plan
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.processes import (
     InProcessAndProcesses,

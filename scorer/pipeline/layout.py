@@ -43,6 +43,7 @@ import pyarrow.fs as pafs
 
 from scorer.config import OutputFormat
 from scorer.errors import ScorerError, ShardError
+from scorer.partitions import HIVE_NULL
 from scorer.storage import Location, storage_errors
 
 if TYPE_CHECKING:
@@ -70,10 +71,6 @@ TABLE_LOGS: Mapping[OutputFormat, str] = {
 from hive readers of ``scores/`` by its leading ``_``)."""
 EMBEDDED_CATALOG = f"{INTERNAL}/iceberg/catalog.db"
 """The SQLite catalog of a local OUTPUT whose config names none (docs/iceberg.md)."""
-
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-"""The folder value of a null partition value (``dt=__HIVE_DEFAULT_PARTITION__``), as Hive,
-Spark, delta-rs and DuckDB write and read it."""
 
 RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION, DRIFT)
 """The folders that hold one table per run, partitioned by ``run_id``."""
@@ -119,7 +116,7 @@ def shard_output_relpath(
     of some ``days`` of its row group alone (``pipeline.days``) is
     ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``; one of a single day whose scores
     go to a table's partition is ``<folder>/<day_folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``,
-    ``day_folder`` being ``dt=<day>`` (``dt=`` `HIVE_NULL` for the rows without one).
+    ``day_folder`` being ``dt=<day>`` (``dt=`` `partitions.HIVE_NULL` for the rows without one).
 
     With a ``run_id`` (a table format's run) the name ends ``.run-<run_id>.parquet``: a table's
     data file is never rewritten (older versions reference it), so a run never writes onto a
@@ -151,8 +148,9 @@ def is_scorer_file(relpath: str) -> bool:
 
 
 def partition_values(relpath: str) -> dict[str, str | None]:
-    """The hive ``key=value`` folders of a file below ``scores/``, in folder order; `HIVE_NULL`
-    is a null value (the rows of a day column without a day, docs/nights-in-a-column.md)."""
+    """The hive ``key=value`` folders of a file below ``scores/``, in folder order;
+    `partitions.HIVE_NULL` is a null value (the rows of a day column without a day,
+    docs/nights-in-a-column.md)."""
     folders = relpath.split("/")[1:-1]
     return {
         k: None if v == HIVE_NULL else v

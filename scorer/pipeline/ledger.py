@@ -23,10 +23,11 @@ from scorer._version import __version__
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.drift import DriftState, drift_table
 from scorer.model.reference import Reference
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.actor import ShardOutcome
 from scorer.pipeline.alerts import Alert, exit_code
 from scorer.pipeline.layout import CALIBRATION, DRIFT, RUN_STATS, SHARD_STATS, run_table_relpath
-from scorer.pipeline.plan import DATE_KEY, FailedInput, Shard
+from scorer.pipeline.plan import FailedInput, Shard
 from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
     SHARD_STATS_SCHEMA,

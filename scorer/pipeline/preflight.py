@@ -30,8 +30,9 @@ import pyarrow as pa
 from scorer.config import OutputFormat
 from scorer.errors import ColumnTypeConflictError, MissingColumnError, OutputConflictError
 from scorer.model.card import InputSpec, ModelCard
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.manifest import CommitRecord
-from scorer.pipeline.plan import DATE_KEY, InputFile
+from scorer.pipeline.plan import InputFile
 from scorer.storage import Location
 
 __all__ = [

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scorer.errors import ScorerError, ShardReadError
-from scorer.pipeline.plan import Shard, split_off
+from scorer.pipeline.packing import split_off
+from scorer.pipeline.plan import Shard
 
 
 @dataclass(frozen=True)
