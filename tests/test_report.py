@@ -23,18 +23,13 @@ from click.testing import CliRunner
 
 from scorer import metrics
 from scorer.cli import cli
-from scorer.jobs.report import (
-    ECE_THRESHOLD,
-    HISTOGRAM_BINS,
-    PSI_THRESHOLD,
-    STAGES,
-    ReportError,
-    build_report,
-    read_report,
-)
+from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI, MonitorConfig
+from scorer.errors import ReportError
+from scorer.jobs.report import build_report, read_report
+from scorer.jobs.report.contents import HISTOGRAM_BINS
 from scorer.metrics import CalibrationState
 from scorer.model.drift import drift_schema
-from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, stats_table
+from scorer.pipeline.stats import RUN_STATS_SCHEMA, SHARD_STATS_SCHEMA, STAGES, stats_table
 
 RUN = "20261128T010203Z-a1b2c3"
 OLD_RUN = "20261127T010203Z-d4e5f6"
@@ -225,6 +220,8 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
 
 
 DRIFT_SCHEMA = drift_schema()  # the table every score run writes
+DRIFT_ROWS = 6_000  # a day's rows: above [monitor] min_rows (5,000), so its PSI counts
+EVALUATED_ROWS = 6_000  # labelled rows of the evaluated day: above min_rows, its ECE counts
 DRIFT_COLUMNS = {  # a few inputs in card order, then the score; month's PSI is not computed
     "page_value": "numeric",
     "exit_rate": "numeric",
@@ -242,7 +239,7 @@ def drift_table(run_id: str, days: dict[str, dict[str, dict]]) -> pa.Table:
         for column, kind in DRIFT_COLUMNS.items():
             record = {
                 "run_id": run_id, "scope": scope, "dt": day, "column": column, "kind": kind,
-                "reference": "month=Nov", "rows": 1000, "share_missing": 0.0,
+                "reference": "month=Nov", "rows": DRIFT_ROWS, "share_missing": 0.0,
                 "share_invalid": 0.0, "psi": None if column == "month" else 0.01,
                 "share_unseen": 0.0 if kind == "categorical" else None,
                 "mean": None if kind == "categorical" else 0.5,
@@ -267,8 +264,8 @@ def add_monitoring(root: Path, seed: int = 1) -> None:
     for run_id, days in ((OLD_RUN, old), (RUN, new)):
         _write(drift_table(run_id, days), root / "drift" / f"run_id={run_id}" / "part-0.parquet")
     rng = np.random.default_rng(seed)
-    raw = rng.beta(1.2, 5.0, 2000)
-    labels = rng.random(2000) < raw * 0.2
+    raw = rng.beta(1.2, 5.0, EVALUATED_ROWS)
+    labels = rng.random(EVALUATED_ROWS) < raw * 0.2
     state = CalibrationState.from_arrays(labels, raw, raw)
     evaluation = metrics.calibration_table(EVAL_RUN, {DAYS[2]: state})
     # Evaluate runs name the run they evaluated in a column of their own.
@@ -483,7 +480,7 @@ def test_the_newest_evaluation_wins_each_days_calibration(monitored):
         monitored.root / "calibration" / f"run_id={EVAL_RUN}" / "part-0.parquet"
     ).to_pylist()[0]
     assert over_time[2]["ece_width_calibrated"] == evaluation["ece_width_calibrated"]
-    assert over_time[2]["ece_width_calibrated"] > ECE_THRESHOLD
+    assert over_time[2]["ece_width_calibrated"] > DEFAULT_ALERT_ECE
     # The run's own per-day table is unchanged by the later evaluation.
     assert [(r["run_id"], r["dt"]) for r in report.partitions] == [(RUN, d) for d in DAYS]
 
@@ -498,11 +495,11 @@ def test_drift_and_calibration_over_time_plots(monitored, tmp_path):
 
 
 def test_thresholds_mark_but_change_no_number(monitored):
-    strict = read_report(monitored.root, psi_threshold=0.005, ece_threshold=0.001)
+    strict = read_report(monitored.root, monitor=MonitorConfig(psi=0.005, ece=0.001))
     default = read_report(monitored.root)
     assert strict.drift == default.drift
     assert strict.calibration_over_time == default.calibration_over_time
-    assert (strict.psi_threshold, default.psi_threshold) == (0.005, PSI_THRESHOLD)
+    assert (strict.monitor.psi, default.monitor.psi) == (0.005, DEFAULT_ALERT_PSI)
 
 
 def test_command_prints_drift_and_calibration_over_time(monitored, tmp_path):

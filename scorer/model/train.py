@@ -70,6 +70,7 @@ from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_option
 from scorer.model.reference import Reference, build_reference, with_scores
 from scorer.model.runtime import IntentModel, load_model
 from scorer.model.sessions import (
+    CODES,
     KEY_COLUMN,
     LABEL_COLUMN,
     MONTHS,
@@ -108,7 +109,7 @@ _NUMERIC = (
 )
 _STRING_CATEGORICALS = {"month": MONTHS, "visitor_type": VISITOR_TYPES}
 # Integer codes whose meaning the data set does not publish: the vocabulary is what training saw.
-INTEGER_CATEGORICALS = ("operating_system", "browser", "region", "traffic_type")
+INTEGER_CATEGORICALS = CODES
 _CATEGORICAL_ORDER = ("month", *INTEGER_CATEGORICALS, "visitor_type")
 _BOOLEAN = ("weekend",)
 # The reference's season and calendar columns (`scorer.model.reference`): a night's sessions
