@@ -48,8 +48,9 @@ def drivers(tmp_path):
 
 def shard_scorer(model, source, out, *, batch_rows, run_id, keep=(), key_column=None):
     """An actor's per-shard stages (`ShardScorer`) over local SOURCE, writing under OUT."""
-    from scorer.pipeline.actor import ActorSettings, ShardScorer
     from scorer.pipeline.layout import OutputLayout
+    from scorer.pipeline.shipping import ActorSettings
+    from scorer.pipeline.stages import ShardScorer
     from scorer.storage import resolve
 
     settings = ActorSettings(

@@ -331,8 +331,8 @@ def test_workers_score_the_model_bytes_the_driver_verified(tmp_path, monkeypatch
 def test_a_worker_refuses_model_bytes_other_than_the_verified_ones(tmp_path):
     from scorer.errors import ChecksumError
     from scorer.model.runtime import load_model
-    from scorer.pipeline.actor import ActorSettings, load_shipped_model
     from scorer.pipeline.layout import OutputLayout
+    from scorer.pipeline.shipping import ActorSettings, load_shipped_model
     from scorer.storage import resolve
 
     model = load_model()

@@ -362,7 +362,7 @@ def test_thousands_of_small_files_read_by_forked_processes_score_once_and_resume
     history = make_history(tmp_path / "in", sessions=4_000, files=2_000, days=1, row_group_rows=2)
     out = tmp_path / "out"
     summary, _ = _run(drivers, history, out, "--shard-rows", "500")
-    # 8 shards of 250 files, the first cut in two (`plan.with_quick_head`)
+    # 8 shards of 250 files, the first cut in two (`packing.with_quick_head`)
     assert summary["rows"] == 4_000 and summary["shards_committed"] == 9
     _assert_exactly_once(history, out)
     again, _ = _run(drivers, history, out, "--shard-rows", "500")
@@ -373,7 +373,7 @@ def test_a_run_in_process_cuts_its_first_shard_to_a_quick_head_alike_on_every_re
     tmp_path, drivers
 ):
     # 400 files of 2 rows, shards of 250 files: the first is ~0.4 s of in-process work, so it
-    # is cut (`plan.with_quick_head`); a run with actors keeps the shards as packed.
+    # is cut (`packing.with_quick_head`); a run with actors keeps the shards as packed.
     history = make_history(tmp_path / "in", sessions=800, files=400, days=1, row_group_rows=2)
     out = tmp_path / "out"
     args = [history, out, "--shard-rows", "500", "--dry-run"]

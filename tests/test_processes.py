@@ -32,10 +32,10 @@ from test_faults import (
 from scorer.config import JobConfig
 from scorer.errors import ConfigError
 from scorer.model.runtime import default_model_dir, load_model
-from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.footers import footers_by_digest
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.local import InProcessWorker, worker_processes_for
+from scorer.pipeline.outcome import ShardOutcome
 from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.processes import (
     PROCESS_NAME,
@@ -45,6 +45,7 @@ from scorer.pipeline.processes import (
 )
 from scorer.pipeline.retry import Failure
 from scorer.pipeline.scan import scan_inputs
+from scorer.pipeline.shipping import ActorSettings
 from scorer.storage import resolve
 
 # 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready in well under 1 s.

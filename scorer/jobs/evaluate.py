@@ -484,7 +484,7 @@ def _recalibrate_hint(
     """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
     record = scores[0][1]
     piece = record.pieces[0]
-    # The relpath is the name its scores go by, which may not end the path (`plan.with_output_names`).
+    # The relpath is the name its scores go by, which may not end the path (`scan.with_output_names`).
     if piece.input_path.endswith(piece.input_relpath):
         input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
     else:

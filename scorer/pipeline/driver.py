@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from scorer.errors import Interrupted, LockLostError, ScorerError
-from scorer.pipeline.actor import ShardOutcome
 from scorer.pipeline.alerts import score_hint, table_alerts
 from scorer.pipeline.context import RunContext, new_summary
 from scorer.pipeline.executors import score_on_workers
 from scorer.pipeline.layout import CALIBRATION, DRIFT
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.manifest import Manifest
+from scorer.pipeline.outcome import ShardOutcome
 from scorer.pipeline.plan import Plan, Shard
 from scorer.pipeline.pool import Workers
 from scorer.pipeline.progress import Progress

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 from scorer.config import JobConfig
-from scorer.pipeline.actor import ActorSettings
 from scorer.pipeline.cluster import ray_connected, ray_session, resolve_address
 from scorer.pipeline.context import RunContext
 from scorer.pipeline.days import DaySource
@@ -40,6 +39,7 @@ from scorer.pipeline.processes import (
     stop_worker_processes,
 )
 from scorer.pipeline.progress import Progress
+from scorer.pipeline.shipping import ActorSettings
 
 __all__ = ["actor_settings", "pool_spec", "private_ray_optional", "score_on_workers"]
 

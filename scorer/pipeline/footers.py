@@ -87,7 +87,7 @@ def _parsed(footer: bytes) -> pq.FileMetaData:
 
 def file_fingerprint(size: int, mtime_ns: int | None, footer: Footer) -> str:
     """``{size}-{mtime_ns}-footer:{digest}``: what identifies a version of an input file,
-    computed alike when a run plans it and when an actor opens it (``actor.ShardScorer``), where
+    computed alike when a run plans it and when an actor opens it (``reading.ShardReader``), where
     a mismatch is ``InputChangedError``.
 
     On object storage ``size`` and ``mtime_ns`` are the object's ``Content-Length`` and

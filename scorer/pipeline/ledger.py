@@ -25,9 +25,9 @@ from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.drift import DriftState, drift_table
 from scorer.model.reference import Reference
 from scorer.partitions import DATE_KEY
-from scorer.pipeline.actor import ShardOutcome
 from scorer.pipeline.alerts import Alert
 from scorer.pipeline.layout import CALIBRATION, DRIFT, RUN_STATS, SHARD_STATS, run_table_relpath
+from scorer.pipeline.outcome import ShardOutcome
 from scorer.pipeline.plan import FailedInput, Shard
 from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
