@@ -22,9 +22,9 @@ import pytest
 
 from scorer.errors import LockError, OutputConflictError, ShardError
 from scorer.pipeline.footers import legacy_fingerprint
-from scorer.pipeline.layout import LOCK, OutputLayout
+from scorer.pipeline.layout import LOCK, OutputLayout, record_key
 from scorer.pipeline.lock import OutputLock, StaleLockWarning
-from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest, record_key
+from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest
 from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
