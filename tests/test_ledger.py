@@ -28,7 +28,7 @@ from scorer.pipeline.stats import (
     STAGES,
     stats_table,
 )
-from scorer.storage import resolve, storage_errors
+from scorer.storage import foreign_errors, resolve
 
 NOW = dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC)
 
@@ -202,17 +202,17 @@ def test_the_options_digest_is_the_one_existing_outputs_hold():
 
 def test_storage_errors_map_os_errors_keeping_the_message():
     with pytest.raises(StorageError, match=r"^s3://b/x: cannot delete: nope$") as caught:
-        with storage_errors("s3://b/x", "cannot delete"):
+        with foreign_errors("s3://b/x", "cannot delete"):
             raise PermissionError("nope")
     assert isinstance(caught.value.__cause__, PermissionError)
-    with storage_errors("p", "cannot delete", missing_ok=True):
+    with foreign_errors("p", "cannot delete", missing_ok=True):
         raise FileNotFoundError("gone")
     with pytest.raises(ShardError, match=r"^u: the output is missing: gone$"):
-        with storage_errors("u", "cannot commit", missing=(ShardError, "the output is missing")):
+        with foreign_errors("u", "cannot commit", missing=(ShardError, "the output is missing")):
             raise FileNotFoundError("gone")
     with pytest.raises(ShardError, match=r"^p: cannot write: full$"):
-        with storage_errors("p", "cannot write", error=ShardError):
+        with foreign_errors("p", "cannot write", error=ShardError):
             raise OSError("full")
     with pytest.raises(ShardReadError, match="ours"):  # our own errors pass through
-        with storage_errors("p", "cannot write"):
+        with foreign_errors("p", "cannot write"):
             raise ShardReadError("ours")
