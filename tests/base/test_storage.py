@@ -23,7 +23,7 @@ from scorer.pipeline.manifest import Manifest, options_digest
 from scorer.pipeline.plan import FailedInput, PartitionFilter, plan_shards, scan_inputs
 from scorer.storage import Location, StorageOptions, credential_env, redact, resolve
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret-123"}
 SHA = "c" * 64
 OPTS = options_digest("session_id", ())

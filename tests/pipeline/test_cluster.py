@@ -36,7 +36,7 @@ from scorer.jobs.generate import generate
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HEAD, WORKER, PORT, DASHBOARD = "127.0.0.2", "127.0.0.3", 6379, 8265
 ADDRESS = f"{HEAD}:{PORT}"

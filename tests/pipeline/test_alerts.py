@@ -290,7 +290,7 @@ def test_the_library_and_the_nightly_job_raise_the_alerts_and_exit_3_as_the_cli_
         ],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert job.returncode == 3, job.stderr
     assert "ALERT calibration dt=2026-11-27 intent_calibrated:" in job.stderr

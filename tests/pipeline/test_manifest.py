@@ -1,6 +1,6 @@
 """Exactly-once output on a local filesystem: commits, resume, cleanup, model claims, the lock.
 
-The same protocol on object storage runs against a real S3 server in test_storage.py.
+The same protocol on object storage runs against a real S3 server in tests/base/test_storage.py.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest, rec
 from scorer.pipeline.plan import legacy_fingerprint, plan_shards, scan_inputs
 from scorer.storage import resolve
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHA_A = "a" * 64
 SHA_B = "b" * 64
 OPTS = options_digest("session_id", ())
