@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from servers import moto_s3
+from support.servers import moto_s3
 
 from scorer.errors import ConfigError, LockError, OutputConflictError, StorageError
 from scorer.pipeline.layout import LOCK

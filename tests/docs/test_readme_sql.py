@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from test_report import make_output_tree
+from support.output_tree import make_output_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md"]

@@ -281,7 +281,7 @@ def test_thresholds_come_from_the_config_and_flags_win(scored, tmp_path):
 def test_scores_and_labels_on_s3(tmp_path):
     """OUTPUT and LABELS on a real S3 server (moto on loopback), endpoint from [storage]."""
     import pyarrow.fs as pafs
-    from servers import moto_s3
+    from support.servers import moto_s3
 
     credentials = {"AWS_ACCESS_KEY_ID": "evaluate-key", "AWS_SECRET_ACCESS_KEY": "evaluate-secret"}
     with moto_s3(credentials) as endpoint:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_history
+from support.inputs import make_history
 
 from scorer import score
 from scorer.cli import cli

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history, shard_scorer
+from support.inputs import make_history
+from support.shards import shard_scorer
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model

@@ -13,9 +13,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history, shard_scorer
-from test_faults import _assert_exactly_once, _zero_data_pages
-from test_input_changes import _replace_with_a_new_version
+from support.faults import zero_data_pages
+from support.inputs import make_history, replace_with_a_new_version
+from support.outputs import assert_exactly_once
+from support.shards import shard_scorer
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
@@ -234,7 +235,7 @@ def test_a_file_replaced_after_planning_is_named_before_its_runs_rows_are_handed
     scorer = _scorer(model, source, tmp_path / "out", batch_rows=1_000)
     shard = _one_shard(source)
     victim = shard.pieces[35].input_path  # in the fourth run of ten files
-    _replace_with_a_new_version(source / shard.pieces[35].input_relpath)
+    replace_with_a_new_version(source / shard.pieces[35].input_relpath)
     handed_on = 0
     with pytest.raises(InputChangedError, match="input changed during the run") as caught:
         for batch in scorer.batches(scorer.open(shard, has_label=True), shard):
@@ -280,7 +281,7 @@ def test_a_file_changed_during_a_scan_is_named_and_none_of_the_scans_rows_come(
     def replaced_once_checked(piece):  # after the check before the scan: as if mid-scan
         version = checked(piece)
         if piece is victim:
-            _replace_with_a_new_version(source / piece.input_relpath)
+            replace_with_a_new_version(source / piece.input_relpath)
         return version
 
     monkeypatch.setattr(bulk, "_checked_version", replaced_once_checked)
@@ -292,7 +293,7 @@ def test_a_file_changed_during_a_scan_is_named_and_none_of_the_scans_rows_come(
 def test_a_poison_file_is_named_by_the_per_file_reader(model, tmp_path, scans):
     source = make_history(tmp_path / "in", **FILES)
     poison = sorted(source.rglob("*.parquet"))[27]  # in the third run of ten files
-    _zero_data_pages(poison)  # before planning: its footer plans, its pages are garbage
+    zero_data_pages(poison)  # before planning: its footer plans, its pages are garbage
     scorer = _scorer(model, source, tmp_path / "out", batch_rows=1_000)
     shard = _one_shard(source)
     batches = scorer.batches(scorer.open(shard, has_label=True), shard)
@@ -379,7 +380,7 @@ def test_the_command_as_typed_scores_each_file_as_the_model_does(model, tmp_path
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["rows"] == 25 * files and summary["executor"].startswith("in-process")
-    _assert_exactly_once(source, out)
+    assert_exactly_once(source, out)
     _assert_scored_as_the_model_does(model, source, out)
 
 
@@ -393,7 +394,7 @@ def test_a_poison_file_in_a_scanned_shard_fails_alone_and_the_rest_commits(tmp_p
     paths = sorted(source.rglob("*.parquet"))
     assert len(paths) == files and pq.ParquetFile(paths[0]).metadata.num_row_groups == 1
     poison = paths[files - 100]  # mid-run in the last shard
-    _zero_data_pages(poison)
+    zero_data_pages(poison)
     out = tmp_path / "out"
     options = ["--shard-rows", str(25 * actor.BULK_MIN_FILES), "--json"]
     code, stdout, stderr = drivers.wait(drivers.start(str(source), str(out), *options), 180)
@@ -421,7 +422,7 @@ def test_actors_scan_packed_shards_scoring_each_file_as_the_model_does(model, tm
     summary = score(str(source), str(tmp_path / "out"), actors=2, shard_rows=25 * files // 2)
     assert summary.executor == "ray" and summary.shards_committed == 2
     assert summary.rows == 25 * files
-    _assert_exactly_once(source, tmp_path / "out")
+    assert_exactly_once(source, tmp_path / "out")
     _assert_scored_as_the_model_does(model, source, tmp_path / "out")
 
 

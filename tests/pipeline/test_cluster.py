@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from test_faults import _stopped_writing_a_shard, _wait_for
+from support.faults import stopped_writing_a_shard, wait_for
 
 from scorer.jobs.generate import generate
 
@@ -396,8 +396,8 @@ def test_losing_the_worker_node_mid_run_retries_its_shard_on_the_head(cluster, s
 
     # The node is lost while one of its actors is seen writing a shard (stopped there, so the
     # shard cannot finish first): its raylet and every process under it die at once.
-    _wait_for(
-        lambda: _stopped_writing_a_shard(out, worker_node_actors),
+    wait_for(
+        lambda: stopped_writing_a_shard(out, worker_node_actors),
         120,
         "a shard in flight on the worker node",
     )

@@ -193,7 +193,7 @@ def test_a_night_killed_before_its_delta_commit_is_published_once_by_the_backfil
     import signal
 
     import psutil
-    from test_faults import _wait_for
+    from support.faults import wait_for
 
     from scorer.pipeline.tables import PAUSE_ENV
 
@@ -210,7 +210,7 @@ def test_a_night_killed_before_its_delta_commit_is_published_once_by_the_backfil
         except psutil.NoSuchProcess:
             return False
 
-    _wait_for(stopped, 180, "the night's driver stopped before its Delta commit")
+    wait_for(stopped, 180, "the night's driver stopped before its Delta commit")
     drivers.signal(night, signal.SIGKILL)
     drivers.wait(night, 30)
     assert not (out / "scores" / "_delta_log").exists(), "a killed run published"
@@ -229,9 +229,9 @@ def test_a_night_killed_before_its_delta_commit_is_published_once_by_the_backfil
 @pytest.fixture
 def drivers(tmp_path):
     """`scorer score` processes of their own (`test_faults._Drivers`), stopped after the test."""
-    from test_faults import _Drivers
+    from support.faults import Drivers
 
-    tracked = _Drivers(tmp_path)
+    tracked = Drivers(tmp_path)
     yield tracked
     tracked.close()
 
@@ -240,7 +240,7 @@ def test_a_day_column_on_s3_into_a_delta_table_on_s3(tmp_path):
     """On object storage: the day column of row groups holding several days is read at
     planning through the input's filesystem, and the table's partitions land on S3."""
     import pyarrow.fs as pafs
-    from servers import moto_s3
+    from support.servers import moto_s3
 
     credentials = {"AWS_ACCESS_KEY_ID": "days-key", "AWS_SECRET_ACCESS_KEY": "days-secret-28"}
     path = _export(tmp_path / "sessions.parquet", sorted_by_day=False)

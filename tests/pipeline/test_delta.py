@@ -14,16 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
-import psutil
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_history
 from deltalake import DeltaTable
-from test_faults import SLOW_HISTORY, TOTAL_SHARDS, _commits, _wait_for
+from support.faults import SLOW_HISTORY, TOTAL_SHARDS, stopped, wait_for
+from support.inputs import make_history
+from support.outputs import assert_once, commits
 
 from scorer.cli import cli
 from scorer.config import JobConfig
@@ -38,13 +36,6 @@ def _table(out: Path) -> pa.Table:
     return DeltaTable(str(out / "scores")).to_pyarrow_table()
 
 
-def _assert_once(history: Path, table: pa.Table) -> None:
-    want = ds.dataset(history).to_table(columns=["session_id"])["session_id"]
-    got = table["session_id"]
-    assert len(got) == len(want) == pc.count_distinct(got).as_py(), "a session missing or twice"
-    assert pc.all(pc.is_in(want, value_set=got)).as_py()
-
-
 def test_a_delta_run_is_one_version_read_by_deltalake_polars_and_pandas(tmp_path):
     history = make_history(tmp_path / "in", sessions=4_000, files=2, days=2, row_group_rows=1_000)
     out = tmp_path / "out"
@@ -54,7 +45,7 @@ def test_a_delta_run_is_one_version_read_by_deltalake_polars_and_pandas(tmp_path
     table = DeltaTable(str(out / "scores"))
     assert table.metadata().partition_columns == ["dt"]
     scores = table.to_pyarrow_table()
-    _assert_once(history, scores)
+    assert_once(history, scores)
     assert set(scores["dt"].to_pylist()) == {"2026-11-26", "2026-11-27"}
     assert scores.schema.field("intent_calibrated").type == pa.float32()
     polars = pl.scan_delta(str(out / "scores")).group_by("dt").agg(pl.len()).collect()
@@ -77,7 +68,7 @@ def test_overwrite_replaces_atomically_and_keeps_yesterdays_version_readable(tmp
     assert second.delta_version == 1 and second.shards_committed == first.shards_committed
 
     latest = _table(out)
-    _assert_once(history, latest)
+    assert_once(history, latest)
     assert set(latest["run_id"].to_pylist()) == {second.run_id}
     yesterday = DeltaTable(str(out / "scores"), version=0).to_pyarrow_table()
     assert set(yesterday["run_id"].to_pylist()) == {first.run_id}
@@ -85,7 +76,7 @@ def test_overwrite_replaces_atomically_and_keeps_yesterdays_version_readable(tmp
     # The next run's cleanup keeps the files version 0 references; vacuum is the user's call.
     third = score(str(history), str(out), shard_rows=1_000, format="delta")
     assert third.delta_version == 1
-    _assert_once(history, DeltaTable(str(out / "scores"), version=0).to_pyarrow_table())
+    assert_once(history, DeltaTable(str(out / "scores"), version=0).to_pyarrow_table())
     runs = {file_run(str(p)) for p in (out / "scores").rglob("*.parquet")}
     assert runs == {first.run_id, second.run_id}
 
@@ -119,13 +110,6 @@ def test_a_reader_polling_during_runs_only_sees_whole_runs(tmp_path):
     assert seen[max(seen)][1] == {second.run_id}
 
 
-def _stopped(proc) -> bool:
-    try:
-        return psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.mark.slow
 def test_a_driver_killed_before_during_and_after_the_delta_commit_publishes_once(
     tmp_path, drivers, monkeypatch
@@ -137,9 +121,9 @@ def test_a_driver_killed_before_during_and_after_the_delta_commit_publishes_once
 
     # (1) Shards committed, no Delta commit yet: killed mid-run.
     first = drivers.start(*command)
-    _wait_for(lambda: _commits(out) >= 1, 180, "the first commit")
+    wait_for(lambda: commits(out) >= 1, 180, "the first commit")
     drivers.signal(first, signal.SIGSTOP)
-    assert _commits(out) < TOTAL_SHARDS, "the run ended before it could be killed mid-run"
+    assert commits(out) < TOTAL_SHARDS, "the run ended before it could be killed mid-run"
     drivers.signal(first, signal.SIGKILL)
     drivers.wait(first, 30)
     assert not log.exists(), "a killed run published"
@@ -148,7 +132,7 @@ def test_a_driver_killed_before_during_and_after_the_delta_commit_publishes_once
     # and the torn log entry a kill mid-write leaves (object_store stages it as NAME#n) planted.
     monkeypatch.setenv(PAUSE_ENV, "publish")
     second = drivers.start(*command)
-    _wait_for(lambda: _stopped(second), 180, "the driver stopped before its Delta commit")
+    wait_for(lambda: stopped(second), 180, "the driver stopped before its Delta commit")
     drivers.signal(second, signal.SIGKILL)
     drivers.wait(second, 30)
     log.mkdir(parents=True, exist_ok=True)
@@ -157,11 +141,11 @@ def test_a_driver_killed_before_during_and_after_the_delta_commit_publishes_once
     # (3) After the Delta commit, before the run stats: the table holds everything once.
     monkeypatch.setenv(PAUSE_ENV, "published")
     third = drivers.start(*command)
-    _wait_for(lambda: _stopped(third), 180, "the driver stopped after its Delta commit")
+    wait_for(lambda: stopped(third), 180, "the driver stopped after its Delta commit")
     drivers.signal(third, signal.SIGKILL)
     drivers.wait(third, 30)
     assert DeltaTable(str(out / "scores")).version() == 0
-    _assert_once(history, _table(out))
+    assert_once(history, _table(out))
 
     monkeypatch.delenv(PAUSE_ENV)
     last = drivers.start(*command)
@@ -170,7 +154,7 @@ def test_a_driver_killed_before_during_and_after_the_delta_commit_publishes_once
     summary = json.loads(stdout)
     assert summary["shards_skipped"] == TOTAL_SHARDS and summary["delta_version"] == 0
     assert DeltaTable(str(out / "scores")).version() == 0
-    _assert_once(history, _table(out))
+    assert_once(history, _table(out))
 
 
 def test_a_parquet_run_refuses_a_delta_output_and_the_format_key_is_checked(tmp_path):

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pytest
 from deltalake import DeltaTable, write_deltalake
-from servers import moto_s3
-from test_faults import _wait_for
+from support.faults import wait_for
+from support.servers import moto_s3
 
 from scorer.jobs.generate import generate
 from scorer.pipeline.driver import score
@@ -71,7 +71,7 @@ def test_delta_on_s3_with_a_concurrent_writer_loses_nothing(endpoint, drivers):
         driver = drivers.start(
             source, output, "--shard-rows", "1000", "--format", "delta", "--overwrite", "--json"
         )
-        _wait_for(
+        wait_for(
             lambda: psutil.Process(driver.pid).status() == psutil.STATUS_STOPPED,
             180,
             "the driver stopped before its Delta commit",

@@ -11,286 +11,46 @@ of 5, so a 500-row shard takes a few hundred milliseconds on any machine, whatev
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import shutil
 import signal
-import struct
-import subprocess
-import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_history
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.faults import (
+    SLOW_HISTORY,
+    TOTAL_SHARDS,
+    ScoresWatcher,
+    stopped_writing_a_shard,
+    truncate,
+    wait_for,
+    zero_data_pages,
+)
+from support.inputs import make_history
+from support.outputs import (
+    assert_exactly_once,
+    assert_scores_whole,
+    commits,
+    run_stats,
+    shard_stats,
+)
 
 from scorer.cli import cli
 from scorer.model.runtime import default_model_dir, load_model
 from scorer.pipeline.driver import score
 
-SLOW_HISTORY = dict(sessions=6_000, files=2, days=1, row_group_rows=10)  # 12 shards of 500 rows
 SLOW_OPTIONS = ["--actors", "2", "--batch-rows", "5", "--shard-rows", "500"]
 SLOW = dict(actors=2, batch_rows=5, shard_rows=500)
-TOTAL_SHARDS = 12
-
-
-# -- helpers -----------------------------------------------------------------------------------
-
-
-def _wait_for(condition, timeout: float, what: str, poll: float = 0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def _wait_until_stopped(pid: int, timeout: float = 30) -> None:
-    """Until every thread of ``pid`` is stopped: `kill` returns before a thread running on
-    another core takes SIGSTOP, so a commit it is making could still land after it."""
-
-    def stopped() -> bool:
-        states = []
-        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
-            with contextlib.suppress(OSError):
-                states.append(stat.read_text().rpartition(")")[2].split()[0])
-        return all(state in "tTZX" for state in states)
-
-    _wait_for(stopped, timeout, f"pid {pid} to stop")
-
-
-def _commits(out: Path) -> int:
-    folder = out / "_scorer" / "commits"
-    return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
-
-
-def _shard_stats(out: Path, run_id: str) -> list[dict]:
-    return pq.read_table(out / "stats" / "shards" / f"run_id={run_id}").to_pylist()
-
-
-def _run_stats(out: Path, run_id: str) -> dict:
-    return pq.read_table(out / "stats" / "runs" / f"run_id={run_id}").to_pylist()[0]
-
-
-def _assert_exactly_once(history: Path, out: Path) -> None:
-    """Every input session is in the scores once, and nothing else is."""
-    got = ds.dataset(out / "scores").to_table(columns=["session_id"])["session_id"]
-    want = ds.dataset(history).to_table(columns=["session_id"])["session_id"]
-    assert len(got) == len(want)
-    assert pc.count_distinct(got).as_py() == len(got), "a session was scored twice"
-    assert pc.all(pc.is_in(want, value_set=got)).as_py()
-
-
-def _assert_scores_whole(history: Path, out: Path) -> None:
-    """Each file under scores/ is readable and holds all the rows of its shard's row groups."""
-    for path in (out / "scores").rglob("*"):
-        if path.is_dir():
-            continue
-        assert path.suffix == ".parquet", f"{path}: not a score file"
-        stem, _, groups = path.stem.rpartition("-rg")
-        start, stop = (int(g) for g in groups.split("-"))
-        source = pq.ParquetFile(history / path.parent.name / f"{stem}.parquet")
-        want = sum(source.metadata.row_group(i).num_rows for i in range(start, stop))
-        assert pq.read_table(path).num_rows == want, f"{path}: partial"
-
-
-class _ScoresWatcher(threading.Thread):
-    """Reads every file that shows up under OUTPUT/scores/ while a run goes on."""
-
-    def __init__(self, out: Path) -> None:
-        super().__init__(daemon=True)
-        self.scores = out / "scores"
-        self.seen: dict[tuple, int] = {}  # (path, size, mtime) -> rows, each version read once
-        self.bad: list[str] = []
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            self.sweep()
-            time.sleep(0.02)
-        self.sweep()
-
-    def sweep(self) -> None:
-        try:
-            paths = [p for p in self.scores.rglob("*") if not p.is_dir()]
-        except FileNotFoundError:
-            return
-        for path in paths:
-            try:
-                info = path.stat()
-                version = (path, info.st_size, info.st_mtime_ns)
-                if version not in self.seen:
-                    self.seen[version] = pq.read_table(path).num_rows
-            except FileNotFoundError:
-                continue  # deleted between listing and reading (a cleanup): never half there
-            except Exception as exc:
-                self.bad.append(f"{path}: {exc!r}")
-
-    def __enter__(self) -> _ScoresWatcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stopping.set()
-        self.join(timeout=30)
-
-
-def _scoring_actors() -> list[psutil.Process]:
-    """Scoring actor processes of this test session's Ray (descendants of this process)."""
-    found = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if " ".join(process.cmdline()).startswith("ray::ScoringActor"):
-                found.append(process)
-        except psutil.NoSuchProcess:
-            continue
-    return found
-
-
-def _writing_a_shard(out: Path, processes: list[psutil.Process]):
-    """(process, temp file) of one of `processes` that has a shard's temporary output open."""
-    temp = str(out.resolve() / "_scorer" / "tmp")
-    for process in processes:
-        try:
-            for opened in process.open_files():
-                if opened.path.startswith(temp) and opened.path.endswith(".parquet"):
-                    return process, opened.path
-        except psutil.NoSuchProcess:
-            continue
-    return None
-
-
-def _stopped_writing_a_shard(out: Path, processes=_scoring_actors):
-    """(process, temp file) of a process caught writing a shard, stopped (SIGSTOP) with that
-    file still open: it cannot finish the shard (close the file, hand back its outcome) before
-    the test acts on it. `processes` is called for the candidates at each look."""
-    found = _writing_a_shard(out, processes())
-    if found is None:
-        return None
-    process, path = found
-    try:
-        process.suspend()
-        if any(opened.path == path for opened in process.open_files()):
-            return found
-        process.resume()  # it closed the file between the two looks: look again
-    except psutil.NoSuchProcess:
-        pass
-    return None
-
-
-# `python -m scorer`, with Ctrl-C raising KeyboardInterrupt as in a terminal. A process started
-# in the background by a non-interactive shell inherits SIGINT ignored, and Python then leaves it
-# ignored: a test run from such a shell (a CI script put in the background) would otherwise see
-# the SIGINT test's driver finish instead of stopping.
-_WITH_CTRL_C = (
-    "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "sys.argv[0] = 'scorer'; runpy.run_module('scorer', run_name='__main__', alter_sys=True)"
-)
-
-
-class _Drivers:
-    """`scorer score` subprocesses of one test and every process they started."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: list[subprocess.Popen] = []
-        self.family: dict[int, psutil.Process] = {}
-
-    def start(self, *args: str) -> subprocess.Popen:
-        n = len(self.procs)
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        stdout, stderr = self.logs / f"driver-{n}.out", self.logs / f"driver-{n}.err"
-        with open(stdout, "w") as out, open(stderr, "w") as err:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _WITH_CTRL_C, "score", *args],
-                stdout=out,
-                stderr=err,
-                env=env,
-                start_new_session=True,  # its own process group, as a job under a scheduler
-            )
-        proc.n = n
-        self.procs.append(proc)
-        return proc
-
-    def remember_family(self, proc: subprocess.Popen) -> None:
-        """Note the driver's descendants now: once it is SIGKILLed they are orphans of init."""
-        try:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                self.family.setdefault(child.pid, child)
-        except psutil.NoSuchProcess:
-            pass
-
-    def signal(self, proc: subprocess.Popen, signum: int, *, group: bool = False) -> None:
-        self.remember_family(proc)
-        if group:
-            os.killpg(proc.pid, signum)
-        else:
-            os.kill(proc.pid, signum)
-        if signum == signal.SIGSTOP:  # what the test does next sees the driver still
-            _wait_until_stopped(proc.pid)
-
-    def signal_mid_run(
-        self, proc: subprocess.Popen, signum: int, out: Path, *, group: bool = False
-    ) -> int:
-        """Deliver `signum` while the run is seen unfinished, however fast the machine: stop the
-        driver (its commit thread with it), count the commits, signal, let it go on. Returns
-        the commits it had made."""
-        self.signal(proc, signal.SIGSTOP, group=group)
-        committed = _commits(out)
-        assert committed < TOTAL_SHARDS, "the run ended before the signal could land mid-run"
-        self.signal(proc, signum, group=group)
-        if signum != signal.SIGKILL:
-            self.signal(proc, signal.SIGCONT, group=group)
-        return committed
-
-    def wait(self, proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(proc, signal.SIGKILL)
-            proc.wait()
-            raise AssertionError(f"driver {proc.pid} did not end within {timeout:.0f} s") from None
-        out = (self.logs / f"driver-{proc.n}.out").read_text()
-        err = (self.logs / f"driver-{proc.n}.err").read_text()
-        return code, out, err
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                self.signal(proc, signal.SIGKILL)
-                proc.wait()
-        for process in self.family.values():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()  # psutil checks the pid still names the same process
-
-
-def _zero_data_pages(path: Path) -> None:
-    """Overwrite everything between the magic and the footer with zeros: the footer still
-    plans, every page header is garbage."""
-    data = bytearray(path.read_bytes())
-    footer = struct.unpack("<i", data[-8:-4])[0]
-    data[4 : len(data) - 8 - footer] = bytes(len(data) - 12 - footer)
-    path.write_bytes(bytes(data))
-
-
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
 
 
 # -- killed and interrupted processes ----------------------------------------------------------
@@ -300,26 +60,26 @@ def _truncate(path: Path) -> None:
 def test_an_actor_killed_mid_shard_costs_a_retry_not_the_run(tmp_path):
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
     out = tmp_path / "out"
-    with _ScoresWatcher(out) as watcher, ThreadPoolExecutor(1) as background:
+    with ScoresWatcher(out) as watcher, ThreadPoolExecutor(1) as background:
         run = background.submit(score, str(history), str(out), **SLOW)
-        victim, temp_file = _wait_for(
-            lambda: _stopped_writing_a_shard(out), 120, "an actor writing a shard"
+        victim, temp_file = wait_for(
+            lambda: stopped_writing_a_shard(out), 120, "an actor writing a shard"
         )
         victim.kill()  # stopped mid-shard: the kill lands while the shard is in flight
         summary = run.result(timeout=180)
 
     assert summary.exit_code == 0 and summary.shards_failed == 0
     assert summary.shards_committed == TOTAL_SHARDS and summary.rows == 6_000
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
     assert not watcher.bad and watcher.seen
-    stats = _shard_stats(out, summary.run_id)
+    stats = shard_stats(out, summary.run_id)
     assert sum(r["status"] == "committed" for r in stats) == TOTAL_SHARDS
     killed = temp_file.split("/_scorer/tmp/")[1].split("/", 1)[1]  # tmp/<run_id>/scores/...
     attempts = sorted((r["attempt"], r["status"]) for r in stats if r["output_path"] == killed)
     assert attempts == [(1, "failed"), (2, "committed")]
     failed = next(r for r in stats if r["status"] == "failed")
     assert "actor died" in failed["error"]
-    assert _run_stats(out, summary.run_id)["attempts_failed"] == 1
+    assert run_stats(out, summary.run_id)["attempts_failed"] == 1
     assert not (out / "_scorer" / "tmp" / summary.run_id).exists()
 
 
@@ -346,13 +106,13 @@ def test_a_refused_commit_is_retried_while_the_actors_go_on(tmp_path, monkeypatc
 
     assert summary.exit_code == 0 and summary.shards_failed == 0
     assert summary.shards_committed == 6 and summary.rows == 6_000
-    _assert_exactly_once(history, out)
-    stats = _shard_stats(out, summary.run_id)
+    assert_exactly_once(history, out)
+    stats = shard_stats(out, summary.run_id)
     attempts = sorted((r["attempt"], r["status"]) for r in stats if r["output_path"] == refused[0])
     assert attempts == [(1, "failed"), (2, "committed")]
     failed = next(r for r in stats if r["status"] == "failed")
     assert "StorageError" in failed["error"] and "No space left" in failed["error"]
-    assert _commits(out) == 6
+    assert commits(out) == 6
 
 
 @pytest.mark.slow
@@ -360,9 +120,9 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, drivers):
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
     out = tmp_path / "out"
     command = [str(history), str(out), *SLOW_OPTIONS, "--json"]
-    with _ScoresWatcher(out) as watcher:
+    with ScoresWatcher(out) as watcher:
         first = drivers.start(*command)
-        _wait_for(lambda: _commits(out) >= 1, 180, "the first commit")
+        wait_for(lambda: commits(out) >= 1, 180, "the first commit")
 
         # While it runs, a second run on the same OUTPUT is refused and names the holder.
         second = CliRunner().invoke(cli, ["score", *command])
@@ -372,8 +132,8 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, drivers):
         committed_before = drivers.signal_mid_run(first, signal.SIGKILL, out)
         code, _, _ = drivers.wait(first, 30)
         assert code == -signal.SIGKILL
-        assert _commits(out) == committed_before >= 1
-        _assert_scores_whole(history, out)
+        assert commits(out) == committed_before >= 1
+        assert_scores_whole(history, out)
 
         # Its Ray agents are still alive, holding their ports: the rerun must not care.
         rerun = drivers.start(*command)
@@ -384,10 +144,10 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path, drivers):
     assert summary["shards_skipped"] >= committed_before
     assert summary["shards_skipped"] + summary["shards_committed"] == TOTAL_SHARDS
     assert summary["rows"] + summary["rows_skipped"] == 6_000
-    stats = _shard_stats(out, summary["run_id"])
+    stats = shard_stats(out, summary["run_id"])
     assert sum(r["status"] == "skipped" for r in stats) == summary["shards_skipped"]
-    _assert_exactly_once(history, out)
-    _assert_scores_whole(history, out)
+    assert_exactly_once(history, out)
+    assert_scores_whole(history, out)
     assert not watcher.bad
 
 
@@ -398,35 +158,35 @@ def test_sigint_and_sigterm_abandon_in_flight_shards_and_the_rerun_completes(tmp
     out = tmp_path / "out"
     command = [str(history), str(out), *SLOW_OPTIONS]
     interrupted_runs = []
-    with _ScoresWatcher(out) as watcher:
+    with ScoresWatcher(out) as watcher:
         # Ctrl-C reaches the whole foreground process group; a scheduler's SIGTERM the driver.
         # Ctrl-C exits 130; SIGTERM 143 (128 + 15), what schedulers read as "terminated".
         for signum, group, exit_code, error in (
             (signal.SIGINT, True, 130, "Interrupted"),
             (signal.SIGTERM, False, 143, "Terminated"),
         ):
-            before = _commits(out)
+            before = commits(out)
             driver = drivers.start(*command)
-            _wait_for(lambda before=before: _commits(out) > before, 180, "a commit")
+            wait_for(lambda before=before: commits(out) > before, 180, "a commit")
             drivers.signal_mid_run(driver, signum, out, group=group)
             code, _, stderr = drivers.wait(driver, 60)
             assert code == exit_code, stderr
             assert f"{error}: run " in stderr and "rerun the same command" in stderr
             run_id = re.search(r"run (\S+) interrupted", stderr).group(1)
             interrupted_runs.append(run_id)
-            assert _run_stats(out, run_id)["status"] == "interrupted"
+            assert run_stats(out, run_id)["status"] == "interrupted"
             assert not (out / "_scorer" / "lock.json").exists(), "the lock was not released"
             assert not (out / "_scorer" / "tmp" / run_id).exists()
-            _assert_scores_whole(history, out)
-        assert _commits(out) < TOTAL_SHARDS, "the signals did not land mid-run"
+            assert_scores_whole(history, out)
+        assert commits(out) < TOTAL_SHARDS, "the signals did not land mid-run"
 
         summary = score(str(history), str(out), **SLOW)
     assert summary.exit_code == 0
     assert summary.shards_skipped + summary.shards_committed == TOTAL_SHARDS
     assert summary.rows + summary.rows_skipped == 6_000
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
     assert not watcher.bad
-    statuses = {r["status"] for run in interrupted_runs for r in _shard_stats(out, run)}
+    statuses = {r["status"] for run in interrupted_runs for r in shard_stats(out, run)}
     assert "interrupted" in statuses
 
 
@@ -485,8 +245,8 @@ def test_broken_files_fail_alone_and_the_rerun_after_repair_fills_in_only_them(t
     day = next(history.iterdir())
     good, truncated, zeroed = (day / f"part-0000{i}.parquet" for i in range(3))
     originals = {path: path.read_bytes() for path in (truncated, zeroed)}
-    _truncate(truncated)
-    _zero_data_pages(zeroed)
+    truncate(truncated)
+    zero_data_pages(zeroed)
     out = tmp_path / "out"
     command = ["score", str(history), str(out), "--shard-rows", "500", "--actors", "2"]
 
@@ -497,7 +257,7 @@ def test_broken_files_fail_alone_and_the_rerun_after_repair_fills_in_only_them(t
         assert f"FAILED {day.name}/{broken.name}" in result.output
         assert str(broken) in result.output
     run_id = re.search(r"run (\S+): failed", result.output).group(1)
-    stats = _shard_stats(out, run_id)
+    stats = shard_stats(out, run_id)
     failed = [r for r in stats if r["status"] == "failed"]
     assert {r["input_path"] for r in failed} == {str(truncated), str(zeroed)}
     for row in failed:
@@ -512,18 +272,18 @@ def test_broken_files_fail_alone_and_the_rerun_after_repair_fills_in_only_them(t
         path.write_bytes(data)
     repaired = score(str(history), str(out), shard_rows=500, actors=2)
     assert repaired.exit_code == 0
-    stats = _shard_stats(out, repaired.run_id)
+    stats = shard_stats(out, repaired.run_id)
     assert {r["input_path"] for r in stats if r["status"] == "skipped"} == {str(good)}
     rescored = {r["input_path"] for r in stats if r["status"] == "committed"}
     assert rescored == {str(truncated), str(zeroed)}
     assert repaired.rows == 2_000 and repaired.rows_skipped == 1_000
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_max_failed_shards_stops_dispatching(tmp_path):
     history = make_history(tmp_path / "in", sessions=2_000, files=2, days=1, row_group_rows=500)
-    _zero_data_pages(next(history.rglob("part-00000.parquet")))
+    zero_data_pages(next(history.rglob("part-00000.parquet")))
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
@@ -542,9 +302,9 @@ def test_max_failed_shards_stops_dispatching(tmp_path):
     assert result.exit_code == 1, result.output
     assert "--max-failed-shards" in result.output
     run_id = re.search(r"run (\S+): failed", result.output).group(1)
-    stats = _shard_stats(out, run_id)
+    stats = shard_stats(out, run_id)
     assert [r["status"] for r in stats] == ["failed"]  # 1 of 4 shards dispatched, none after
-    assert _commits(out) == 0
+    assert commits(out) == 0
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -646,7 +406,7 @@ def test_another_models_scores_are_refused_unless_overwrite(tmp_path):
     assert replaced.exit_code == 0, replaced.output
     versions = ds.dataset(out / "scores").to_table(columns=["model_version"])["model_version"]
     assert set(versions.to_pylist()) == {load_model().card.version}
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
 
 # -- bad rows ----------------------------------------------------------------------------------
@@ -763,6 +523,6 @@ def test_bad_rows_through_the_actors_are_kept_and_counted(tmp_path, model):
     assert scored["status"].to_pylist() == expected
     invalid = sum(status != "ok" for status in expected)
     assert invalid > 200 and scored["intent_raw"].null_count == invalid
-    stats = _shard_stats(out, summary.run_id)
+    stats = shard_stats(out, summary.run_id)
     assert sum(r["rows_invalid"] for r in stats) == invalid
     assert sum(r["rows_ok"] for r in stats) == 2_000 - invalid

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
+from support.inputs import make_history
 
 
 def _env() -> dict[str, str]:
@@ -203,7 +203,7 @@ ENDPOINT_SECRET = "pw-in-endpoint-5c1e"
 
 @pytest.fixture
 def s3_endpoint():
-    from servers import moto_s3
+    from support.servers import moto_s3
 
     with moto_s3(
         {"AWS_ACCESS_KEY_ID": "hostile-key", "AWS_SECRET_ACCESS_KEY": "hostile-secret"}

@@ -29,14 +29,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_history
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
-from servers import free_port
 from sqlalchemy.exc import OperationalError
-from test_delta import _assert_once, _stopped
-from test_faults import SLOW_HISTORY, TOTAL_SHARDS, _commits, _wait_for
+from support.faults import SLOW_HISTORY, TOTAL_SHARDS, stopped, wait_for
+from support.inputs import make_history
+from support.outputs import assert_once, commits
+from support.servers import free_port
 
 from scorer.cli import cli
 from scorer.errors import OutputConflictError
@@ -83,7 +83,7 @@ def test_an_iceberg_run_is_one_snapshot_read_by_pyiceberg_and_polars(tmp_path):
     assert snapshot.summary[RUN_KEY] == first.run_id and snapshot.summary[RUNS_KEY] == first.run_id
     assert [f.name for f in table.spec().fields] == ["dt"]
     scores = _rows(table)
-    _assert_once(history, scores)
+    assert_once(history, scores)
     assert set(scores["dt"].to_pylist()) == {"2026-11-26", "2026-11-27"}  # from the partitions
     assert scores.schema.field("intent_calibrated").type == pa.float32()
     polars = pl.scan_iceberg(table).group_by("dt").agg(pl.len()).collect()
@@ -113,11 +113,11 @@ def test_an_iceberg_run_is_one_snapshot_read_by_pyiceberg_and_polars(tmp_path):
     assert len(table.snapshots()) == 2
     assert table.current_snapshot().summary.operation.value == "overwrite"
     latest = _rows(table)
-    _assert_once(history, latest)
+    assert_once(history, latest)
     runs = Counter(zip(latest["dt"].to_pylist(), latest["run_id"].to_pylist()))
     assert runs == {("2026-11-26", first.run_id): 2_000, (day, second.run_id): 2_000}
     score(str(history), str(out), shard_rows=1_000, format="iceberg")
-    _assert_once(history, _rows(_table(out), first.iceberg["snapshot_id"]))
+    assert_once(history, _rows(_table(out), first.iceberg["snapshot_id"]))
 
 
 def test_a_reader_polling_the_current_snapshot_only_sees_whole_runs(tmp_path):
@@ -167,9 +167,9 @@ def test_a_driver_killed_before_during_and_after_the_catalog_commit_publishes_on
 
     # (1) Shards committed, no catalog commit yet: killed mid-run.
     first = drivers.start(*command)
-    _wait_for(lambda: _commits(out) >= 1, 180, "the first commit")
+    wait_for(lambda: commits(out) >= 1, 180, "the first commit")
     drivers.signal(first, signal.SIGSTOP)
-    assert _commits(out) < TOTAL_SHARDS, "the run ended before it could be killed mid-run"
+    assert commits(out) < TOTAL_SHARDS, "the run ended before it could be killed mid-run"
     drivers.signal(first, signal.SIGKILL)
     drivers.wait(first, 30)
     assert not db.exists(), "a killed run published"
@@ -177,7 +177,7 @@ def test_a_driver_killed_before_during_and_after_the_catalog_commit_publishes_on
     # (2) Before the catalog commit: stopped with the table read and nothing committed.
     monkeypatch.setenv(PAUSE_ENV, "publish")
     second = drivers.start(*command)
-    _wait_for(lambda: _stopped(second), 180, "the driver stopped before its catalog commit")
+    wait_for(lambda: stopped(second), 180, "the driver stopped before its catalog commit")
     drivers.signal(second, signal.SIGKILL)
     drivers.wait(second, 30)
     assert not db.exists(), "a driver killed before its commit published"
@@ -186,13 +186,13 @@ def test_a_driver_killed_before_during_and_after_the_catalog_commit_publishes_on
     # the snapshot names the run that published it.
     monkeypatch.setenv(PAUSE_ENV, "published")
     third = drivers.start(*command)
-    _wait_for(lambda: _stopped(third), 180, "the driver stopped after its catalog commit")
+    wait_for(lambda: stopped(third), 180, "the driver stopped after its catalog commit")
     drivers.signal(third, signal.SIGKILL)
     drivers.wait(third, 30)
     table = _table(out)
     published = table.current_snapshot()
     assert len(table.snapshots()) == 1 and published.summary[RUN_KEY] == _claimed_run(out)
-    _assert_once(history, _rows(table))
+    assert_once(history, _rows(table))
 
     monkeypatch.delenv(PAUSE_ENV)
     fourth = drivers.start(*command)
@@ -208,14 +208,14 @@ def test_a_driver_killed_before_during_and_after_the_catalog_commit_publishes_on
     # written (the commit's last step before the catalog's UPDATE, which the lock holds back).
     monkeypatch.setenv(PAUSE_ENV, "publish")
     fifth = drivers.start(*command, "--overwrite")
-    _wait_for(lambda: _stopped(fifth), 180, "the overwrite stopped before its catalog commit")
+    wait_for(lambda: stopped(fifth), 180, "the overwrite stopped before its catalog commit")
     metadata = out / "scores" / "_iceberg"
     before = set(metadata.glob("*.metadata.json"))
     lock = sqlite3.connect(db, isolation_level=None)
     lock.execute("BEGIN IMMEDIATE")  # readers go on; no other writer until ROLLBACK
     try:
         drivers.signal(fifth, signal.SIGCONT)
-        _wait_for(lambda: set(metadata.glob("*.metadata.json")) - before, 60, "new metadata")
+        wait_for(lambda: set(metadata.glob("*.metadata.json")) - before, 60, "new metadata")
         drivers.signal(fifth, signal.SIGKILL)
         drivers.wait(fifth, 30)
     finally:
@@ -223,7 +223,7 @@ def test_a_driver_killed_before_during_and_after_the_catalog_commit_publishes_on
         lock.close()
     table = _table(out)
     assert table.current_snapshot().snapshot_id == published.snapshot_id
-    _assert_once(history, _rows(table))
+    assert_once(history, _rows(table))
 
     # The run that resumes the overwrite publishes all of it once, in one snapshot that
     # replaces every file of the first publish.
@@ -238,7 +238,7 @@ def test_a_driver_killed_before_during_and_after_the_catalog_commit_publishes_on
     assert current.summary[RUN_KEY] == summary["run_id"]
     assert summary["iceberg"]["snapshot_id"] == current.snapshot_id
     scores = _rows(table)
-    _assert_once(history, scores)
+    assert_once(history, scores)
     (overwriting,) = set(scores["run_id"].to_pylist())
     assert overwriting != published.summary[RUN_KEY]
     assert overwriting in current.summary[RUNS_KEY].split(",")
@@ -259,7 +259,7 @@ def test_a_concurrent_appender_of_another_day_is_neither_lost_nor_doubled(
         str(history), str(out), "--shard-rows", "500", "--format", "iceberg", "--json",
         "--overwrite", "--partition", "dt=2026-11-27",
     )  # fmt: skip
-    _wait_for(lambda: _stopped(ours), 180, "the driver stopped before its catalog commit")
+    wait_for(lambda: stopped(ours), 180, "the driver stopped before its catalog commit")
     theirs = _table(out)
     other_day = pa.table(
         {
@@ -279,7 +279,7 @@ def test_a_concurrent_appender_of_another_day_is_neither_lost_nor_doubled(
     days = Counter(scores["dt"].to_pylist())
     assert days == {"2026-11-26": 1_000, "2026-11-27": 1_000, "2026-12-01": 3}
     mine = scores.filter(pa.compute.not_equal(scores["dt"], "2026-12-01"))
-    _assert_once(history, mine)
+    assert_once(history, mine)
     runs = Counter(zip(mine["dt"].to_pylist(), mine["run_id"].to_pylist()))
     assert runs == {
         ("2026-11-26", first.run_id): 1_000,
@@ -322,7 +322,7 @@ def test_the_bad_cases_exit_2_and_say_why(tmp_path):
     assert result.exit_code == 2, result.output
     assert "column 'intent_calibrated' is absent in the table" in result.output
     assert _table(out).current_snapshot() is None
-    assert _commits(out) >= 1  # the shards stay committed: a fixed table publishes them
+    assert commits(out) >= 1  # the shards stay committed: a fixed table publishes them
 
     # A Parquet run on an Iceberg OUTPUT would delete what snapshots reference.
     good = tmp_path / "good"
@@ -418,7 +418,7 @@ def test_a_catalog_on_postgresql_with_its_password_redacted(tmp_path):
 
         table = load_catalog("intent_scorer", uri=uri).load_table("scoring.intent_scores")
         assert table.current_snapshot().snapshot_id == described["snapshot_id"]
-        _assert_once(history, _rows(table))
+        assert_once(history, _rows(table))
         runs = pq.read_table(out / "stats" / "runs")
         assert "s3cret" not in json.dumps(runs.to_pylist(), default=str)
 
@@ -429,7 +429,7 @@ def test_a_catalog_on_postgresql_with_its_password_redacted(tmp_path):
         table = load_catalog("intent_scorer", uri=uri).load_table("scoring.intent_scores")
         assert len(table.snapshots()) == 2
         scores = _rows(table)
-        _assert_once(history, scores)
+        assert_once(history, scores)
         assert set(scores["run_id"].to_pylist()) == {json.loads(overwrite.stdout)["run_id"]}
 
 
@@ -446,7 +446,7 @@ def test_a_partition_overwrite_replaces_that_day_alone_in_delta_too(tmp_path):
         str(history), str(out), shard_rows=1_000, format="delta", overwrite=True, partition=day
     )
     scores = DeltaTable(str(out / "scores")).to_pyarrow_table()
-    _assert_once(history, scores)
+    assert_once(history, scores)
     runs = Counter(zip(scores["dt"].to_pylist(), scores["run_id"].to_pylist()))
     assert runs == {("2026-11-26", first.run_id): 1_000, ("2026-11-27", second.run_id): 1_000}
 
@@ -456,7 +456,7 @@ def test_an_s3_output_with_a_configured_catalog_publishes_and_resumes(tmp_path):
     """An s3:// OUTPUT (moto on loopback) with its catalog configured: pyiceberg writes the
     metadata next to the scores with the endpoint and credentials the scorer's URI and env give."""
     import pyarrow.fs as pafs
-    from servers import moto_s3
+    from support.servers import moto_s3
 
     from scorer.config import IcebergConfig, JobConfig
     from scorer.jobs.generate import generate

@@ -11,44 +11,28 @@ the driver go on: the change lands mid-run on any machine.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
-from test_faults import _commits, _Drivers, _wait_for
+from support.faults import Drivers, wait_for
+from support.inputs import NEW_IDS, make_history, replace_with_a_new_version
+from support.outputs import commits
 
 pytestmark = pytest.mark.slow
 
 ROWS, ROW_GROUP_ROWS, SHARDS = 50_000, 5_000, 10
 OPTIONS = ["--shard-rows", "5000", "--batch-rows", "50", "--json"]
-NEW_IDS = 10_000_000  # the new version's session ids start here; the old one's below
 
 
 def _history(root: Path, files: int) -> Path:
     return make_history(
         root, sessions=ROWS * files, files=files, days=1, row_group_rows=ROW_GROUP_ROWS
     )
-
-
-def _replace_with_a_new_version(path: Path) -> None:
-    """Same path, row count and row groups; other sessions (new ids, other values): written
-    beside it under a name no scan picks up, then renamed over it in one step."""
-    table = pq.read_table(path)
-    new = table.set_column(
-        table.schema.get_field_index("session_id"),
-        "session_id",
-        pc.add(table["session_id"], pa.scalar(NEW_IDS, pa.int64())),
-    )
-    staged = path.with_name(f".{path.name}.new")
-    pq.write_table(new, staged, row_group_size=ROW_GROUP_ROWS)
-    os.replace(staged, path)
 
 
 def _versions(out: Path) -> tuple[int, int, int]:
@@ -58,11 +42,11 @@ def _versions(out: Path) -> tuple[int, int, int]:
     return len(keys) - new, new, pc.count_distinct(keys).as_py()
 
 
-def _change_mid_run(drivers: _Drivers, history: Path, out: Path, change) -> tuple[int, str, str]:
+def _change_mid_run(drivers: Drivers, history: Path, out: Path, change) -> tuple[int, str, str]:
     driver = drivers.start(str(history), str(out), *OPTIONS)
-    _wait_for(lambda: _commits(out) >= 1, 120, "the first commit")
+    wait_for(lambda: commits(out) >= 1, 120, "the first commit")
     drivers.signal(driver, signal.SIGSTOP)
-    assert _commits(out) < SHARDS, "the run ended before the file could change mid-run"
+    assert commits(out) < SHARDS, "the run ended before the file could change mid-run"
     change()
     drivers.signal(driver, signal.SIGCONT)
     return drivers.wait(driver, 120)
@@ -76,7 +60,7 @@ def test_a_file_replaced_mid_run_fails_its_shards_and_the_rerun_scores_the_new_v
     out = tmp_path / "out"
 
     code, stdout, stderr = _change_mid_run(
-        drivers, history, out, lambda: _replace_with_a_new_version(path)
+        drivers, history, out, lambda: replace_with_a_new_version(path, ROW_GROUP_ROWS)
     )
     old, new, distinct = _versions(out)
     assert (code, new) == (1, 0), (

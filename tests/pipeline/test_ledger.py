@@ -8,7 +8,7 @@ import datetime as dt
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
+from support.inputs import make_history
 
 from scorer.errors import ShardError, ShardReadError, StorageError
 from scorer.metrics import CalibrationState

@@ -15,18 +15,14 @@ import sys
 import time
 
 import pytest
-from conftest import make_history
-from test_faults import (
-    SLOW_HISTORY,
-    TOTAL_SHARDS,
-    _assert_exactly_once,
-    _assert_scores_whole,
-    _commits,
-    _run_stats,
-    _ScoresWatcher,
-    _shard_stats,
-    _truncate,
-    _wait_for,
+from support.faults import SLOW_HISTORY, TOTAL_SHARDS, ScoresWatcher, truncate, wait_for
+from support.inputs import make_history
+from support.outputs import (
+    assert_exactly_once,
+    assert_scores_whole,
+    commits,
+    run_stats,
+    shard_stats,
 )
 
 from scorer.pipeline.local import RAY_START_S, ray_pays_off
@@ -53,11 +49,11 @@ def test_a_job_without_actors_or_cluster_is_scored_in_process_and_resumes(tmp_pa
     assert summary["executor"] == "in-process"
     assert "scored in-process, Ray not started" in stderr
     assert summary["shards_committed"] == TOTAL_SHARDS and summary["rows"] == 6_000
-    stats = _shard_stats(out, summary["run_id"])
+    stats = shard_stats(out, summary["run_id"])
     assert {r["actor_id"] for r in stats} == {"in-process"}
-    assert _run_stats(out, summary["run_id"])["actors"] == 1
-    _assert_exactly_once(history, out)
-    _assert_scores_whole(history, out)
+    assert run_stats(out, summary["run_id"])["actors"] == 1
+    assert_exactly_once(history, out)
+    assert_scores_whole(history, out)
 
     code, stdout, stderr = drivers.wait(drivers.start(*command), 120)
     assert code == 0, stderr
@@ -70,14 +66,14 @@ def test_a_killed_in_process_driver_is_resumed_exactly_once(tmp_path, drivers):
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
     out = tmp_path / "out"
     command = [str(history), str(out), *IN_PROCESS_OPTIONS, "--json"]
-    with _ScoresWatcher(out) as watcher:
+    with ScoresWatcher(out) as watcher:
         first = drivers.start(*command)
-        _wait_for(lambda: _commits(out) >= 1, 120, "the first commit")
+        wait_for(lambda: commits(out) >= 1, 120, "the first commit")
         committed_before = drivers.signal_mid_run(first, signal.SIGKILL, out)
         code, _, _ = drivers.wait(first, 30)
         assert code == -signal.SIGKILL
-        assert _commits(out) == committed_before >= 1
-        _assert_scores_whole(history, out)
+        assert commits(out) == committed_before >= 1
+        assert_scores_whole(history, out)
 
         code, stdout, stderr = drivers.wait(drivers.start(*command), 120)
     assert code == 0, stderr
@@ -85,7 +81,7 @@ def test_a_killed_in_process_driver_is_resumed_exactly_once(tmp_path, drivers):
     assert "took over the lock" in stderr
     assert summary["shards_skipped"] >= committed_before
     assert summary["shards_skipped"] + summary["shards_committed"] == TOTAL_SHARDS
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
     assert not watcher.bad
 
 
@@ -99,24 +95,24 @@ def test_an_interrupted_in_process_run_abandons_its_shard_and_the_rerun_complete
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
     out = tmp_path / "out"
     command = [str(history), str(out), *IN_PROCESS_OPTIONS]
-    with _ScoresWatcher(out) as watcher:
+    with ScoresWatcher(out) as watcher:
         driver = drivers.start(*command)
-        _wait_for(lambda: _commits(out) >= 1, 120, "a commit")
+        wait_for(lambda: commits(out) >= 1, 120, "a commit")
         drivers.signal_mid_run(driver, signum, out, group=group)
         code, _, stderr = drivers.wait(driver, 60)
         assert code == exit_code, stderr
         run_id = re.search(r"run (\S+) interrupted", stderr).group(1)
-        assert _run_stats(out, run_id)["status"] == "interrupted"
+        assert run_stats(out, run_id)["status"] == "interrupted"
         assert not (out / "_scorer" / "lock.json").exists(), "the lock was not released"
         assert not (out / "_scorer" / "tmp" / run_id).exists()
-        assert _commits(out) < TOTAL_SHARDS, "the signal did not land mid-run"
-        _assert_scores_whole(history, out)
+        assert commits(out) < TOTAL_SHARDS, "the signal did not land mid-run"
+        assert_scores_whole(history, out)
 
         code, stdout, stderr = drivers.wait(drivers.start(*command, "--json"), 120)
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["shards_skipped"] + summary["shards_committed"] == TOTAL_SHARDS
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
     assert not watcher.bad
 
 
@@ -124,7 +120,7 @@ def test_a_broken_file_fails_alone_in_process_and_is_named(tmp_path, drivers):
     history = make_history(tmp_path / "in", sessions=3_000, files=3, days=1, row_group_rows=500)
     day = next(history.iterdir())
     broken = day / "part-00001.parquet"
-    _truncate(broken)
+    truncate(broken)
     out = tmp_path / "out"
     code, stdout, stderr = drivers.wait(
         drivers.start(str(history), str(out), "--shard-rows", "500", "--json"), 120
@@ -169,7 +165,7 @@ def test_actors_started_beside_the_in_process_worker_join_its_queue(ray_cluster,
     try:
         assert workers.idle == [0] and workers.has_starting()
         handle = workers.submit(workers.idle.pop(), first, 1, True)  # in-process, at once
-        _wait_for(lambda: workers.wait([handle], 0.1), 60, "the in-process shard")
+        wait_for(lambda: workers.wait([handle], 0.1), 60, "the in-process shard")
         outcome = workers.fetch(handle, 0)
         assert isinstance(outcome, ShardOutcome) and outcome.actor_id == "in-process"
         assert outcome.rows == first.rows
@@ -179,10 +175,10 @@ def test_actors_started_beside_the_in_process_worker_join_its_queue(ray_cluster,
             workers.poll(busy=0)
             return ray.joined
 
-        _wait_for(joined, 120, "the actors to join")
+        wait_for(joined, 120, "the actors to join")
         assert ray.error is None and workers.idle == [1]  # the in-process worker is retired
         handle = workers.submit(workers.idle.pop(), second, 1, True)
-        _wait_for(lambda: workers.wait([handle], 0.1), 60, "the actor's shard")
+        wait_for(lambda: workers.wait([handle], 0.1), 60, "the actor's shard")
         outcome = workers.fetch(handle, 1)
         assert isinstance(outcome, ShardOutcome) and outcome.actor_id not in ("", "in-process")
         assert workers.idle == [1]
@@ -214,7 +210,7 @@ def test_a_run_where_ray_pays_off_scores_from_the_first_second_exactly_once(tmp_
     assert summary["executor"] in ("in-process", "in-process+ray")
     assert "scoring in-process while a private Ray" in process.stderr
     assert summary["shards_committed"] == TOTAL_SHARDS
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
     left = [
         p.info["name"]
         for p in psutil.process_iter(["name", "create_time"])

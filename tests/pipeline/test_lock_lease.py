@@ -8,21 +8,18 @@ appearing, a request arriving at the proxy), never after a sleep.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-from conftest import make_history
-from servers import moto_s3
+from support.inputs import make_history
+from support.outputs import assert_every_row_once
+from support.scorers import CREDENTIALS, HISTORY, OPTIONS, Scorers
+from support.servers import moto_s3
 
 from scorer.jobs.latency import latency_proxy
 from scorer.pipeline.layout import LOCK
@@ -30,63 +27,6 @@ from scorer.pipeline.lock import LEASE_ENV, OutputLock, lease_from_env
 from scorer.storage import resolve
 
 pytestmark = pytest.mark.slow
-
-HISTORY = dict(sessions=6_000, files=2, days=1, row_group_rows=10)  # 12 shards of 500 rows
-# In-process, small batches: a run lasts long enough to be seen mid-way, without Ray.
-OPTIONS = ["--batch-rows", "5", "--processes", "0", "--json"]
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lock-test-key", "AWS_SECRET_ACCESS_KEY": "lock-test-secret"}
-
-
-class Scorers:
-    """`scorer score` processes of one test, each optionally in a pid namespace of its own;
-    every one still running at the end is killed by its pid."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, *args: str, env: dict[str, str] | None = None, namespace: bool = False):
-        n = len(self.procs)
-        command = [sys.executable, "-m", "scorer", "score", *args]
-        if namespace:  # the scorer is pid 1 of a new pid namespace, as in a container
-            command = ["unshare", "--pid", "--fork", "--mount-proc", *command]
-        environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | (env or {})
-        with open(self.logs / f"scorer-{n}.out", "w") as out:
-            with open(self.logs / f"scorer-{n}.err", "w") as err:
-                proc = subprocess.Popen(command, stdout=out, stderr=err, env=environ)
-        proc.n = n
-        self.procs.append(proc)
-        return proc
-
-    def scorer_process(self, proc: subprocess.Popen) -> psutil.Process:
-        """The scorer itself: `proc`, or the child `unshare` forked into the namespace."""
-        process = psutil.Process(proc.pid)
-        if process.name() != "unshare":
-            return process
-        deadline = time.monotonic() + 30
-        while not (children := process.children()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return children[0]
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        self.scorer_process(proc).send_signal(signal.SIGSTOP)
-
-    def resume(self, proc: subprocess.Popen) -> None:
-        self.scorer_process(proc).send_signal(signal.SIGCONT)
-
-    def wait(self, proc: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
-        code = proc.wait(timeout)
-        out = (self.logs / f"scorer-{proc.n}.out").read_text()
-        err = (self.logs / f"scorer-{proc.n}.err").read_text()
-        return code, out, err
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                for process in psutil.Process(proc.pid).children(recursive=True):
-                    process.kill()
-                proc.kill()
-                proc.wait()
 
 
 @pytest.fixture
@@ -108,14 +48,6 @@ def wait_for(condition, timeout: float, what: str):
 def commits(out: Path) -> int:
     folder = out / "_scorer" / "commits"
     return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
-
-
-def assert_every_row_once(history: Path, scores: ds.Dataset) -> None:
-    got = scores.to_table(columns=["session_id"])["session_id"]
-    want = ds.dataset(history).to_table(columns=["session_id"])["session_id"]
-    assert len(got) == len(want), f"{len(got):,} rows for {len(want):,} sessions"
-    assert pc.count_distinct(got).as_py() == len(got), "a session was scored twice"
-    assert pc.all(pc.is_in(want, value_set=got)).as_py()
 
 
 def unshare_refusal() -> str | None:
@@ -319,7 +251,7 @@ def test_the_fence_guards_every_record_and_every_deletion(tmp_path):
     """A manifest whose run lost the lock writes no record and deletes nothing: not a commit,
     not a crash's leftovers (cleanup), not a changed input's shards (supersede), not
     everything (--overwrite's reset)."""
-    from test_commit import OPTS, SHA_A, start_run, write_output, write_sessions
+    from support.manifests import OPTS, SHA_A, start_run, write_output, write_sessions
 
     from scorer.errors import LockLostError
     from scorer.pipeline.plan import scan_inputs

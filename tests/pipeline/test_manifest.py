@@ -1,4 +1,4 @@
-"""Exactly-once output on a local filesystem: commits, resume, cleanup, model claims, the lock.
+"""Exactly-once output on a local filesystem: commits, resume, cleanup, model claims.
 
 The same protocol on object storage runs against a real S3 server in tests/base/test_storage.py.
 """
@@ -7,55 +7,20 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.manifests import OPTS, SHA_A, start_run, write_output, write_sessions
 
-from scorer.errors import LockError, OutputConflictError, ShardError
-from scorer.pipeline.layout import LOCK, OutputLayout
-from scorer.pipeline.lock import OutputLock, StaleLockWarning
-from scorer.pipeline.manifest import CommitRecord, Manifest, options_digest, record_key
+from scorer.errors import OutputConflictError, ShardError
+from scorer.pipeline.manifest import CommitRecord, Manifest, record_key
 from scorer.pipeline.plan import legacy_fingerprint, plan_shards, scan_inputs
 from scorer.storage import resolve
 
-REPO = Path(__file__).resolve().parents[2]
-SHA_A = "a" * 64
 SHA_B = "b" * 64
-OPTS = options_digest("session_id", ())
-
-
-def write_sessions(path, rows, row_group_size):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table({"session_id": pa.array(range(rows), pa.int64())}),
-        path,
-        row_group_size=row_group_size,
-    )
-    return path
-
-
-def write_output(layout, shard, run_id, rows=None):
-    """What an actor does: copy the shard's session ids (one row per input row) into the sink."""
-    source = pq.ParquetFile(shard.input_path)
-    with layout.open_shard_sink(shard, run_id) as sink:
-        with pq.ParquetWriter(
-            sink, pa.schema([("session_id", pa.int64()), ("intent_raw", pa.float32())])
-        ) as writer:
-            for rg in shard.row_groups:
-                ids = source.read_row_group(rg, columns=["session_id"]).column(0)
-                writer.write_table(
-                    pa.table({"session_id": ids, "intent_raw": pa.nulls(len(ids), pa.float32())})
-                )
-    return shard.rows if rows is None else rows
 
 
 def score(manifest, plan, run_id, shards=None, sha=SHA_A):
@@ -64,24 +29,6 @@ def score(manifest, plan, run_id, shards=None, sha=SHA_A):
         manifest.commit_shard(
             shard, run_id=run_id, rows=rows, model_sha256=sha, options_digest=OPTS
         )
-
-
-def start_run(out, inputs, shard_rows, run_id, sha=SHA_A, overwrite=False):
-    """The driver's sequence before scoring (see Manifest's docstring)."""
-    manifest = Manifest.load(out)
-    manifest.claim(
-        model_name="intent",
-        model_sha256=sha,
-        options_digest=OPTS,
-        run_id=run_id,
-        overwrite=overwrite,
-    )
-    manifest.cleanup(run_id)
-    files = [i for i in inputs if hasattr(i, "fingerprint")]
-    manifest.adopt_legacy_fingerprints(files)
-    manifest.supersede(files)
-    ranges = manifest.committed_ranges(files, model_sha256=sha, options_digest=OPTS)
-    return manifest, plan_shards(inputs, shard_rows, ranges)
 
 
 def scored_ids(out_dir):
@@ -348,119 +295,3 @@ def test_records_of_another_model_are_refused_even_without_output_json(job):
     (out_dir / "_scorer" / "output.json").unlink()
     with pytest.raises(OutputConflictError, match="another model"):
         Manifest.load(out).check(model_name="intent", model_sha256=SHA_B, options_digest=OPTS)
-
-
-def test_layout_paths_and_pickling(job):
-    inp, out_dir = job
-    layout = OutputLayout(resolve(out_dir))
-    shard = plan_shards(scan_inputs(resolve(inp)), 30).shards[0]
-    assert not layout.writes_direct
-    assert layout.final_path_for(shard) == str(out_dir / shard.output_relpath)
-    assert layout.temp_path_for(shard, "r1") == str(
-        out_dir / "_scorer" / "tmp" / "r1" / shard.output_relpath
-    )
-    assert pickle.loads(pickle.dumps(layout)) == layout
-
-
-# The lock --------------------------------------------------------------------------------
-
-
-def hold_lock_in_subprocess(out_dir, run_id):
-    """Start a process that takes the lock and waits; returns it once it holds the lock."""
-    script = textwrap.dedent(
-        f"""
-        import sys
-        from scorer.pipeline.lock import OutputLock
-        from scorer.storage import resolve
-        with OutputLock(resolve({str(out_dir)!r}), {run_id!r}):
-            print("locked", flush=True)
-            sys.stdin.read()
-        """
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert proc.stdout.readline().strip() == "locked"
-    return proc
-
-
-def test_a_second_run_is_refused_while_the_first_holds_the_lock(tmp_path):
-    out = resolve(tmp_path / "out")
-    holder = hold_lock_in_subprocess(tmp_path / "out", "first")
-    try:
-        with pytest.raises(LockError) as err:
-            with OutputLock(out, "second"):
-                pass
-        message = str(err.value)
-        assert f"pid {holder.pid}" in message and socket.gethostname() in message
-        assert str(tmp_path / "out" / LOCK) in message and "run first" in message
-    finally:
-        holder.communicate("")
-    assert holder.returncode == 0
-    assert not (tmp_path / "out" / LOCK).exists()  # released by the first run
-    with OutputLock(out, "second"):
-        assert json.loads((tmp_path / "out" / LOCK).read_text())["run_id"] == "second"
-
-
-def test_a_lock_whose_owner_was_killed_is_taken_over_with_a_warning(tmp_path):
-    out = resolve(tmp_path / "out")
-    holder = hold_lock_in_subprocess(tmp_path / "out", "killed")
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    assert (tmp_path / "out" / LOCK).exists()
-    with pytest.warns(StaleLockWarning, match=f"run killed \\(pid {holder.pid}"):
-        with OutputLock(out, "next"):
-            state = json.loads((tmp_path / "out" / LOCK).read_text())
-            assert (state["run_id"], state["pid"]) == ("next", os.getpid())
-    assert not (tmp_path / "out" / LOCK).exists()
-
-
-def test_a_reused_pid_does_not_keep_a_dead_runs_lock(tmp_path):
-    out = resolve(tmp_path / "out")
-    lock = tmp_path / "out" / LOCK
-    lock.parent.mkdir(parents=True)
-    # Our own (live) pid, but a process start time that is not ours: the pid was reused.
-    lock.write_text(
-        json.dumps(
-            {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "run_id": "old",
-                "started_at": "x",
-                "pid_started": 1.0,
-            }
-        )
-    )
-    with pytest.warns(StaleLockWarning):
-        with OutputLock(out, "new"):
-            pass
-
-
-def test_a_lock_held_on_another_host_is_refused(tmp_path):
-    lock = tmp_path / "out" / LOCK
-    lock.parent.mkdir(parents=True)
-    lock.write_text(
-        json.dumps(
-            {"host": "worker-7", "pid": 1, "run_id": "r", "started_at": "x", "pid_started": None}
-        )
-    )
-    with pytest.raises(LockError, match="pid 1 on host worker-7.*delete the lock file"):
-        with OutputLock(resolve(tmp_path / "out"), "new"):
-            pass
-    assert lock.exists()
-
-
-def test_the_lock_is_released_on_an_exception_and_not_reentrant(tmp_path):
-    out = resolve(tmp_path / "out")
-    with pytest.raises(RuntimeError):
-        with OutputLock(out, "r1"):
-            with pytest.raises(LockError, match="still running"):
-                with OutputLock(out, "r2"):
-                    pass
-            raise RuntimeError
-    assert not (tmp_path / "out" / LOCK).exists()

@@ -15,18 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history, shard_scorer
 from hypothesis import given
 from hypothesis import strategies as st
-from test_faults import (
-    _assert_exactly_once,
-    _commits,
-    _shard_stats,
-    _wait_for,
-    _zero_data_pages,
-)
-from test_input_changes import _replace_with_a_new_version
-from test_plan import synthetic
+from support.faults import wait_for, zero_data_pages
+from support.inputs import make_history, replace_with_a_new_version, synthetic
+from support.outputs import assert_exactly_once, commits, shard_stats
+from support.shards import shard_scorer
 
 from scorer.errors import ShardReadError
 from scorer.model.runtime import load_model
@@ -232,9 +226,9 @@ def test_packed_shards_commit_every_session_once_and_name_their_files_stably(tmp
     summary, _ = _run(drivers, history, out, *PACKED)
     assert summary["shards_committed"] == PACKED_SHARDS and summary["rows"] == 6_000
     assert {str(p.relative_to(out)) for p in (out / "scores").rglob("*.parquet")} == names
-    assert _commits(out) == PACKED_SHARDS
-    _assert_exactly_once(history, out)
-    stats = _shard_stats(out, summary["run_id"])
+    assert commits(out) == PACKED_SHARDS
+    assert_exactly_once(history, out)
+    stats = shard_stats(out, summary["run_id"])
     assert {r["input_files"] for r in stats} == {10}
     assert all(r["input_path"].endswith(".parquet") and r["row_group_start"] == 0 for r in stats)
     for record in Manifest.load(resolve(out)).records.values():
@@ -252,7 +246,7 @@ def test_resume_and_a_changed_file_rescore_only_the_shards_that_hold_them(tmp_pa
     resumed, _ = _run(drivers, history, out, *PACKED)
     assert resumed["shards_skipped"] == 3 and resumed["shards_committed"] == 3
     assert resumed["rows"] == 3_000
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
     victim = sorted((history / "dt=2026-11-26").glob("*.parquet"))[12]  # in the day's 2nd shard
     table = pq.read_table(victim)
@@ -260,20 +254,20 @@ def test_resume_and_a_changed_file_rescore_only_the_shards_that_hold_them(tmp_pa
     changed, _ = _run(drivers, history, out, *PACKED)
     assert changed["shards_committed"] == 1 and changed["shards_skipped"] == PACKED_SHARDS - 1
     assert changed["rows"] == 980  # the changed shard's ten files, the victim now of 80 rows
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
 
 def test_a_poison_file_in_a_packed_shard_fails_alone_and_the_rest_commits(tmp_path, drivers):
     history = make_history(tmp_path / "in", **SMALL_FILES)
     poison = sorted((history / "dt=2026-11-26").glob("*.parquet"))[4]
-    _zero_data_pages(poison)
+    zero_data_pages(poison)
     out = tmp_path / "out"
     summary, stderr = _run(drivers, history, out, *PACKED, code=1)
     assert summary["shards_failed"] == 1
     assert [f["input"] for f in summary["failures"]] == [str(poison)]
     assert str(poison) in stderr
     assert summary["rows"] == 5_900  # every file but the poison one, in this run
-    stats = _shard_stats(out, summary["run_id"])
+    stats = shard_stats(out, summary["run_id"])
     (failed,) = [r for r in stats if r["status"] == "failed"]
     assert failed["input_path"] == str(poison) and failed["error"].startswith(str(poison))
     assert failed["input_files"] == 1 and failed["shard_id"] == f"dt=2026-11-26/{poison.name}:0-2"
@@ -298,10 +292,10 @@ def test_a_file_changed_mid_run_in_a_packed_shard_fails_alone_and_the_rest_commi
     driver = drivers.start(
         str(history), str(out), "--shard-rows", "1000", "--batch-rows", "10", "--json"
     )
-    _wait_for(lambda: _commits(out) >= 1, 120, "the first commit")
+    wait_for(lambda: commits(out) >= 1, 120, "the first commit")
     drivers.signal(driver, signal.SIGSTOP)
-    assert _commits(out) < PACKED_SHARDS - 1, "the run got to the last shard before the change"
-    _replace_with_a_new_version(victim)
+    assert commits(out) < PACKED_SHARDS - 1, "the run got to the last shard before the change"
+    replace_with_a_new_version(victim)
     drivers.signal(driver, signal.SIGCONT)
     code, stdout, stderr = drivers.wait(driver, 180)
     assert code == 1, stderr
@@ -309,7 +303,7 @@ def test_a_file_changed_mid_run_in_a_packed_shard_fails_alone_and_the_rest_commi
     summary = json.loads(stdout)
     assert [f["input"] for f in summary["failures"]] == [str(victim)]
     assert summary["rows"] == 5_900
-    stats = _shard_stats(out, summary["run_id"])
+    stats = shard_stats(out, summary["run_id"])
     (failed,) = [r for r in stats if r["status"] == "failed"]
     assert failed["input_path"] == str(victim) and failed["input_files"] == 1
     assert failed["error"].startswith(f"input changed during the run: {victim}")
@@ -319,7 +313,7 @@ def test_a_file_changed_mid_run_in_a_packed_shard_fails_alone_and_the_rest_commi
 
     rerun, _ = _run(drivers, history, out, *PACKED)
     assert rerun["shards_committed"] == 1 and rerun["rows"] == 100  # the new version alone
-    _assert_exactly_once(history, out)  # and no row of the old one
+    assert_exactly_once(history, out)  # and no row of the old one
 
 
 def test_a_mix_of_big_and_small_files_in_one_folder(tmp_path, drivers):
@@ -335,7 +329,7 @@ def test_a_mix_of_big_and_small_files_in_one_folder(tmp_path, drivers):
     assert summary["shards_committed"] == len(plan.shards) and summary["rows"] == 3_000
     assert plan.shards[0].files == 1  # the big file's first two row groups
     assert any(s.files > 1 and s.input_relpath.endswith("part-00000.parquet") for s in plan.shards)
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
 
 def test_commit_records_of_the_old_flat_format_still_resume(tmp_path, drivers):
@@ -363,7 +357,7 @@ def test_thousands_of_small_files_read_by_forked_processes_score_once_and_resume
     summary, _ = _run(drivers, history, out, "--shard-rows", "500")
     # 8 shards of 250 files, the first cut in two (`plan.with_quick_head`)
     assert summary["rows"] == 4_000 and summary["shards_committed"] == 9
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
     again, _ = _run(drivers, history, out, "--shard-rows", "500")
     assert again["shards_skipped"] == 9 and again["rows"] == 0
 
@@ -386,4 +380,4 @@ def test_a_run_in_process_cuts_its_first_shard_to_a_quick_head_alike_on_every_re
 
     summary, _ = _run(drivers, history, out, "--shard-rows", "500")
     assert summary["shards_committed"] == 3 and summary["rows"] == 800
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support.inputs import synthetic
 
 from scorer.errors import ConfigError, NoInputFilesError, PreflightError
 from scorer.pipeline import plan as plan_module
@@ -40,22 +41,6 @@ def write_sessions(path, rows, row_group_size, start=0):
     )
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
-
-
-def synthetic(relpath, rg_rows, fingerprint="f1"):
-    """An InputFile as a footer would describe it, for the pure planning tests."""
-    return InputFile(
-        path=f"/in/{relpath}",
-        identity=f"file:///in/{relpath}",
-        relpath=relpath,
-        partition=(),
-        size=1,
-        mtime_ns=1,
-        fingerprint=fingerprint,
-        row_group_rows=tuple(rg_rows),
-        row_group_bytes=tuple(10 * r for r in rg_rows),
-        schema=pa.schema([]),
-    )
 
 
 def relpaths(inputs):

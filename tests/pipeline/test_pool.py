@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import make_history
+from support.inputs import make_history
 
 from scorer.model.runtime import default_model_dir, load_model
 from scorer.pipeline.actor import ActorSettings, ShardOutcome

@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_history
+from support.inputs import make_history
 
 from scorer.cli import cli
 from scorer.errors import ColumnTypeConflictError, PreflightError

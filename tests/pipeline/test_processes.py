@@ -18,16 +18,9 @@ import sys
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
-from test_faults import (
-    SLOW_HISTORY,
-    TOTAL_SHARDS,
-    _assert_exactly_once,
-    _assert_scores_whole,
-    _run_stats,
-    _shard_stats,
-    _wait_for,
-)
+from support.faults import SLOW_HISTORY, TOTAL_SHARDS, wait_for
+from support.inputs import make_history
+from support.outputs import assert_exactly_once, assert_scores_whole, run_stats, shard_stats
 
 from scorer.config import JobConfig
 from scorer.errors import ConfigError
@@ -77,7 +70,7 @@ def _scoring_process(driver) -> psutil.Process:
         process = _worker_process(driver)
         return process if process is not None and _writing_a_shard(process) else None
 
-    return _wait_for(found, 120, "the worker process writing a shard", poll=0.002)
+    return wait_for(found, 120, "the worker process writing a shard", poll=0.002)
 
 
 def test_processes_are_started_only_for_work_that_outlasts_their_start_up():
@@ -147,7 +140,7 @@ def test_a_worker_process_scores_a_shard_and_its_death_fails_the_next_for_a_retr
         workers.idle.remove(1)
         held = workers.submit(1, shards[1], 1, True)
         process = psutil.Process(workers.processes[0].pid)
-        _wait_for(lambda: _writing_a_shard(process), 60, "the process writing", poll=0.002)
+        wait_for(lambda: _writing_a_shard(process), 60, "the process writing", poll=0.002)
         process.kill()
         lost = workers.fetch(held, 1)
         assert isinstance(lost, Failure), lost
@@ -192,13 +185,13 @@ def test_a_run_with_a_worker_process_scores_every_row_once_and_resumes(tmp_path,
     summary = json.loads(stdout)
     assert summary["executor"] == "in-process+processes" and summary["actors"] == 2
     assert "1 worker process(es) joined the in-process worker, ready" in stderr
-    stats = _shard_stats(out, summary["run_id"])
+    stats = shard_stats(out, summary["run_id"])
     assert {r["actor_id"] for r in stats} == {"in-process", "process-1"}
     assert {r["pid"] for r in stats if r["actor_id"] == "process-1"} == {process.pid}
-    assert _run_stats(out, summary["run_id"])["actors"] == 2
+    assert run_stats(out, summary["run_id"])["actors"] == 2
     assert not process.is_running(), "the worker process outlived the run"
-    _assert_exactly_once(history, out)
-    _assert_scores_whole(history, out)
+    assert_exactly_once(history, out)
+    assert_scores_whole(history, out)
 
     code, stdout, stderr = drivers.wait(drivers.start(*command), 120)
     assert code == 0, stderr
@@ -231,12 +224,12 @@ def test_a_killed_worker_process_has_its_shard_retried_exactly_once(tmp_path, dr
     summary = json.loads(stdout)
     assert summary["shards_committed"] == TOTAL_SHARDS and summary["shards_failed"] == 0
     assert f"worker process {process.pid} (process-1) died (killed by signal 9)" in stderr
-    stats = _shard_stats(out, summary["run_id"])
+    stats = shard_stats(out, summary["run_id"])
     lost = [r for r in stats if r["status"] == "failed"]
     assert len(lost) == 1 and "died" in lost[0]["error"]
     assert not (out / "_scorer" / "tmp" / summary["run_id"]).exists()
-    _assert_exactly_once(history, out)
-    _assert_scores_whole(history, out)
+    assert_exactly_once(history, out)
+    assert_scores_whole(history, out)
 
 
 @pytest.mark.slow
@@ -255,7 +248,7 @@ def test_a_killed_driver_takes_its_worker_process_with_it(tmp_path, drivers):
     assert code == 0, stderr
     summary = json.loads(stdout)
     assert summary["shards_skipped"] + summary["shards_committed"] == TOTAL_SHARDS
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
 
 @pytest.mark.slow
@@ -271,13 +264,13 @@ def test_ctrl_c_stops_the_worker_process_quietly_and_the_rerun_completes(tmp_pat
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
     assert not process.is_running()
     run_id = re.search(r"run (\S+) interrupted", stderr).group(1)
-    assert _run_stats(out, run_id)["status"] == "interrupted"
+    assert run_stats(out, run_id)["status"] == "interrupted"
     assert not (out / "_scorer" / "tmp" / run_id).exists()
-    _assert_scores_whole(history, out)
+    assert_scores_whole(history, out)
 
     code, _, stderr = drivers.wait(drivers.start(*command), 120)
     assert code == 0, stderr
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)
 
 
 def test_a_run_on_a_terminal_forks_its_process_beside_the_live_progress_bar(tmp_path):
@@ -300,4 +293,4 @@ def test_a_run_on_a_terminal_forks_its_process_beside_the_live_progress_bar(tmp_
     os.close(leader)
     assert driver.wait(timeout=120) == 0, shown.decode(errors="replace")
     assert b"worker process(es) joined" in shown or b"before a worker process" in shown
-    _assert_exactly_once(history, out)
+    assert_exactly_once(history, out)

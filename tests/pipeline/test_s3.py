@@ -18,7 +18,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from servers import moto_s3
+from support.servers import moto_s3
 
 from scorer.jobs.generate import generate
 from scorer.pipeline.driver import score
@@ -155,11 +155,11 @@ def test_worker_processes_read_and_write_s3_with_the_credentials_they_are_sent(
 ):
     """The command as typed (no Ray) on s3:// with a worker process: it scores shards through
     its own S3 client, every row once, and no secret reaches what it writes."""
-    from test_faults import _Drivers
+    from support.faults import Drivers
 
     source = f"s3://lake/sessions?endpoint_override={endpoint}&scheme=http"
     target = f"s3://lake/by-processes?endpoint_override={endpoint}&scheme=http"
-    drivers = _Drivers(tmp_path)
+    drivers = Drivers(tmp_path)
     try:  # 5-row batches: the in-process worker is still busy when the process is ready
         driver = drivers.start(
             source,

@@ -14,19 +14,17 @@ import threading
 import time
 
 import boto3
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from servers import moto_s3, s3_latency
+from support.servers import moto_s3, s3_latency
 
 from scorer.config import load_config
 from scorer.errors import ConfigError, Interrupted
 from scorer.jobs.generate import generate
 from scorer.pipeline.driver import score
-from scorer.pipeline.ranges import RangeFile, ReadCounts, column_indices, group_ranges
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "latency-key", "AWS_SECRET_ACCESS_KEY": "latency-secret"}
 ROWS = 6_000
@@ -154,25 +152,6 @@ def test_a_read_stalled_past_the_client_timeout_is_retried_by_the_s3_client(moto
     assert proxy.counts.stalled == 1
     assert summary.exit_code == 0 and summary.rows == ROWS and summary.shards_failed == 0
     _assert_exactly_once(lake, moto, "stalled")
-
-
-def test_row_group_ranges_cover_the_columns_read_and_decode_alike(tmp_path):
-    generate(tmp_path / "in", sessions=3_000, files=1, days=1, seed=3, row_group_rows=1_000)
-    path = str(next((tmp_path / "in").rglob("*.parquet")))
-    metadata = pq.read_metadata(path)
-    columns = metadata.schema.names[2:9]
-    source = pa.OSFile(path)
-    size = source.size()
-    ranges = group_ranges(metadata, 1, column_indices(metadata, columns), size)
-    assert len(ranges) == 1  # the chunks of one group lie together: one request
-    counts = ReadCounts()
-    fetched = [(offset, source.read_at(n, offset)) for offset, n in ranges]
-    view = pa.PythonFile(RangeFile(source, size, fetched, counts), mode="r")
-    decoded = pq.ParquetFile(view, metadata=metadata, pre_buffer=False).read_row_group(
-        1, columns=columns
-    )
-    assert decoded.equals(pq.ParquetFile(path).read_row_group(1, columns=columns))
-    assert counts.requests == 0  # nothing read outside the planned ranges
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_history
-from servers import moto_s3
-from test_lock_lease import CREDENTIALS, HISTORY, OPTIONS, Scorers, assert_every_row_once
+from support.inputs import make_history
+from support.outputs import assert_every_row_once
+from support.scorers import CREDENTIALS, HISTORY, OPTIONS, Scorers
+from support.servers import moto_s3
 
 from scorer.errors import ShardError
 from scorer.jobs.latency import latency_proxy

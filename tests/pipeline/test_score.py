@@ -179,7 +179,7 @@ def test_config_errors_name_the_key_and_file(tmp_path, body, key):
 
 def test_int64_and_large_string_inputs_score_like_the_default_schema(tmp_path):
     import pyarrow as pa
-    from conftest import make_history
+    from support.inputs import make_history
 
     narrow = make_history(tmp_path / "narrow", sessions=4_000, files=1, days=1)
     wide = make_history(

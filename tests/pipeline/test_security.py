@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import make_history
+from support.inputs import make_history
 
 from scorer.errors import ChecksumError
 from scorer.model.runtime import default_model_dir
