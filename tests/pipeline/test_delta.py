@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import DeltaError, TableNotFoundError
 from support.faults import SLOW_HISTORY, TOTAL_SHARDS, stopped, wait_for
 from support.inputs import make_history
 from support.outputs import assert_once, commits
@@ -81,6 +82,30 @@ def test_overwrite_replaces_atomically_and_keeps_yesterdays_version_readable(tmp
     assert runs == {first.run_id, second.run_id}
 
 
+def _published(scores: Path) -> DeltaTable | None:
+    """The Delta table at SCORES, or None while no version is in its log yet (before the first
+    run publishes). Anything else a reader meets, a half-published version above all, raises:
+    that is what the polling reader watches for."""
+    try:
+        return DeltaTable(str(scores))
+    except TableNotFoundError:
+        return None
+
+
+def test_the_polling_reader_waits_for_a_first_version_and_fails_on_a_half_published_one(tmp_path):
+    scores = tmp_path / "scores"
+    assert _published(scores) is None
+    (scores / "_delta_log").mkdir(parents=True)
+    assert _published(scores) is None  # the log's folder is there, no version in it yet
+    write_deltalake(str(scores), pa.table({"run_id": ["r1"]}))
+    published = _published(scores)
+    assert published is not None and published.version() == 0
+    # Version 1's log entry cut short: a table half published, never to be read past.
+    (scores / "_delta_log" / f"{1:020d}.json").write_text('{"commitInfo": {"timestamp"')
+    with pytest.raises(DeltaError, match="Json error"):
+        _published(scores)
+
+
 def test_a_reader_polling_during_runs_only_sees_whole_runs(tmp_path):
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
     out = tmp_path / "out"
@@ -89,9 +114,8 @@ def test_a_reader_polling_during_runs_only_sees_whole_runs(tmp_path):
 
     def poll() -> None:
         while not stop.is_set():
-            try:
-                table = DeltaTable(str(out / "scores"))
-            except Exception:  # not a table until the first run publishes
+            table = _published(out / "scores")
+            if table is None:
                 continue
             if table.version() not in seen:
                 rows = table.to_pyarrow_table(columns=["run_id"])
