@@ -145,7 +145,17 @@ def test_a_file_changed_after_planning_fails_as_input_changed_naming_both_versio
 def test_an_unchanged_file_opens_with_the_fingerprint_it_was_planned_with(model, source, tmp_path):
     scorer = _scorer(model, source, tmp_path)
     for shard in _shards(source):
-        scorer.open(shard, has_label=True)  # no InputChangedError: the same recipe both sides
+        opened = scorer.open(shard, has_label=True)  # no InputChangedError: the same recipe
+        piece = shard.pieces[0]
+        # The planned version is open: its row groups hold the rows the plan counted in them,
+        # and the columns read are the model's, the key and the label.
+        metadata = opened.parquet.metadata
+        assert sum(metadata.row_group(g).num_rows for g in piece.row_groups) == piece.rows
+        assert set(opened.columns) == {
+            *model.required_columns,
+            model.card.key_column,
+            model.card.label_column,
+        }
 
 
 def test_score_adds_its_stage_seconds(model, source, tmp_path):

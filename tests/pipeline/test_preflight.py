@@ -78,8 +78,13 @@ def test_string_encodings_and_files_without_the_column_pass(tmp_path):
             "c": pa.array(["w"]),
         },
     )
-    check_column_types_agree(files, ["session_id", "not_in_any_file"])
-    check_column_types_agree([], ["session_id"])
+    assert check_column_types_agree(files, ["session_id", "not_in_any_file"]) is None
+    assert check_column_types_agree([], ["session_id"]) is None
+    # They pass because each encoding reads as a string, not because the key went unchecked:
+    # the same files beside one that holds the key as a number are refused, naming it.
+    files = _files(tmp_path, {"d": pa.array([1], pa.int64())})
+    with pytest.raises(ColumnTypeConflictError, match=r"column 'session_id' is .* in .*d\.parquet"):
+        check_column_types_agree(files, ["session_id", "not_in_any_file"])
 
 
 # -- the reader facts the decisions rest on: if a release changes one, revisit the rule ------

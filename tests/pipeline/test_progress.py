@@ -65,5 +65,10 @@ def test_rich_progress_counts_rows_and_failures(capsys):
     assert "shard b.parquet:0-1 failed: b.parquet: unreadable" in err
 
 
-def test_rich_progress_finishes_without_a_start():
-    RichProgress().finish()  # a run that failed in preflight never started the bar
+def test_rich_progress_finishes_without_a_start(capsys):
+    progress = RichProgress()
+    progress.finish()  # a run that failed in preflight never started the bar
+    # Nothing drawn and nothing printed: rich's own stop would end a bar never drawn with a
+    # blank line on stderr (a console that is not a terminal).
+    assert not progress.bar.live.is_started
+    assert capsys.readouterr() == ("", "")
