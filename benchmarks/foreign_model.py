@@ -42,23 +42,9 @@ import numpy as np
 
 from scorer.jobs.bench import bench_data
 from scorer.jobs.whole_job import scorer_bin
+from scorer.model.sessions import CODES, MEASURES
 
-FEATURES = (
-    "admin_pages",
-    "admin_seconds",
-    "info_pages",
-    "info_seconds",
-    "product_pages",
-    "product_seconds",
-    "bounce_rate",
-    "exit_rate",
-    "page_value",
-    "special_day",
-    "operating_system",
-    "browser",
-    "region",
-    "traffic_type",
-)
+FEATURES = (*MEASURES, *CODES)
 BATCH_ROWS = 131_072
 
 PYARROW_ORT = """

@@ -19,16 +19,13 @@ import time
 from pathlib import Path
 
 from scorer.model.runtime import load_model
-from scorer.pipeline.actor import (
-    ActorSettings,
-    Identity,
-    ShardScorer,
-    StageThreads,
-    peak_rss_bytes,
-    stream_shard,
-)
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.memory import peak_rss_bytes
+from scorer.pipeline.outcome import Identity
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
+from scorer.pipeline.shipping import ActorSettings
+from scorer.pipeline.stages import ShardScorer, StageThreads, stream_shard
 from scorer.storage import resolve
 
 MB = 1_000_000

@@ -5,7 +5,9 @@
 
 The same library call as `scorer score`. Under `ray job submit` the driver runs on the cluster
 and `ray.init()` joins it (RAY_ADDRESS is set by Ray for job drivers); locally a private Ray is
-started. Exit codes as `scorer score`: 0 done, 1 some shards failed, 2 config/preflight, 130.
+started. It exits as `scorer score` does, with the codes scorer/errors.py names: EXIT_OK (done),
+EXIT_FAILED (some shards failed), EXIT_USAGE (config or preflight), EXIT_ALERT (an alert under
+[monitor] fail_on_alert), EXIT_INTERRUPTED (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scorer import ScorerError, load_config, score
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.progress import LogProgress
 
 
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config.with_overrides(
             input=args.input,
             output=args.output,
-            partition=config.partition | {"dt": (day.isoformat(),)},
+            partition=config.partition | {DATE_KEY: (day.isoformat(),)},
         )
         # Ray prints cluster events to stdout; stdout carries only the JSON summary.
         with contextlib.redirect_stdout(sys.stderr):
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     for alert in summary.alerts:  # the ALERT lines, as `scorer score` prints them
         print(alert.message, file=sys.stderr)
     print(json.dumps(summary.to_dict(), default=str))
-    return summary.exit_code  # 3 with [monitor] fail_on_alert = true and an alert
+    return summary.exit_code
 
 
 if __name__ == "__main__":

@@ -48,12 +48,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from scorer.errors import ConfigError
+from scorer.partitions import check_day_range
 
 # The defaults of the job, read by the dataclasses below and by the CLI's help texts.
 DEFAULT_BATCH_ROWS = 131_072
@@ -155,9 +157,15 @@ class IcebergConfig:
             raise ConfigError("iceberg.properties: give the catalog's uri as iceberg.catalog_uri")
 
 
+MonitorMetric = Literal["psi", "share_unseen", "share_invalid", "share_missing", "ece"]
+"""A figure `[monitor]` holds a threshold for, named as its key there."""
+_NOISY_ON_FEW_ROWS = frozenset({"psi", "ece"})  # why: DEFAULT_ALERT_MIN_ROWS, above
+
+
 @dataclass(frozen=True)
 class MonitorConfig:
-    """Alert thresholds: a figure of a day above its threshold is an alert (`scorer.pipeline.alerts`).
+    """Alert thresholds: a figure of a day above its threshold is an alert (`breaches`, the one
+    rule of the alerts of `scorer.pipeline.alerts` and of the figures `scorer report` marks).
 
     ``psi``: drift of a model input or of intent_calibrated against the card's reference;
     ``share_unseen`` / ``share_invalid`` / ``share_missing``: shares of a column's rows outside
@@ -175,7 +183,7 @@ class MonitorConfig:
     fail_on_alert: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("psi", "share_unseen", "share_invalid", "share_missing", "ece"):
+        for name in get_args(MonitorMetric):
             value = getattr(self, name)
             if not value >= 0:  # NaN too
                 raise ConfigError(
@@ -183,6 +191,26 @@ class MonitorConfig:
                 )
         if self.min_rows < 0:
             raise ConfigError(f"monitor.min_rows: must be at least 0, got {self.min_rows}")
+
+    def breaches(self, metric: MonitorMetric, value: float | None, rows: int | None) -> bool:
+        """Whether ``value`` of ``metric`` over a day of ``rows`` rows (labelled rows for ECE) is
+        an alert: above its threshold, not at it; PSI and ECE only on a day of at least
+        ``min_rows`` rows, shares at any size (every row of a small day invalid is still a broken
+        export). A figure that was not computed (None, NaN) breaches nothing.
+
+        The one rule of `scorer score`'s and `scorer evaluate`'s alerts and of the figures
+        `scorer report` marks, so that a marked figure is one that raised an alert.
+        """
+        if value is None or math.isnan(value):
+            return False
+        if metric in _NOISY_ON_FEW_ROWS and (rows or 0) < self.min_rows:
+            return False
+        return value > self.threshold(metric)
+
+    def threshold(self, metric: MonitorMetric) -> float:
+        """The threshold of ``metric``, its `[monitor]` key."""
+        threshold: float = getattr(self, metric)
+        return threshold
 
 
 @dataclass(frozen=True)
@@ -249,8 +277,7 @@ class JobConfig:
             raise ConfigError(
                 f"format: must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}"
             )
-        if self.since and self.until and self.since > self.until:
-            raise ConfigError(f"since ({self.since}) is after until ({self.until})")
+        check_day_range(self.since, self.until, flags=False)
 
     def with_overrides(self, **overrides: Any) -> JobConfig:
         """A copy with the given non-None values; `ray__actors=4` reaches into a section."""
@@ -388,16 +415,3 @@ def parse_date(value: Any, name: str) -> dt.date:
         except ValueError:
             pass
     raise ConfigError(f"'{name}' must be a date YYYY-MM-DD, got {value!r}")
-
-
-def parse_partitions(pairs: tuple[str, ...] | list[str]) -> dict[str, tuple[str, ...]]:
-    """`("dt=2026-11-27", "dt=2026-11-28", "region=3")` → `{"dt": ("2026-11-27", "2026-11-28"),
-    "region": ("3",)}`: values of one key are alternatives, in the order given."""
-    parsed: dict[str, tuple[str, ...]] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"partition: expected KEY=VALUE, got {pair!r}")
-        if value not in parsed.get(key, ()):
-            parsed[key] = (*parsed.get(key, ()), value)
-    return parsed

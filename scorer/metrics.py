@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from scorer.arrow import RUN_ID_TYPE, fill_scalar, table_from_rows, to_numpy
+from scorer.partitions import DATE_KEY
 
 ECE_BINS = 15
 # A multiple of ECE_BINS so every fine bin sits inside one equal-width bin, and a power-of-two
@@ -594,7 +595,7 @@ _SCORES = ("raw", "calibrated")
 _FIGURES = ("roc_auc", "brier", "log_loss", "ece_width", "ece_mass")
 
 
-def calibration_schema(partition_key: str = "dt") -> pa.Schema:
+def calibration_schema(partition_key: str = DATE_KEY) -> pa.Schema:
     """Schema of OUTPUT/calibration/run_id=<RUN_ID>/*.parquet.
 
     One row per input partition (``scope = 'partition'``, the partition value in
@@ -629,7 +630,7 @@ def calibration_schema(partition_key: str = "dt") -> pa.Schema:
 
 
 def calibration_table(
-    run_id: str, states: dict[str | None, CalibrationState], partition_key: str = "dt"
+    run_id: str, states: dict[str | None, CalibrationState], partition_key: str = DATE_KEY
 ) -> pa.Table:
     """One row per partition (sorted, the None partition last) and one overall row."""
     keys = sorted(states, key=lambda k: (k is None, "" if k is None else str(k)))

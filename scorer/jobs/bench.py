@@ -330,7 +330,7 @@ def _floor_warm(_: int) -> None:
 
 def _floor_file(task: tuple[str, str, _Plan]) -> dict:
     """Read the scorer's columns of one file and write its output columns: no model."""
-    from scorer.pipeline.actor import writer_options
+    from scorer.pipeline.sink import writer_options
 
     path, out, plan = task
     seconds = {"read": 0.0, "write": 0.0}
@@ -379,7 +379,7 @@ def _floor_file(task: tuple[str, str, _Plan]) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    from scorer.pipeline.actor import peak_rss_bytes
+    from scorer.pipeline.memory import peak_rss_bytes
 
     return peak_rss_bytes() / 2**20
 

@@ -28,6 +28,11 @@ calibration files; the file's key-value metadata names the labels
 (``scorer.evaluate.labels``). ``read_parquet('OUTPUT/calibration/*/*.parquet',
 hive_partitioning=true, union_by_name=true)`` reads both kinds together. The evaluation's run id
 has a score run's format; it writes no run-stats row (it scored nothing).
+
+Each day's ECE of intent_calibrated is then checked against the `[monitor]` thresholds, as a
+labelled `scorer score` run's is (`alerts.calibration_alerts`): the `Evaluation` carries the
+alerts and the exit code they make, so a notebook calling `evaluate` gets what the command
+prints.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
 
 import duckdb
 import numpy as np
@@ -49,21 +53,29 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from scorer.arrow import to_numpy
-from scorer.errors import EvaluateError, ScorerError, StorageError
+from scorer.config import MonitorConfig
+from scorer.errors import EXIT_OK, EvaluateError, ScorerError, StorageError, exit_code
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
-from scorer.pipeline.alerts import RecalibrateHint, read_run_table, recalibrated_dir
+from scorer.partitions import DATE_KEY, HIVE_NULL, partition_of
+from scorer.pipeline.alerts import (
+    Alert,
+    RecalibrateHint,
+    calibration_alerts,
+    read_run_table,
+    recalibrated_dir,
+)
 from scorer.pipeline.driver import new_run_id
 from scorer.pipeline.layout import (
     CALIBRATION,
-    HIVE_NULL,
     OUTPUT_STATE,
     RUN_STATS,
     read_json,
     run_table_relpath,
 )
 from scorer.pipeline.manifest import CommitRecord, Manifest
-from scorer.pipeline.plan import DATE_KEY, FailedInput, InputFile, scan_inputs
+from scorer.pipeline.plan import FailedInput, InputFile
+from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.stats import write_table
 from scorer.storage import Location, StorageOptions, resolve, storage_errors
 
@@ -77,7 +89,8 @@ _NAMED_DUPLICATES = 5  # keys a duplicate-key error names
 
 @dataclass
 class Evaluation:
-    """What `evaluate` did; ``calibration`` is the table it wrote."""
+    """What `evaluate` did; ``calibration`` is the table it wrote, ``alerts`` its days' breaches
+    of the thresholds, and `exit_code` follows docs/backfills.md."""
 
     run_id: str
     output: str
@@ -95,10 +108,18 @@ class Evaluation:
     rows_per_second: float
     recalibrate_hint: RecalibrateHint = field(repr=False)
     calibration: pa.Table = field(repr=False)
+    alerts: list[Alert] = field(default_factory=list)
+    fail_on_alert: bool = field(default=False, repr=False)  # [monitor]: alerts exit EXIT_ALERT
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(EXIT_OK, self.alerts, self.fail_on_alert)
 
     def to_dict(self) -> dict[str, Any]:
-        skip = {"recalibrate_hint", "calibration"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        skip = {"recalibrate_hint", "calibration", "alerts", "fail_on_alert"}
+        summary = {k: v for k, v in self.__dict__.items() if k not in skip}
+        alerts = [alert.to_dict() for alert in self.alerts]
+        return summary | {"alerts": alerts, "exit_code": self.exit_code}
 
 
 def evaluate(
@@ -108,8 +129,10 @@ def evaluate(
     key_column: str | None = None,
     label_column: str | None = None,
     storage: StorageOptions | None = None,
+    monitor: MonitorConfig | None = None,
 ) -> Evaluation:
-    """Join LABELS to OUTPUT's committed scores and write the calibration per day and overall.
+    """Join LABELS to OUTPUT's committed scores and write the calibration per day and overall,
+    then check each day's calibration against ``monitor`` (default: the documented thresholds).
 
     Raises `EvaluateError` (nothing written) when OUTPUT has no committed scores, a key or
     label column is missing or of an unusable type, or LABELS repeats a key.
@@ -166,6 +189,8 @@ def evaluate(
     with storage_errors(target.uri, "cannot write"):
         write_table(out.filesystem, target.path, table)
     seconds = time.perf_counter() - started
+    monitor = monitor or MonitorConfig()
+    hint = _recalibrate_hint(out, scores, source)
     return Evaluation(
         run_id=run_id,
         output=out.uri,
@@ -181,8 +206,10 @@ def evaluate(
         days_without_labels=[day for day in days if day not in by_day],
         seconds=seconds,
         rows_per_second=rows_scored / seconds if seconds else 0.0,
-        recalibrate_hint=_recalibrate_hint(out, scores, source),
+        recalibrate_hint=hint,
         calibration=table,
+        alerts=calibration_alerts(table, monitor, hint),
+        fail_on_alert=monitor.fail_on_alert,
     )
 
 
@@ -220,11 +247,8 @@ def _column_days(
 
 
 def _day_of(relpath: str) -> str | None:
-    for folder in relpath.split("/")[:-1]:
-        name, sep, value = folder.partition("=")
-        if sep and name == DATE_KEY:
-            return None if value == HIVE_NULL else unquote(value)
-    return None
+    day = next((value for key, value in partition_of(relpath) if key == DATE_KEY), None)
+    return None if day == HIVE_NULL else day
 
 
 def _day_order(day: str | None) -> tuple[bool, str]:
@@ -460,7 +484,7 @@ def _recalibrate_hint(
     """`scorer calibrate` of the scored sessions with LABELS joined (`--labels`)."""
     record = scores[0][1]
     piece = record.pieces[0]
-    # The relpath is the name its scores go by, which may not end the path (`plan.with_output_names`).
+    # The relpath is the name its scores go by, which may not end the path (`scan.with_output_names`).
     if piece.input_path.endswith(piece.input_relpath):
         input_root = piece.input_path[: -len(piece.input_relpath)].rstrip("/") or piece.input_path
     else:

@@ -56,6 +56,7 @@ from scorer.model.reference import (
     feed_slots,
     rows_below,
 )
+from scorer.partitions import DATE_KEY
 
 PSI_EPSILON = 1e-4  # shares below it count as it: an empty bin is rare, not impossible
 # Rows of a batch binned (`sample_rows`): a larger batch bins a systematic sample of about this
@@ -217,7 +218,7 @@ def psi(observed: np.ndarray, expected: np.ndarray, epsilon: float = PSI_EPSILON
     return float(np.sum((p - q) * np.log(p / q)))
 
 
-def drift_schema(partition_key: str = "dt") -> pa.Schema:
+def drift_schema(partition_key: str = DATE_KEY) -> pa.Schema:
     """Schema of OUTPUT/drift/run_id=<RUN_ID>/part-0.parquet (one row per scope and column).
 
     ``scope`` is ``'partition'`` (``partition_key`` set; null for files outside any partition
@@ -247,7 +248,7 @@ def drift_table(
     run_id: str,
     states: Mapping[str | None, DriftState],
     reference: Reference,
-    partition_key: str = "dt",
+    partition_key: str = DATE_KEY,
 ) -> pa.Table:
     """Rows per partition (sorted, the None partition last), then overall; columns in the
     reference's order within each."""

@@ -14,6 +14,22 @@ import pyarrow as pa
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 VISITOR_TYPES = ("Returning_Visitor", "New_Visitor", "Other")
 
+# The session's measurements (counts, seconds, rates, page value), in schema order, and the
+# integer codes whose meaning the data set does not publish: a foreign model's usual features.
+MEASURES = (
+    "admin_pages",
+    "admin_seconds",
+    "info_pages",
+    "info_seconds",
+    "product_pages",
+    "product_seconds",
+    "bounce_rate",
+    "exit_rate",
+    "page_value",
+    "special_day",
+)
+CODES = ("operating_system", "browser", "region", "traffic_type")
+
 KEY_COLUMN = "session_id"
 LABEL_COLUMN = "converted"
 

@@ -70,12 +70,14 @@ from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_option
 from scorer.model.reference import Reference, build_reference, with_scores
 from scorer.model.runtime import IntentModel, load_model
 from scorer.model.sessions import (
+    CODES,
     KEY_COLUMN,
     LABEL_COLUMN,
     MONTHS,
     VISITOR_TYPES,
     bundled_sessions_path,
 )
+from scorer.partitions import DATE_KEY
 
 BUNDLED_DESCRIPTION = "bundled real sessions (UCI Online Shoppers Purchasing Intention)"
 SPLITS = (("train", 0.6), ("calibration", 0.2), ("test", 0.2))
@@ -107,7 +109,7 @@ _NUMERIC = (
 )
 _STRING_CATEGORICALS = {"month": MONTHS, "visitor_type": VISITOR_TYPES}
 # Integer codes whose meaning the data set does not publish: the vocabulary is what training saw.
-INTEGER_CATEGORICALS = ("operating_system", "browser", "region", "traffic_type")
+INTEGER_CATEGORICALS = CODES
 _CATEGORICAL_ORDER = ("month", *INTEGER_CATEGORICALS, "visitor_type")
 _BOOLEAN = ("weekend",)
 # The reference's season and calendar columns (`scorer.model.reference`): a night's sessions
@@ -222,10 +224,10 @@ def _days_filter(
 ) -> ds.Expression | None:
     if since is None and until is None:
         return None
-    if "dt" not in dataset.schema.names:
+    if DATE_KEY not in dataset.schema.names:
         raise TrainingDataError(f"{path}: --since/--until need a dt=YYYY-MM-DD partition folder")
     # ISO dates order as strings, whatever type the partition was inferred as.
-    day = ds.field("dt").cast(pa.string())
+    day = ds.field(DATE_KEY).cast(pa.string())
     bounds = [day >= since.isoformat()] if since else []
     bounds += [day <= until.isoformat()] if until else []
     return functools.reduce(operator.and_, bounds)

@@ -1,7 +1,8 @@
 """Alerts: the figures of a run's drift and calibration tables checked against `[monitor]`.
 
-An alert is one figure of one day above its threshold (`scorer.config.MonitorConfig`, whose
-defaults are spelled and explained in `scorer.config`). Kinds:
+An alert is one figure of one day above its threshold, as `scorer.config.MonitorConfig.breaches`
+rules (the rule `scorer report` marks figures by; the defaults are spelled and explained in
+`scorer.config`). Kinds:
 
     drift        psi of a model input or of intent_calibrated    > monitor.psi
     unseen       share_unseen of a categorical input             > monitor.share_unseen
@@ -24,7 +25,7 @@ calibrator on the breached days (``RecalibrateHint``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.config import MonitorConfig
+from scorer.config import MonitorConfig, MonitorMetric
+from scorer.partitions import DATE_KEY
 from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
-from scorer.pipeline.plan import DATE_KEY
 from scorer.storage import Location, storage_errors
 
-ALERT_EXIT_CODE = 3  # docs/backfills.md: alerts raised with --fail-on-alert, everything else succeeded
 CALIBRATED = "intent_calibrated"
 
 _ALL_DAYS = "all"  # how the overall row's dt prints
@@ -88,16 +88,16 @@ def drift_alerts(drift: pa.Table, thresholds: MonitorConfig) -> list[Alert]:
     alerts: list[Alert] = []
     for row in _alerting_rows(drift.to_pylist()):
         column = row["column"]
-        enough = (row.get("rows") or 0) >= thresholds.min_rows
-        checks = (
-            ("drift", "psi", thresholds.psi, enough, _drift_advice(column, row)),
-            ("unseen", "share_unseen", thresholds.share_unseen, True, _UNSEEN_ADVICE),
-            ("invalid", "share_invalid", thresholds.share_invalid, True, _INVALID_ADVICE),
-            ("invalid", "share_missing", thresholds.share_missing, True, _MISSING_ADVICE),
+        checks: tuple[tuple[str, MonitorMetric, str], ...] = (
+            ("drift", "psi", _drift_advice(column, row)),
+            ("unseen", "share_unseen", _UNSEEN_ADVICE),
+            ("invalid", "share_invalid", _INVALID_ADVICE),
+            ("invalid", "share_missing", _MISSING_ADVICE),
         )
-        for kind, metric, threshold, applies, advice in checks:
-            value = row.get(metric)
-            if applies and value is not None and _above(value, threshold):
+        for kind, metric, advice in checks:
+            value = row.get(metric, math.nan)  # a column an older table lacks: not computed
+            if thresholds.breaches(metric, value, row.get("rows")):
+                threshold = thresholds.threshold(metric)
                 alerts.append(_alert(kind, row, column, metric, value, threshold, advice))
     return alerts
 
@@ -114,8 +114,7 @@ def calibration_alerts(
     breached = [
         row
         for row in _alerting_rows(calibration.to_pylist())
-        if (row["rows"] or 0) >= thresholds.min_rows
-        and _above(row[f"{metric}_calibrated"], thresholds.ece)
+        if thresholds.breaches("ece", row[f"{metric}_calibrated"], row["rows"])
     ]
     days = sorted(row[DATE_KEY] for row in breached if row[DATE_KEY] is not None)
     # Without dt folders there is no day to select: the command refits on all of the data.
@@ -198,13 +197,6 @@ def read_run_table(output: Location, table: str, run_id: str) -> pa.Table | None
             return pq.ParquetFile(source).read()
 
 
-def exit_code(run_exit_code: int, alerts: Sequence[Alert], fail_on_alert: bool) -> int:
-    """docs/backfills.md: a failure of the run (1, ...) wins over alerts; 3 only when all else succeeded."""
-    if run_exit_code == 0 and fail_on_alert and alerts:
-        return ALERT_EXIT_CODE
-    return run_exit_code
-
-
 # -- rows and lines ------------------------------------------------------------------------
 
 _UNSEEN_ADVICE = (
@@ -240,10 +232,6 @@ def _alerting_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     if any(row[DATE_KEY] is not None for row in partitions):
         return partitions
     return [row for row in rows if row["scope"] == "overall"]
-
-
-def _above(value: float | None, threshold: float) -> bool:
-    return value is not None and not math.isnan(value) and value > threshold
 
 
 def _alert(

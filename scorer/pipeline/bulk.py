@@ -4,11 +4,11 @@ A file of 1,000 rows costs pyarrow's reader ~1.2-1.4 ms of CPU to open and decod
 column chunk, 19 columns, much of it in zstd's context set-up and in Python around it); DuckDB's
 Parquet scan of a list of such files costs ~0.5-0.65 ms a file (measured on 2 cores, lists of
 100 files). A packed shard of small files is read ahead in runs of consecutive files
-(`actor.ShardScorer._read_ahead`); a run this module may read (`joins_run`) is scanned at once:
+(`reading.ShardReader._read_ahead`); a run this module may read (`joins_run`) is scanned at once:
 the run's first file by pyarrow, which checks it and gives the types pyarrow reads, and the
 rest by DuckDB, cast to those types. Whole jobs of 4,000 files of 1,000 rows went from 4.31 s to
 3.25 s, CPU from 7.3-9.0 s to 5.7-6.3 s (3 alternating runs, 2 cores, the in-process worker and
-a worker process). DuckDB starts in a process only for a shard of `actor.BULK_MIN_FILES` files.
+a worker process). DuckDB starts in a process only for a shard of `reading.BULK_MIN_FILES` files.
 
 Only what DuckDB gives back as pyarrow would is read here: local files, whole files of one Arrow
 schema in the run's plan (`plan.Piece.schema_token`: without it DuckDB would cast a later file's
@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
-from scorer.pipeline.plan import Piece, digest_fingerprint, read_footer_digest
+from scorer.pipeline.footers import digest_fingerprint, read_footer_digest
+from scorer.pipeline.plan import Piece
 
 if TYPE_CHECKING:
     import duckdb

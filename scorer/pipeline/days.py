@@ -49,8 +49,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from scorer.errors import ConfigError, PreflightError, ShardReadError
-from scorer.pipeline.layout import HIVE_NULL
-from scorer.pipeline.plan import DATE_KEY, FailedInput, InputFile, PartitionFilter
+from scorer.partitions import DATE_KEY, PartitionFilter
+from scorer.pipeline.day_selection import (
+    UNBOUNDED,
+    DaySelection,
+    date32,
+    iso_day,
+    piece_days,
+    selected_days,
+)
+from scorer.pipeline.plan import FailedInput, InputFile
 from scorer.storage import storage_errors
 
 if TYPE_CHECKING:
@@ -58,162 +66,6 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
     from scorer.model.runtime import ScoredBatch
-
-_EPOCH = dt.date(1970, 1, 1)
-_LOW, _HIGH = -(2**31), 2**31 - 1  # unbounded ends of a span, as date32 values
-Span = tuple[int, int]
-"""Days ``[first, last]`` as date32 values (days since 1970-01-01), both inclusive."""
-DAY_MARK = "@" + DATE_KEY + "="
-"""Between a piece's row-group range and the days it selected, in its id."""
-
-
-def _day(value: int) -> str:
-    return (_EPOCH + dt.timedelta(days=value)).isoformat()
-
-
-def _value(day: dt.date) -> int:
-    return (day - _EPOCH).days
-
-
-@dataclass(frozen=True)
-class DaySelection:
-    """Which rows of a row group, by day: day spans, and whether the rows without a day."""
-
-    spans: tuple[Span, ...]
-    """Sorted, disjoint and not adjacent."""
-    nulls: bool = False
-
-    @classmethod
-    def every(cls) -> DaySelection:
-        return cls(((_LOW, _HIGH),), True)
-
-    @classmethod
-    def of(cls, spans: Iterable[Span], nulls: bool = False) -> DaySelection:
-        merged: list[list[int]] = []
-        for first, last in sorted(s for s in spans if s[0] <= s[1]):
-            if merged and first <= merged[-1][1] + 1:
-                merged[-1][1] = max(merged[-1][1], last)
-            else:
-                merged.append([first, last])
-        return cls(tuple((a, b) for a, b in merged), nulls)
-
-    def __bool__(self) -> bool:
-        return bool(self.spans) or self.nulls
-
-    def __and__(self, other: DaySelection) -> DaySelection:
-        spans = [
-            (max(a, c), min(b, d))
-            for a, b in self.spans
-            for c, d in other.spans
-            if a <= d and c <= b
-        ]
-        return DaySelection.of(spans, self.nulls and other.nulls)
-
-    def minus(self, other: DaySelection) -> DaySelection:
-        """The rows of this selection that ``other`` does not hold."""
-        spans = list(self.spans)
-        for c, d in other.spans:
-            cut: list[Span] = []
-            for a, b in spans:
-                if b < c or d < a:
-                    cut.append((a, b))
-                    continue
-                if a < c:
-                    cut.append((a, c - 1))
-                if d < b:
-                    cut.append((d + 1, b))
-            spans = cut
-        return DaySelection.of(spans, self.nulls and not other.nulls)
-
-    def covers(self, other: DaySelection) -> bool:
-        return not other.minus(self)
-
-    def each_day(self) -> Iterator[DaySelection]:
-        """Each day of this selection alone, then its rows without a day: the pieces whose
-        scores go to one folder each (`DaySource.day_folders`). The spans must be bounded."""
-        for first, last in self.spans:
-            if first == _LOW or last == _HIGH:
-                raise ValueError(f"{self.token}: an unbounded selection has no days to list")
-            for value in range(first, last + 1):
-                yield DaySelection(((value, value),))
-        if self.nulls:
-            yield DaySelection((), True)
-
-    @property
-    def one_day(self) -> bool:
-        """One day's rows, no others (not those without a day)."""
-        return not self.nulls and len(self.spans) == 1 and self.spans[0][0] == self.spans[0][1]
-
-    @property
-    def folder(self) -> str:
-        """``dt=<day>`` of a selection of one day, ``dt=`` `layout.HIVE_NULL` of the rows
-        without a day alone: the table partition of such a piece's scores."""
-        if self.spans == () and self.nulls:
-            return f"{DATE_KEY}={HIVE_NULL}"
-        if not self.one_day:
-            raise ValueError(f"{self.token}: not a single day")
-        return f"{DATE_KEY}={_day(self.spans[0][0])}"
-
-    @property
-    def token(self) -> str:
-        """``2026-11-22..2026-11-23,2026-11-25,null``: how a piece id names it (`parse`)."""
-        parts = []
-        for first, last in self.spans:
-            low = "" if first == _LOW else _day(first)
-            high = "" if last == _HIGH else _day(last)
-            parts.append(low if first == last else f"{low}..{high}")
-        return ",".join(parts + (["null"] if self.nulls else []))
-
-    @classmethod
-    def parse(cls, token: str) -> DaySelection:
-        spans, nulls = [], False
-        for part in token.split(","):
-            if part == "null":
-                nulls = True
-                continue
-            low, sep, high = part.partition("..")
-            first = _value(dt.date.fromisoformat(low)) if low else _LOW
-            last = (_value(dt.date.fromisoformat(high)) if high else _HIGH) if sep else first
-            spans.append((first, last))
-        return cls.of(spans, nulls)
-
-    def mask(self, days: pa.Array) -> pa.Array:
-        """Which of ``days`` (date32) are selected, as a boolean array without nulls."""
-        values = days.cast(pa.int32())
-        keep = pa.array(np.zeros(len(days), bool))
-        for first, last in self.spans:
-            inside = pc.and_(pc.greater_equal(values, first), pc.less_equal(values, last))
-            keep = pc.or_(keep, inside.fill_null(False))
-        if self.nulls:
-            keep = pc.or_(keep, pc.is_null(values))
-        return keep
-
-
-def selected_days(selection: PartitionFilter) -> DaySelection:
-    """The days ``--since``/``--until``/``--partition dt=...`` select; every day and the rows
-    without one when they select no day."""
-    values = [v for k, v in selection.partitions if k == DATE_KEY]
-    if not values and selection.since is None and selection.until is None:
-        return DaySelection.every()
-    wanted = DaySelection.of(((_LOW, _HIGH),))
-    if values:
-        try:
-            wanted = DaySelection.of(
-                (d, d) for d in (_value(dt.date.fromisoformat(v)) for v in values)
-            )
-        except ValueError:
-            raise ConfigError(
-                f"--partition {DATE_KEY}={values[0]!r}: a day column is selected by ISO dates"
-            ) from None
-    low = _value(selection.since) if selection.since else _LOW
-    high = _value(selection.until) if selection.until else _HIGH
-    return wanted & DaySelection.of(((low, high),))
-
-
-def piece_days(piece_id: str) -> DaySelection | None:
-    """The days a piece (or a shard of it alone) selected, from its id; None: all its rows."""
-    _, mark, token = piece_id.rpartition(DAY_MARK)
-    return DaySelection.parse(token) if mark else None
 
 
 # -- where a file's days come from -------------------------------------------------------------
@@ -244,7 +96,7 @@ class DayPlan:
     row_groups_pruned: int = 0
 
     def by_relpath(self, files: Iterable[InputFile]) -> DayPlan:
-        """This plan with its files by the names their scores go by (`plan.with_output_names`
+        """This plan with its files by the names their scores go by (`scan.with_output_names`
         may rename a file after the days were resolved)."""
         groups = {f.relpath: self.groups[f.identity] for f in files if f.identity in self.groups}
         return replace(self, groups=groups)
@@ -337,7 +189,7 @@ def apply_commits(
     row_groups: Mapping[str, int],
 ) -> tuple[dict[str, list[tuple[int, int, str]]], dict[str, dict[int, DaySelection | None]]]:
     """Commit records of a day column's files: those of whole row groups stay ranges that
-    `plan.plan_shards` keeps as they are; those of some days of a row group (their shard id
+    `packing.plan_shards` keeps as they are; those of some days of a row group (their shard id
     says which) take those days off what this run reads of it. ``row_groups``: each file's count
     of them. Returns both parts."""
     whole: dict[str, list[tuple[int, int, str]]] = {}
@@ -412,16 +264,16 @@ def _check_type(f: InputFile, name: str) -> None:
 def _check_folder(f: InputFile, name: str, folder: str, zone: zoneinfo.ZoneInfo | None) -> None:
     """A file in a ``dt=`` folder whose day column says another day (by its statistics)."""
     try:
-        day = _value(dt.date.fromisoformat(folder))
+        day = date32(dt.date.fromisoformat(folder))
     except ValueError:
         return  # not an ISO day: the folder names it, nothing to compare with
     for possible in _group_days(f, name, zone):
         found = [s for s in possible.spans if s != (day, day)]
-        if found and found[0] != (_LOW, _HIGH):
+        if found and found[0] != UNBOUNDED:
             first, last = found[0]
             raise PreflightError(
                 f"{f.path}: its folder says {DATE_KEY}={folder} but its column '{name}' holds "
-                f"{_day(first)}..{_day(last)}; move the file or fix the column"
+                f"{iso_day(first)}..{iso_day(last)}; move the file or fix the column"
             )
 
 
@@ -491,14 +343,14 @@ def _stat_day(value: object, kind: pa.DataType, zone: zoneinfo.ZoneInfo | None) 
     """A statistic's day; None where it cannot say one (the group is then read whole)."""
     if isinstance(value, dt.datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        return _value(moment.astimezone(zone or dt.UTC).date())
+        return date32(moment.astimezone(zone or dt.UTC).date())
     if isinstance(value, dt.date):
-        return _value(value)
+        return date32(value)
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if isinstance(value, str):
         try:
-            return _value(dt.date.fromisoformat(value[:10]))
+            return date32(dt.date.fromisoformat(value[:10]))
         except ValueError:
             return None
     return None
@@ -597,7 +449,7 @@ class ShardDays:
         dated = values.slice(0, len(values) - values.null_count).to_numpy()
         cuts = [0, *(np.flatnonzero(np.diff(dated)) + 1).tolist(), len(dated)]
         spans: list[tuple[str | None, int, int]] = [
-            (_day(int(dated[a])), a, b) for a, b in itertools.pairwise(cuts) if b > a
+            (iso_day(int(dated[a])), a, b) for a, b in itertools.pairwise(cuts) if b > a
         ]
         if values.null_count:
             spans.append((None, len(dated), len(values)))

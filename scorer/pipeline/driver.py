@@ -42,10 +42,11 @@ from scorer.errors import (
 )
 from scorer.model.card import InputSpec
 from scorer.model.runtime import IntentModel, load_model
-from scorer.pipeline.actor import ActorSettings, ShardOutcome
+from scorer.partitions import DATE_KEY, PartitionFilter
 from scorer.pipeline.alerts import score_hint, table_alerts
 from scorer.pipeline.cluster import check_reachable, ray_connected, ray_session, resolve_address
 from scorer.pipeline.days import DayPlan, DaySource, apply_commits, resolve_days
+from scorer.pipeline.footers import footers_by_digest
 from scorer.pipeline.layout import CALIBRATION, DRIFT, OutputLayout
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.local import (
@@ -60,20 +61,9 @@ from scorer.pipeline.local import (
 )
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
-from scorer.pipeline.plan import (
-    DATE_KEY,
-    FailedInput,
-    InputFile,
-    PartitionFilter,
-    Plan,
-    Shard,
-    footers_by_digest,
-    plan_shards,
-    scan_inputs,
-    split_off,
-    with_output_names,
-    with_quick_head,
-)
+from scorer.pipeline.outcome import ShardOutcome
+from scorer.pipeline.packing import plan_shards, split_off, with_quick_head
+from scorer.pipeline.plan import FailedInput, InputFile, Plan, Shard
 from scorer.pipeline.pool import ActorPool, PoolSpec, Workers
 from scorer.pipeline.preflight import check_column_types_agree, first_file_per_schema
 from scorer.pipeline.processes import (
@@ -83,6 +73,8 @@ from scorer.pipeline.processes import (
 )
 from scorer.pipeline.progress import Progress
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
+from scorer.pipeline.scan import scan_inputs, with_output_names
+from scorer.pipeline.shipping import ActorSettings
 from scorer.pipeline.stats import RunStatus, utc_now
 from scorer.pipeline.tables import (
     ScoresTableFormat,

@@ -54,10 +54,6 @@ LOCK_NAME = "lock.json"
 LOCK = f"{INTERNAL}/{LOCK_NAME}"
 OUTPUT_STATE = f"{INTERNAL}/output.json"
 
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
-"""The folder value of a null partition value (``dt=__HIVE_DEFAULT_PARTITION__``), as Hive,
-Spark, delta-rs and DuckDB write and read it."""
-
 RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION, DRIFT)
 """The folders that hold one table per run, partitioned by ``run_id``."""
 RUN_PARTITION = "run_id"
@@ -99,7 +95,7 @@ def shard_output_relpath(
     of some ``days`` of its row group alone (``pipeline.days``) is
     ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``; one of a single day whose scores
     go to a table's partition is ``<folder>/<day_folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``,
-    ``day_folder`` being ``dt=<day>`` (``dt=`` `HIVE_NULL` for the rows without one).
+    ``day_folder`` being ``dt=<day>`` (``dt=`` `partitions.HIVE_NULL` for the rows without one).
     """
     folder, _, name = relpath.rpartition("/")
     folder = "/".join(p for p in (folder, day_folder) if p)

@@ -20,13 +20,15 @@ from typing import Any
 import pyarrow as pa
 
 from scorer._version import __version__
+from scorer.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, exit_code
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.drift import DriftState, drift_table
 from scorer.model.reference import Reference
-from scorer.pipeline.actor import ShardOutcome
-from scorer.pipeline.alerts import Alert, exit_code
+from scorer.partitions import DATE_KEY
+from scorer.pipeline.alerts import Alert
 from scorer.pipeline.layout import CALIBRATION, DRIFT, RUN_STATS, SHARD_STATS, run_table_relpath
-from scorer.pipeline.plan import DATE_KEY, FailedInput, Shard
+from scorer.pipeline.outcome import ShardOutcome
+from scorer.pipeline.plan import FailedInput, Shard
 from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
     SHARD_STATS_SCHEMA,
@@ -79,13 +81,14 @@ class RunSummary:
     delta_version: int | None = None  # --format delta: the scores table's version once published
     iceberg: dict[str, Any] | None = None  # --format iceberg: catalog_uri, table, snapshot_id
     alerts: list[Alert] = field(default_factory=list)  # of the drift and calibration written
-    fail_on_alert: bool = field(default=False, repr=False)  # [monitor]: alerts make the exit 3
+    fail_on_alert: bool = field(default=False, repr=False)  # [monitor]: alerts exit EXIT_ALERT
 
     @property
     def exit_code(self) -> int:
         if self.status == "interrupted":
-            return 130
-        return exit_code(1 if self.shards_failed else 0, self.alerts, self.fail_on_alert)
+            return EXIT_INTERRUPTED
+        run_exit_code = EXIT_FAILED if self.shards_failed else EXIT_OK
+        return exit_code(run_exit_code, self.alerts, self.fail_on_alert)
 
     def to_dict(self) -> dict[str, Any]:
         summary = dataclasses.asdict(self)

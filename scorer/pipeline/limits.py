@@ -6,9 +6,9 @@ dictionary that every row points at (a few bytes on disk, gigabytes decoded per 
 file fails alone with `InputLimitError`, named, like a corrupt one; the rest of the run commits.
 
 - `MAX_FOOTER_BYTES` and `MAX_ROW_GROUPS` are checked when the plan reads the footer
-  (`plan.read_footer`, `plan._read_footer`).
+  (`footers.read_footer`, `scan._read_footer`).
 - `MAX_STRING_BYTES_PER_BATCH` is checked for each row group before the reader decodes it
-  (`actor.ShardScorer`): the key and kept string columns' decoded size is bounded from the
+  (`reading.ShardReader`): the key and kept string columns' decoded size is bounded from the
   footer and, for dictionary-encoded column chunks, from the longest value of the dictionary
   page (read and parsed here: a few kilobytes, where decoding is what must not happen).
 """

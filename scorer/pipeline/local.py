@@ -5,7 +5,7 @@ A private local Ray costs seconds before its first actor scores a row (measured 
 the work of a typical nightly partition is a few seconds. So when no cluster is named, no actor
 count is asked for and no Ray is connected, the driver first asks whether Ray would finish the
 job sooner (`ray_pays_off`): its start-up against the rows it would score faster than the
-driver alone. If not, `InProcessWorker` scores the shards itself, with `actor.stream_shard` on
+driver alone. If not, `InProcessWorker` scores the shards itself, with `stages.stream_shard` on
 its own stage threads (the overlap of read, score and write an actor has), and the run goes
 through the same queue, retries, commit thread and ledger as with actors. Ray is then never
 imported, and the run summary says why.
@@ -27,18 +27,13 @@ from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING, Any
 
-from scorer.pipeline.actor import (
-    ActorSettings,
-    Identity,
-    ShardOutcome,
-    ShardScorer,
-    StageThreads,
-    stream_shard,
-)
 from scorer.pipeline.cluster import ClusterInfo, ray_session
+from scorer.pipeline.outcome import Identity, ShardOutcome
 from scorer.pipeline.plan import Shard
 from scorer.pipeline.pool import ActorPool, PoolSpec
 from scorer.pipeline.retry import Failure, local_failure
+from scorer.pipeline.shipping import ActorSettings
+from scorer.pipeline.stages import ShardScorer, StageThreads, stream_shard
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

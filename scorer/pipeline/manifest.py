@@ -73,6 +73,8 @@ from typing import Any, Protocol
 import pyarrow.fs as pafs
 
 from scorer.errors import OutputConflictError, ShardError, StorageError
+from scorer.pipeline.day_selection import piece_days
+from scorer.pipeline.footers import adopt_legacy
 from scorer.pipeline.layout import (
     COMMITS,
     OUTPUT_STATE,
@@ -88,7 +90,7 @@ from scorer.pipeline.layout import (
     replace_durably,
     temp_relpath,
 )
-from scorer.pipeline.plan import InputFile, Piece, Shard, adopt_legacy
+from scorer.pipeline.plan import InputFile, Piece, Shard
 from scorer.storage import Location, storage_errors
 
 
@@ -702,8 +704,6 @@ def _unfenced() -> None:
 
 def _other_days(piece: Piece, committed_id: str) -> bool:
     """Whether ``piece`` and a committed shard are of disjoint days of one row group."""
-    from scorer.pipeline.days import piece_days
-
     theirs = piece_days(committed_id)
     return piece.days is not None and theirs is not None and not (piece.days & theirs)
 

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from scorer.errors import ClusterError
-from scorer.pipeline.actor import ActorSettings, ScoringActor, ShardOutcome
+from scorer.pipeline.actor import ScoringActor
 from scorer.pipeline.cluster import ClusterInfo
+from scorer.pipeline.outcome import ShardOutcome
 from scorer.pipeline.plan import Shard
 from scorer.pipeline.retry import Failure, ray_failure
+from scorer.pipeline.shipping import ActorSettings
 
 # How long an actor may wait for a place on the cluster before the run gives up on it.
 PLACEMENT_TIMEOUT_S = 120.0
@@ -111,7 +113,7 @@ class ActorPool:
             self.starting[ref] = (refs[ref], time.monotonic() + PLACEMENT_TIMEOUT_S)
 
     def submit(self, index: int, shard: Shard, attempt: int, has_label: bool) -> ObjectRef:
-        """Send a shard to actor ``index``; the ref resolves to its ``actor.ShardOutcome``."""
+        """Send a shard to actor ``index``; the ref resolves to its ``outcome.ShardOutcome``."""
         ref = self.actors[index].score_shard.remote(shard, attempt, has_label)
         self.held[ref] = self.actors[index]
         return ref

@@ -9,7 +9,7 @@ start, when the driver is one thread. A forked process has pyarrow, onnxruntime 
 parsed footers already (`known_footers`): it is ready once its own onnxruntime session is made,
 in ~10-50 ms, where a spawned ``python -m`` one took ~0.8 s and ~0.6 s of CPU for its imports
 on 2 cores, while the in-process worker needed that CPU. Each joins the queue once its model
-is loaded and scores whole shards with the actors' own code (`actor.stream_shard`), writing
+is loaded and scores whole shards with the actors' own code (`stages.stream_shard`), writing
 under the run's temporary folder; the driver commits them, as it commits an actor's. A job that
 ends before a process is ready never waits for it.
 
@@ -42,9 +42,10 @@ from scorer.pipeline.retry import Failure, local_failure
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
-    from scorer.pipeline.actor import ActorSettings, Identity, ShardOutcome
     from scorer.pipeline.local import InProcessWorker
+    from scorer.pipeline.outcome import Identity, ShardOutcome
     from scorer.pipeline.plan import Shard
+    from scorer.pipeline.shipping import ActorSettings
 
 # How long a worker process finishing its last shard may take to exit before it is killed.
 EXIT_WAIT_S = 2.0
@@ -319,14 +320,10 @@ def _child(
     import asyncio
     import socket
 
-    from scorer.pipeline.actor import (
-        Identity,
-        ShardScorer,
-        StageThreads,
-        load_shipped_model,
-        stream_shard,
-    )
+    from scorer.pipeline.outcome import Identity
     from scorer.pipeline.retry import one_line
+    from scorer.pipeline.shipping import load_shipped_model
+    from scorer.pipeline.stages import ShardScorer, StageThreads, stream_shard
 
     try:
         scorer = ShardScorer(settings, load_shipped_model(settings), known_footers)

@@ -29,7 +29,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scorer.errors import OutputConflictError, StorageError
-from scorer.pipeline.layout import HIVE_NULL, SCORES
+from scorer.partitions import HIVE_NULL
+from scorer.pipeline.layout import SCORES
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.plan import Plan
 from scorer.storage import Location, credential_env, storage_errors

@@ -21,9 +21,9 @@ from scorer.config import (
     JobConfig,
     RayOptions,
     load_config,
-    parse_partitions,
 )
 from scorer.errors import ConfigError
+from scorer.partitions import parse_partitions
 
 
 def write(tmp_path, text: str):

@@ -18,7 +18,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 
 from scorer import metrics
 from scorer.metrics import CalibrationState, ScoreHistogram
-from scorer.model.sessions import bundled_sessions_path
+from scorer.model.sessions import MEASURES, bundled_sessions_path
 
 FIGURES = (
     "rows",
@@ -44,19 +44,7 @@ def synthetic(n: int, dtype=np.float64, seed: int = 0) -> tuple[np.ndarray, np.n
 def bundled_scores() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels and float32 raw/"calibrated" scores of a logistic regression on the bundled data."""
     table = pq.read_table(bundled_sessions_path())
-    numeric = [
-        "admin_pages",
-        "admin_seconds",
-        "info_pages",
-        "info_seconds",
-        "product_pages",
-        "product_seconds",
-        "bounce_rate",
-        "exit_rate",
-        "page_value",
-        "special_day",
-    ]
-    x = np.log1p(np.column_stack([table[c].to_numpy().astype(np.float64) for c in numeric]))
+    x = np.log1p(np.column_stack([table[c].to_numpy().astype(np.float64) for c in MEASURES]))
     y = table["converted"].to_numpy()
     raw = LogisticRegression(max_iter=1000).fit(x, y).predict_proba(x)[:, 1].astype(np.float32)
     # A deliberately miscalibrated second score, still a probability.

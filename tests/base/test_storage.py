@@ -17,10 +17,13 @@ import pytest
 from support.servers import moto_s3
 
 from scorer.errors import ConfigError, LockError, OutputConflictError, StorageError
+from scorer.partitions import PartitionFilter
 from scorer.pipeline.layout import LOCK
 from scorer.pipeline.lock import OutputLock
 from scorer.pipeline.manifest import Manifest, options_digest
-from scorer.pipeline.plan import FailedInput, PartitionFilter, plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.plan import FailedInput
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import Location, StorageOptions, credential_env, redact, resolve
 
 REPO = Path(__file__).resolve().parents[2]

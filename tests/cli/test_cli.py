@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import scorer.cli
+import scorer.cli.score
 import scorer.config
 from scorer.cli import cli
 from scorer.config import (
@@ -157,11 +158,13 @@ def test_changing_a_default_changes_the_help(monkeypatch):
     monkeypatch.setattr(scorer.config, "DEFAULT_BATCH_ROWS", 4_096)
     monkeypatch.setattr(scorer.config, "DEFAULT_MAX_ATTEMPTS", 7)
     try:
+        importlib.reload(scorer.cli.score)
         reloaded = importlib.reload(scorer.cli).cli
         output = " ".join(CliRunner().invoke(reloaded, ["score", "--help"]).output.split())
         assert "(default 4096)" in output and "Attempts per shard (default 7)." in output
     finally:
         monkeypatch.undo()
+        importlib.reload(scorer.cli.score)
         importlib.reload(scorer.cli)
 
 

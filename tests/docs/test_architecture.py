@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "scorer"
+PACKAGE = Path(__file__).resolve().parents[2] / "scorer"
 
 # Lowest first. A module's floor is that of the longest prefix listed.
 FLOORS: dict[str, int] = {

@@ -32,15 +32,11 @@ from support.output_tree import (
 
 from scorer import metrics
 from scorer.cli import cli
-from scorer.jobs.report import (
-    ECE_THRESHOLD,
-    HISTOGRAM_BINS,
-    PSI_THRESHOLD,
-    STAGES,
-    ReportError,
-    build_report,
-    read_report,
-)
+from scorer.config import DEFAULT_ALERT_ECE, DEFAULT_ALERT_PSI, MonitorConfig
+from scorer.errors import ReportError
+from scorer.jobs.report import build_report, read_report
+from scorer.jobs.report.contents import HISTOGRAM_BINS
+from scorer.pipeline.stats import STAGES
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +244,7 @@ def test_the_newest_evaluation_wins_each_days_calibration(monitored):
         monitored.root / "calibration" / f"run_id={EVAL_RUN}" / "part-0.parquet"
     ).to_pylist()[0]
     assert over_time[2]["ece_width_calibrated"] == evaluation["ece_width_calibrated"]
-    assert over_time[2]["ece_width_calibrated"] > ECE_THRESHOLD
+    assert over_time[2]["ece_width_calibrated"] > DEFAULT_ALERT_ECE
     # The run's own per-day table is unchanged by the later evaluation.
     assert [(r["run_id"], r["dt"]) for r in report.partitions] == [(RUN, d) for d in DAYS]
 
@@ -263,11 +259,11 @@ def test_drift_and_calibration_over_time_plots(monitored, tmp_path):
 
 
 def test_thresholds_mark_but_change_no_number(monitored):
-    strict = read_report(monitored.root, psi_threshold=0.005, ece_threshold=0.001)
+    strict = read_report(monitored.root, monitor=MonitorConfig(psi=0.005, ece=0.001))
     default = read_report(monitored.root)
     assert strict.drift == default.drift
     assert strict.calibration_over_time == default.calibration_over_time
-    assert (strict.psi_threshold, default.psi_threshold) == (0.005, PSI_THRESHOLD)
+    assert (strict.monitor.psi, default.monitor.psi) == (0.005, DEFAULT_ALERT_PSI)
 
 
 def test_command_prints_drift_and_calibration_over_time(monitored, tmp_path):

@@ -35,21 +35,10 @@ from onnx import TensorProto, helper, numpy_helper
 from scorer.cli import cli
 from scorer.model.interface import session_options
 from scorer.model.runtime import load_model
-from scorer.model.sessions import load_bundled_sessions
+from scorer.model.sessions import CODES, MEASURES, load_bundled_sessions
 
-NUMERIC = (
-    "admin_pages",
-    "admin_seconds",
-    "info_pages",
-    "info_seconds",
-    "product_pages",
-    "product_seconds",
-    "bounce_rate",
-    "exit_rate",
-    "page_value",
-    "special_day",
-)
-LGBM_FEATURES = (*NUMERIC, "operating_system", "browser", "region", "traffic_type")
+NUMERIC = MEASURES
+LGBM_FEATURES = (*MEASURES, *CODES)
 SKL_STRINGS = ("month", "visitor_type")
 SKL_NUMBERS = ("page_value", "exit_rate", "product_seconds", "bounce_rate")
 

@@ -17,13 +17,11 @@ from support.shards import shard_scorer
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
-from scorer.pipeline.actor import (
-    Identity,
-    StageThreads,
-    load_shipped_model,
-    stream_shard,
-)
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.outcome import Identity
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
+from scorer.pipeline.shipping import load_shipped_model
+from scorer.pipeline.stages import StageThreads, stream_shard
 from scorer.pipeline.stats import STAGES
 from scorer.storage import resolve
 

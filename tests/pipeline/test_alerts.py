@@ -16,17 +16,15 @@ from click.testing import CliRunner
 import scorer
 from scorer.cli import cli
 from scorer.config import DEFAULT_ALERT_PSI, MonitorConfig, load_config
-from scorer.errors import ConfigError
+from scorer.errors import EXIT_ALERT, ConfigError, exit_code
 from scorer.jobs.generate import generate
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.drift import drift_schema
 from scorer.pipeline import layout
 from scorer.pipeline.alerts import (
-    ALERT_EXIT_CODE,
     RecalibrateHint,
     calibration_alerts,
     drift_alerts,
-    exit_code,
     run_alerts,
 )
 from scorer.storage import resolve
@@ -165,7 +163,7 @@ def test_calibration_without_dt_refits_on_all_of_the_data():
 
 def test_exit_1_beats_3_and_3_needs_the_flag():
     alerts = calibration_alerts(calibration({"2026-11-27": 0.5}), MonitorConfig(), HINT)
-    assert exit_code(0, alerts, fail_on_alert=True) == ALERT_EXIT_CODE == 3
+    assert exit_code(0, alerts, fail_on_alert=True) == EXIT_ALERT == 3
     assert exit_code(1, alerts, fail_on_alert=True) == 1
     assert exit_code(0, alerts, fail_on_alert=False) == 0
     assert exit_code(0, [], fail_on_alert=True) == 0

@@ -20,11 +20,13 @@ from support.shards import shard_scorer
 
 from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
-from scorer.pipeline import actor, bulk
-from scorer.pipeline.actor import BULK_FILES_PER_READ
+from scorer.pipeline import bulk, reading
 from scorer.pipeline.bulk import is_bulk_type, joins_run
 from scorer.pipeline.driver import score
-from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
+from scorer.pipeline.footers import footers_by_digest
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.reading import BULK_FILES_PER_READ
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 # 150 files of 100 rows, one row group each, in one folder: one packed shard, three scans.
@@ -39,8 +41,8 @@ def model():
 @pytest.fixture
 def scans(monkeypatch):
     """The runs of files DuckDB scanned, as lists of paths; every shard of these tests' 150
-    files may be scanned (`actor.BULK_MIN_FILES` is 200)."""
-    monkeypatch.setattr(actor, "BULK_MIN_FILES", 1)
+    files may be scanned (`reading.BULK_MIN_FILES` is 200)."""
+    monkeypatch.setattr(reading, "BULK_MIN_FILES", 1)
     return _recorded_scans(monkeypatch)
 
 
@@ -119,11 +121,11 @@ def test_duckdb_starts_for_a_shard_of_many_files_and_then_scans_any(model, tmp_p
     source = make_history(tmp_path / "in", **FILES)
     scorer = _scorer(model, source, tmp_path / "out")
     shard = _one_shard(source)
-    assert shard.files < actor.BULK_MIN_FILES
+    assert shard.files < reading.BULK_MIN_FILES
     _, batches = _read(scorer, shard)
     assert scanned == [] and not scorer.bulk_reader.started
     assert sum(b.num_rows for b in batches) == 15_000
-    monkeypatch.setattr(actor, "BULK_MIN_FILES", shard.files)  # as if this shard were bigger
+    monkeypatch.setattr(reading, "BULK_MIN_FILES", shard.files)  # as if this shard were bigger
     _read(scorer, shard)
     assert scanned and scorer.bulk_reader.started
     monkeypatch.undo()
@@ -371,7 +373,7 @@ def test_the_command_as_typed_scores_each_file_as_the_model_does(model, tmp_path
     """`scorer score IN OUT` in a process of its own (no Ray there: the in-process worker and a
     forked worker process), shards of `BULK_MIN_FILES` files: every row once, scored as the
     model scores each file read by pyarrow."""
-    files = 2 * actor.BULK_MIN_FILES
+    files = 2 * reading.BULK_MIN_FILES
     source = make_history(tmp_path / "in", sessions=25 * files, files=files, days=1)
     out = tmp_path / "out"
     code, stdout, stderr = drivers.wait(
@@ -389,14 +391,14 @@ def test_a_poison_file_in_a_scanned_shard_fails_alone_and_the_rest_commits(tmp_p
     of them are DuckDB scans in whichever process scores them): the scan of the poison file's
     run fails, the per-file reader names it, the shard is split around it, and every other
     file is scored in the same run; repaired, a rerun scores it alone."""
-    files = 3 * actor.BULK_MIN_FILES
+    files = 3 * reading.BULK_MIN_FILES
     source = make_history(tmp_path / "in", sessions=25 * files, files=files, days=1)
     paths = sorted(source.rglob("*.parquet"))
     assert len(paths) == files and pq.ParquetFile(paths[0]).metadata.num_row_groups == 1
     poison = paths[files - 100]  # mid-run in the last shard
     zero_data_pages(poison)
     out = tmp_path / "out"
-    options = ["--shard-rows", str(25 * actor.BULK_MIN_FILES), "--json"]
+    options = ["--shard-rows", str(25 * reading.BULK_MIN_FILES), "--json"]
     code, stdout, stderr = drivers.wait(drivers.start(str(source), str(out), *options), 180)
     assert code == 1, stderr
     summary = json.loads(stdout)
@@ -417,7 +419,7 @@ def test_a_poison_file_in_a_scanned_shard_fails_alone_and_the_rest_commits(tmp_p
 @pytest.mark.usefixtures("ray_cluster")
 def test_actors_scan_packed_shards_scoring_each_file_as_the_model_does(model, tmp_path):
     # Shards of `BULK_MIN_FILES` files: an actor, a process of Ray's, scans them.
-    files = 2 * actor.BULK_MIN_FILES
+    files = 2 * reading.BULK_MIN_FILES
     source = make_history(tmp_path / "in", sessions=25 * files, files=files, days=1)
     summary = score(str(source), str(tmp_path / "out"), actors=2, shard_rows=25 * files // 2)
     assert summary.executor == "ray" and summary.shards_committed == 2

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 
 from scorer.cli import cli
 from scorer.jobs.generate import Break, generate
-from scorer.pipeline.days import DaySelection, selected_days
-from scorer.pipeline.plan import PartitionFilter
+from scorer.partitions import PartitionFilter
+from scorer.pipeline.day_selection import DaySelection, selected_days
 
 SESSIONS_PER_NIGHT = 6_000  # above [monitor] min_rows (5,000): every night's PSI and ECE count
 NIGHTS = 14
@@ -390,7 +390,8 @@ def test_a_shard_of_some_days_commits_only_once_every_row_of_its_row_group_was_r
 
     # The same shard as the driver plans it, committed with a row of its row group unread.
     from scorer.pipeline.days import DayPlan, DaySource, resolve_days
-    from scorer.pipeline.plan import plan_shards, scan_inputs
+    from scorer.pipeline.packing import plan_shards
+    from scorer.pipeline.scan import scan_inputs
 
     selection = PartitionFilter.parse((), "2026-11-21", None)
     items = scan_inputs(resolve(str(path)), selection, day_columns=True)

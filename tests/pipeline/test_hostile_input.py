@@ -148,7 +148,8 @@ def test_repeated_partition_values_of_one_key_are_alternatives(tmp_path):
 
 
 def test_the_library_takes_alternatives_for_one_partition_key():
-    from scorer.config import JobConfig, parse_partitions
+    from scorer.config import JobConfig
+    from scorer.partitions import parse_partitions
 
     parsed = parse_partitions(["dt=2026-11-27", "dt=2026-11-28", "region=3"])
     assert parsed == {"dt": ("2026-11-27", "2026-11-28"), "region": ("3",)}
@@ -330,8 +331,8 @@ def test_workers_score_the_model_bytes_the_driver_verified(tmp_path, monkeypatch
 def test_a_worker_refuses_model_bytes_other_than_the_verified_ones(tmp_path):
     from scorer.errors import ChecksumError
     from scorer.model.runtime import load_model
-    from scorer.pipeline.actor import ActorSettings, load_shipped_model
     from scorer.pipeline.layout import OutputLayout
+    from scorer.pipeline.shipping import ActorSettings, load_shipped_model
     from scorer.storage import resolve
 
     model = load_model()

@@ -8,8 +8,8 @@ import pickle
 import pytest
 from support.manifests import write_sessions
 
+from scorer.partitions import HIVE_NULL
 from scorer.pipeline.layout import (
-    HIVE_NULL,
     LOCK,
     OUTPUT_STATE,
     RUN_STATS,
@@ -22,7 +22,8 @@ from scorer.pipeline.layout import (
     shard_output_relpath,
     temp_relpath,
 )
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 

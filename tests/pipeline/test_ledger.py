@@ -15,11 +15,13 @@ from scorer.metrics import CalibrationState
 from scorer.model.runtime import load_model
 from scorer.model.sessions import load_bundled_sessions
 from scorer.pipeline import layout
-from scorer.pipeline.actor import ShardOutcome
 from scorer.pipeline.ledger import Ledger, RunInfo, RunSummary
 from scorer.pipeline.manifest import options_digest
-from scorer.pipeline.plan import FailedInput, plan_shards, scan_inputs
+from scorer.pipeline.outcome import ShardOutcome
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.plan import FailedInput
 from scorer.pipeline.retry import Failure, commit_failure, will_retry
+from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.stats import (
     RUN_STATS_SCHEMA,
     SHARD_STATS_SCHEMA,

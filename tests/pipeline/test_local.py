@@ -137,11 +137,13 @@ def test_actors_started_beside_the_in_process_worker_join_its_queue(ray_cluster,
     """`InProcessThenActors` on the test session's Ray: once the actors are placed they take
     the shards, and the in-process worker takes no further one."""
     from scorer.model.runtime import default_model_dir, load_model
-    from scorer.pipeline.actor import ActorSettings, ShardOutcome
     from scorer.pipeline.layout import OutputLayout
     from scorer.pipeline.local import InProcessThenActors, InProcessWorker, RayInBackground
-    from scorer.pipeline.plan import plan_shards, scan_inputs
+    from scorer.pipeline.outcome import ShardOutcome
+    from scorer.pipeline.packing import plan_shards
     from scorer.pipeline.pool import PoolSpec
+    from scorer.pipeline.scan import scan_inputs
+    from scorer.pipeline.shipping import ActorSettings
     from scorer.storage import resolve
 
     source = make_history(tmp_path / "in", sessions=4_000, files=1, days=1)

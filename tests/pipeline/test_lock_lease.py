@@ -254,7 +254,7 @@ def test_the_fence_guards_every_record_and_every_deletion(tmp_path):
     from support.manifests import OPTS, SHA_A, start_run, write_output, write_sessions
 
     from scorer.errors import LockLostError
-    from scorer.pipeline.plan import scan_inputs
+    from scorer.pipeline.scan import scan_inputs
 
     inp, out = tmp_path / "in", tmp_path / "out"
     write_sessions(inp / "dt=2026-11-27" / "a.parquet", 40, 10)

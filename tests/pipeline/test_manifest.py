@@ -16,8 +16,10 @@ import pytest
 from support.manifests import OPTS, SHA_A, start_run, write_output, write_sessions
 
 from scorer.errors import OutputConflictError, ShardError
+from scorer.pipeline.footers import legacy_fingerprint
 from scorer.pipeline.manifest import CommitRecord, Manifest, record_key
-from scorer.pipeline.plan import legacy_fingerprint, plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 SHA_B = "b" * 64

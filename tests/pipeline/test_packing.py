@@ -25,8 +25,9 @@ from support.shards import shard_scorer
 from scorer.errors import ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline.manifest import CommitRecord, Manifest
-from scorer.pipeline.plan import plan_shards, scan_inputs, split_off
+from scorer.pipeline.packing import plan_shards, split_off
 from scorer.pipeline.retry import local_failure
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 # 60 files of 100 rows (2 row groups of 50) over 2 days; 1,000-row shards: 3 of 10 files a day.
@@ -355,7 +356,7 @@ def test_thousands_of_small_files_read_by_forked_processes_score_once_and_resume
     history = make_history(tmp_path / "in", sessions=4_000, files=2_000, days=1, row_group_rows=2)
     out = tmp_path / "out"
     summary, _ = _run(drivers, history, out, "--shard-rows", "500")
-    # 8 shards of 250 files, the first cut in two (`plan.with_quick_head`)
+    # 8 shards of 250 files, the first cut in two (`packing.with_quick_head`)
     assert summary["rows"] == 4_000 and summary["shards_committed"] == 9
     assert_exactly_once(history, out)
     again, _ = _run(drivers, history, out, "--shard-rows", "500")
@@ -366,7 +367,7 @@ def test_a_run_in_process_cuts_its_first_shard_to_a_quick_head_alike_on_every_re
     tmp_path, drivers
 ):
     # 400 files of 2 rows, shards of 250 files: the first is ~0.4 s of in-process work, so it
-    # is cut (`plan.with_quick_head`); a run with actors keeps the shards as packed.
+    # is cut (`packing.with_quick_head`); a run with actors keeps the shards as packed.
     history = make_history(tmp_path / "in", sessions=800, files=400, days=1, row_group_rows=2)
     out = tmp_path / "out"
     args = [history, out, "--shard-rows", "500", "--dry-run"]

@@ -15,18 +15,12 @@ from hypothesis import strategies as st
 from support.inputs import synthetic
 
 from scorer.errors import ConfigError, NoInputFilesError, PreflightError
-from scorer.pipeline import plan as plan_module
-from scorer.pipeline.plan import (
-    FOOTER_TAIL_BYTES,
-    FailedInput,
-    InputFile,
-    PartitionFilter,
-    adopt_legacy,
-    legacy_fingerprint,
-    plan_shards,
-    scan_inputs,
-    with_quick_head,
-)
+from scorer.partitions import PartitionFilter
+from scorer.pipeline import scan as scan_module
+from scorer.pipeline.footers import FOOTER_TAIL_BYTES, adopt_legacy, legacy_fingerprint
+from scorer.pipeline.packing import plan_shards, with_quick_head
+from scorer.pipeline.plan import FailedInput, InputFile
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 
@@ -224,7 +218,7 @@ def _many_files(root, count=30):
 def test_footers_read_by_forked_processes_plan_as_those_read_here(tmp_path, monkeypatch):
     bad = _many_files(tmp_path)
     here = scan_inputs(resolve(tmp_path))
-    monkeypatch.setattr(plan_module, "PROCESS_SCAN_MIN_FILES", 10)
+    monkeypatch.setattr(scan_module, "PROCESS_SCAN_MIN_FILES", 10)
     forked = scan_inputs(resolve(tmp_path), processes=3)
     assert forked == here  # fingerprints, row groups, sizes, partitions, failed items
     assert [type(i) for i in forked].count(FailedInput) == 1
@@ -246,7 +240,7 @@ def test_files_of_one_schema_share_one_schema_object_whichever_process_read_them
     odd = tmp_path / "dt=2026-11-27" / "part-027.parquet"  # in the last process's files
     table = pq.read_table(odd)
     pq.write_table(table.set_column(0, "session_id", table["session_id"].cast("int32")), odd)
-    monkeypatch.setattr(plan_module, "PROCESS_SCAN_MIN_FILES", 10)
+    monkeypatch.setattr(scan_module, "PROCESS_SCAN_MIN_FILES", 10)
     readable = [i for i in scan_inputs(resolve(tmp_path), processes=3) if isinstance(i, InputFile)]
     assert readable[-1].footer is None  # read by a forked process
     objects = {id(i.schema) for i in readable}
@@ -276,7 +270,7 @@ def test_few_files_are_read_here_whatever_the_processes(tmp_path):
 
 def test_a_legacy_record_is_adopted_for_a_file_a_forked_process_read(tmp_path, monkeypatch):
     _many_files(tmp_path)
-    monkeypatch.setattr(plan_module, "PROCESS_SCAN_MIN_FILES", 10)
+    monkeypatch.setattr(scan_module, "PROCESS_SCAN_MIN_FILES", 10)
     last = [i for i in scan_inputs(resolve(tmp_path), processes=3) if isinstance(i, InputFile)][-1]
     assert last.footer is None
     recorded = legacy_fingerprint(last.size, last.mtime_ns, pq.read_metadata(last.path))

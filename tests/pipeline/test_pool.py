@@ -9,11 +9,13 @@ import pytest
 from support.inputs import make_history
 
 from scorer.model.runtime import default_model_dir, load_model
-from scorer.pipeline.actor import ActorSettings, ShardOutcome
 from scorer.pipeline.layout import OutputLayout
-from scorer.pipeline.plan import plan_shards, scan_inputs
+from scorer.pipeline.outcome import ShardOutcome
+from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.pool import ActorPool, PoolSpec
 from scorer.pipeline.retry import ray_failure, will_retry
+from scorer.pipeline.scan import scan_inputs
+from scorer.pipeline.shipping import ActorSettings
 from scorer.storage import resolve
 
 

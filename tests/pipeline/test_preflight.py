@@ -13,8 +13,9 @@ from support.inputs import make_history
 
 from scorer.cli import cli
 from scorer.errors import ColumnTypeConflictError, PreflightError
-from scorer.pipeline.plan import InputFile, scan_inputs
+from scorer.pipeline.plan import InputFile
 from scorer.pipeline.preflight import check_column_types_agree, first_file_per_schema
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 

@@ -25,10 +25,11 @@ from support.outputs import assert_exactly_once, assert_scores_whole, run_stats,
 from scorer.config import JobConfig
 from scorer.errors import ConfigError
 from scorer.model.runtime import default_model_dir, load_model
-from scorer.pipeline.actor import ActorSettings, ShardOutcome
+from scorer.pipeline.footers import footers_by_digest
 from scorer.pipeline.layout import OutputLayout
 from scorer.pipeline.local import InProcessWorker, worker_processes_for
-from scorer.pipeline.plan import footers_by_digest, plan_shards, scan_inputs
+from scorer.pipeline.outcome import ShardOutcome
+from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.processes import (
     PROCESS_NAME,
     InProcessAndProcesses,
@@ -36,6 +37,8 @@ from scorer.pipeline.processes import (
     stop_worker_processes,
 )
 from scorer.pipeline.retry import Failure
+from scorer.pipeline.scan import scan_inputs
+from scorer.pipeline.shipping import ActorSettings
 from scorer.storage import resolve
 
 # 12 shards of 500 rows in 2-row batches: ~8 s in-process, the process ready in well under 1 s.

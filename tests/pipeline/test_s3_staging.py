@@ -20,9 +20,11 @@ from support.servers import moto_s3
 
 from scorer.errors import ShardError
 from scorer.jobs.latency import latency_proxy
+from scorer.partitions import PartitionFilter
 from scorer.pipeline.layout import COMMITS, SCORES, TMP
 from scorer.pipeline.manifest import Manifest, options_digest
-from scorer.pipeline.plan import PartitionFilter, plan_shards, scan_inputs
+from scorer.pipeline.packing import plan_shards
+from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scorer.pipeline.manifest import Manifest, options_digest
-from scorer.pipeline.plan import plan_shards
+from scorer.pipeline.packing import plan_shards
 
 SHA_A = "a" * 64
 OPTS = options_digest("session_id", ())

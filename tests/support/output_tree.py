@@ -212,6 +212,8 @@ def make_output_tree(root: Path, seed: int = 0) -> FakeOutput:
 
 
 DRIFT_SCHEMA = drift_schema()  # the table every score run writes
+DRIFT_ROWS = 6_000  # a day's rows: above [monitor] min_rows (5,000), so its PSI counts
+EVALUATED_ROWS = 6_000  # labelled rows of the evaluated day: above min_rows, its ECE counts
 DRIFT_COLUMNS = {  # a few inputs in card order, then the score; month's PSI is not computed
     "page_value": "numeric",
     "exit_rate": "numeric",
@@ -229,7 +231,7 @@ def drift_table(run_id: str, days: dict[str, dict[str, dict]]) -> pa.Table:
         for column, kind in DRIFT_COLUMNS.items():
             record = {
                 "run_id": run_id, "scope": scope, "dt": day, "column": column, "kind": kind,
-                "reference": "month=Nov", "rows": 1000, "share_missing": 0.0,
+                "reference": "month=Nov", "rows": DRIFT_ROWS, "share_missing": 0.0,
                 "share_invalid": 0.0, "psi": None if column == "month" else 0.01,
                 "share_unseen": 0.0 if kind == "categorical" else None,
                 "mean": None if kind == "categorical" else 0.5,
@@ -254,8 +256,8 @@ def add_monitoring(root: Path, seed: int = 1) -> None:
     for run_id, days in ((OLD_RUN, old), (RUN, new)):
         _write(drift_table(run_id, days), root / "drift" / f"run_id={run_id}" / "part-0.parquet")
     rng = np.random.default_rng(seed)
-    raw = rng.beta(1.2, 5.0, 2000)
-    labels = rng.random(2000) < raw * 0.2
+    raw = rng.beta(1.2, 5.0, EVALUATED_ROWS)
+    labels = rng.random(EVALUATED_ROWS) < raw * 0.2
     state = CalibrationState.from_arrays(labels, raw, raw)
     evaluation = metrics.calibration_table(EVAL_RUN, {DAYS[2]: state})
     # Evaluate runs name the run they evaluated in a column of their own.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from scorer.pipeline.actor import ActorSettings, ShardScorer
 from scorer.pipeline.layout import OutputLayout
+from scorer.pipeline.shipping import ActorSettings
+from scorer.pipeline.stages import ShardScorer
 from scorer.storage import resolve
 
 
