@@ -21,8 +21,8 @@ def load_model(model_dir=None, threads: int = 1):
 
 
 def score(input=None, output=None, **options):
-    """Run a scoring job; see `scorer.pipeline.driver.score`."""
-    from scorer.pipeline.driver import score as _score
+    """Run a scoring job; see `scorer.pipeline.entry.score`."""
+    from scorer.pipeline.entry import score as _score
 
     return _score(input, output, **options)
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import math
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -67,11 +68,27 @@ DEFAULT_CPUS_PER_ACTOR = 1.0
 # fetched ahead of the one decoded, and ranged reads an actor has in flight at most.
 DEFAULT_READ_AHEAD = 2
 DEFAULT_REQUESTS_IN_FLIGHT = 8
-# Of OUTPUT/scores/: hive Parquet, a Delta Lake table, or an Apache Iceberg table's data.
-OUTPUT_FORMATS = ("parquet", "delta", "iceberg")
-TABLE_FORMATS = frozenset({"delta", "iceberg"})
-"""Formats whose readers partition by folder: a day column's scores go to one ``dt=`` folder per
-day, the table's partition (docs/nights-in-a-column.md); plain Parquet keeps the day a column."""
+
+
+class OutputFormat(enum.StrEnum):
+    """What ``OUTPUT/scores/`` is (``--format``, ``format =``): hive Parquet, a Delta Lake table,
+    or an Apache Iceberg table's data. Chosen once, here: every other module compares members,
+    never strings; the CLI and config files take the values."""
+
+    PARQUET = "parquet"
+    DELTA = "delta"
+    ICEBERG = "iceberg"
+
+    @property
+    def is_table(self) -> bool:
+        """A table format: its readers partition by folder, so a day column's scores go to one
+        ``dt=`` folder per day, the table's partition (docs/nights-in-a-column.md); plain
+        Parquet keeps the day a column."""
+        return self is not OutputFormat.PARQUET
+
+
+OUTPUT_FORMATS = tuple(f.value for f in OutputFormat)
+"""The words ``--format`` and ``format =`` take."""
 
 # Alert thresholds (`[monitor]`, docs/output.md), in one place so that they are tuned in one place.
 # Starting points, to be set from measurements on clean generated days: PSI 0.25 is the usual
@@ -233,7 +250,8 @@ class JobConfig:
     date_timezone: str | None = None
     """The timezone a timestamp day column's day is taken in; None: UTC."""
     overwrite: bool = False
-    format: str = "parquet"
+    format: OutputFormat = OutputFormat.PARQUET
+    """A string of ``OUTPUT_FORMATS`` is taken as its member."""
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     max_failed_shards: int | None = None
     keep: tuple[str, ...] = ()
@@ -277,6 +295,7 @@ class JobConfig:
             raise ConfigError(
                 f"format: must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}"
             )
+        object.__setattr__(self, "format", OutputFormat(self.format))
         check_day_range(self.since, self.until, flags=False)
 
     def with_overrides(self, **overrides: Any) -> JobConfig:
@@ -374,7 +393,7 @@ def _coerce(hint: Any, value: Any, name: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"'{name}' must be a number, got {value!r}")
         return float(value)
-    if hint is str:
+    if hint is str or (isinstance(hint, type) and issubclass(hint, enum.StrEnum)):
         if not isinstance(value, str):
             raise ConfigError(f"'{name}' must be a string, got {value!r}")
         return value

@@ -213,24 +213,58 @@ def storage_errors(
     error: type[ScorerError] = StorageError,
     missing_ok: bool = False,
     missing: tuple[type[ScorerError], str] | None = None,
+    foreign: tuple[type[BaseException], ...] = (),
+    passes: tuple[type[BaseException], ...] = (),
+    advice: str = "",
+    first_line: bool = False,
 ) -> Iterator[None]:
-    """The one place a filesystem's ``OSError`` becomes ours: ``error(f"{where}: {doing}: …")``.
+    """The one place a foreign error becomes ours: ``error(f"{where}: {doing}: …")``
+    (``translated`` spells it).
 
-    A ``FileNotFoundError`` is ignored with ``missing_ok`` (deleting what is gone already), or
-    raised as ``missing``'s class with its own wording (``(ShardError, "… is missing")``).
-    Errors of ours raised in the block pass through unchanged.
+    A filesystem's ``OSError`` always; ``foreign`` adds the exception classes of a library with
+    its own (botocore's, deltalake's, pyiceberg's, pyarrow's). ``passes`` are raised unchanged:
+    the ones the caller handles itself (a commit another writer won, a table not yet made), as
+    are errors of ours. A ``FileNotFoundError`` is ignored with ``missing_ok`` (deleting what is
+    gone already), or raised as ``missing``'s class with its own wording
+    (``(ShardError, "… is missing")``).
     """
     try:
         yield
-    except FileNotFoundError as exc:
-        if missing_ok:
-            return
-        if missing is not None:
-            cls, what = missing
-            raise cls(f"{where}: {what}: {exc}") from exc
-        raise error(f"{where}: {doing}: {exc}") from exc
-    except OSError as exc:
-        raise error(f"{where}: {doing}: {exc}") from exc
+    except ScorerError:
+        raise
+    except BaseException as exc:
+        if passes and isinstance(exc, passes):
+            raise
+        if isinstance(exc, FileNotFoundError):
+            if missing_ok:
+                return
+            if missing is not None:
+                cls, what = missing
+                raise translated(exc, where, what, error=cls) from exc
+        if isinstance(exc, (OSError, *foreign)):
+            raise translated(
+                exc, where, doing, error=error, advice=advice, first_line=first_line
+            ) from exc
+        raise
+
+
+def translated(
+    exc: BaseException,
+    where: str,
+    doing: str,
+    *,
+    error: type[ScorerError] = StorageError,
+    advice: str = "",
+    first_line: bool = False,
+) -> ScorerError:
+    """A foreign error as ours: ``error(f"{where}: {doing}: {exc}[; {advice}]")``; with
+    ``first_line``, only the first line of the foreign message (a SQL driver's run on with the
+    statement and a link), or its class name when it has none. The caller raises it ``from``
+    ``exc`` (``storage_errors`` does)."""
+    reason = str(exc)
+    if first_line:
+        reason = reason.splitlines()[0] if reason else type(exc).__name__
+    return error(f"{where}: {doing}: {reason}" + (f"; {advice}" if advice else ""))
 
 
 def redact(uri: str) -> str:
@@ -302,10 +336,8 @@ def _refuse_secrets(uri: str, parts: SplitResult) -> None:
 def _open(uri: str) -> Location:
     if not _URI.match(uri):
         return Location(pafs.LocalFileSystem(), uri, uri)
-    try:
+    with storage_errors(redact(uri), "cannot open", foreign=(ValueError, pa.ArrowException)):
         filesystem, path = pafs.FileSystem.from_uri(uri)
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        raise StorageError(f"{redact(uri)}: cannot open: {exc}") from exc
     if isinstance(filesystem, pafs.LocalFileSystem):
         return Location(filesystem, path, path)
     return Location(filesystem, path.rstrip("/"), uri)

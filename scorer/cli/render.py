@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from scorer.jobs.evaluate import Evaluation
     from scorer.model.card import InputSpec, ModelCard
     from scorer.pipeline.alerts import Alert
-    from scorer.pipeline.driver import RunSummary
+    from scorer.pipeline.ledger import RunSummary
 
 
 def echo_json(data: object) -> None:

@@ -1,4 +1,4 @@
-"""`scorer score`: the command that scores INPUT into OUTPUT (`scorer.pipeline.driver.score`).
+"""`scorer score`: the command that scores INPUT into OUTPUT (`scorer.pipeline.entry.score`).
 
 Its options map onto `JobConfig.with_overrides`, flags over the `--config` file; the run's
 summary prints as text (or JSON with --json), its alerts as ALERT lines, and the command ends
@@ -218,7 +218,7 @@ def score_command(
     """
     from scorer.config import load_config, parse_date
     from scorer.partitions import parse_partitions
-    from scorer.pipeline.driver import score
+    from scorer.pipeline.entry import score
     from scorer.pipeline.progress import LogProgress, RichProgress
 
     config = load_config(config_file).with_overrides(

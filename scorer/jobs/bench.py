@@ -389,7 +389,7 @@ def _peak_rss_mb() -> float:
 
 def _measure_scorer(plan: _Plan, actors: int | None, out: Path, address: str | None) -> dict:
     """`scorer score` on the bench data; with `actors` None, the default path (no Ray here)."""
-    from scorer.pipeline.driver import score
+    from scorer.pipeline.entry import score
 
     shutil.rmtree(out, ignore_errors=True)
     summary = score(

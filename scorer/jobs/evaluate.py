@@ -65,7 +65,7 @@ from scorer.pipeline.alerts import (
     read_run_table,
     recalibrated_dir,
 )
-from scorer.pipeline.driver import new_run_id
+from scorer.pipeline.context import new_run_id
 from scorer.pipeline.layout import (
     CALIBRATION,
     OUTPUT_STATE,

@@ -348,7 +348,7 @@ def run_latency_bench(
     OUT/s3-latency.parquet. Needs ``moto_server`` (``pip install 'moto[server]'``)."""
     from scorer.jobs.generate import generate
     from scorer.pipeline.cluster import ray_session
-    from scorer.pipeline.driver import score
+    from scorer.pipeline.entry import score
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,8 @@ import pyarrow.parquet as pq
 
 from scorer.errors import ConfigError
 from scorer.jobs.peers import PEERS, agreement, write_peer_scripts
+from scorer.model.card import CARD_FILE
+from scorer.pipeline.layout import COMMITS
 
 CONTESTANTS = ("scorer", *PEERS)
 
@@ -108,8 +110,8 @@ def run_whole_job(
 
     compileall.compile_dir(Path(__file__).resolve().parents[1], quiet=2)  # the scorer package
     out = Path(out_dir)
-    scripts = write_peer_scripts(default_model_dir() / "model.json", out / "peers")
-    card = json.loads((default_model_dir() / "model.json").read_text())
+    scripts = write_peer_scripts(default_model_dir() / CARD_FILE, out / "peers")
+    card = json.loads((default_model_dir() / CARD_FILE).read_text())
     rows = _input_rows(Path(data))
     measured = []
     for repetition in range(reps):
@@ -211,6 +213,6 @@ def _first_commit(output: Path, started_at: float) -> float | None:
     """Seconds from the process start to the earliest commit record's `committed_at`."""
     times = [
         datetime.fromisoformat(json.loads(path.read_text())["committed_at"]).timestamp()
-        for path in (output / "_scorer" / "commits").glob("*.json")
+        for path in (output / COMMITS).glob("*.json")
     ]
     return min(times) - started_at if times else None

@@ -23,7 +23,7 @@ Per day, as with folders: each score row gets its day as a ``dt`` date column (w
 folder gives a reader), and the calibration and drift states of a batch are built day by day
 (`ShardDays.score`), merged per day by the ledger.
 
-Under a table format (``config.TABLE_FORMATS``: ``--format delta``), whose partitions need one
+Under a table format (``config.OutputFormat.is_table``: ``--format delta``), whose partitions need one
 value per data file, a day column's scores go to one ``dt=<day>`` folder per day instead
 (`DaySource.day_folders`): every row group is planned as pieces of one day each (and one of its
 rows without a day, ``dt=__HIVE_DEFAULT_PARTITION__``), the same pieces a day filter makes, so

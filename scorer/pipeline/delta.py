@@ -25,7 +25,7 @@ commit delta-rs retries after it in fact landed conflicts instead of adding the 
 
 Data files are immutable in a Delta table (older versions, time travel, point at them), so a run
 never writes onto a published name: with Delta a shard's file is ``<today's name>.run-<run_id>
-.parquet`` (``tables.run_file_relpath``). What the ``manifest`` may then delete differs
+.parquet`` (``layout.shard_output_relpath``). What the ``manifest`` may then delete differs
 (``Published``):
 ``--overwrite`` drops the records but not the files, superseding drops records and only files never
 published, and orphan cleanup spares every file a retained version may reference: the current
@@ -55,29 +55,25 @@ from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
 
-from scorer.errors import ConfigError, StorageError
-from scorer.pipeline.layout import SCORES
+from scorer.errors import ConfigError
+from scorer.pipeline.layout import DELTA_LOG, SCORES, file_run, partition_values
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.tables import (
-    MARKERS,
     RUN_KEY,
     RUNS_KEY,
     Publication,
     S3Settings,
     changes,
     committed_files,
-    file_run,
     layout_keys,
-    partition_values,
     pause,
     table_schema,
 )
-from scorer.storage import Location
+from scorer.storage import Location, storage_errors, translated
 
 if TYPE_CHECKING:  # imported where used: 0.1 s that a Parquet run need not pay
     from deltalake import DeltaTable
 
-DELTA_LOG = MARKERS["delta"]
 APP_ID = "intent-scorer"
 """The application id of the scorer's transactions in the Delta log."""
 
@@ -103,7 +99,7 @@ class ScoresTable:
 
     def keeps(self, relpath: str) -> bool:
         """Whether ``relpath`` (below OUTPUT) may be referenced by a version of the table."""
-        if relpath.startswith(f"{SCORES}/{DELTA_LOG}/"):
+        if relpath.startswith(f"{DELTA_LOG}/"):
             return True
         if self._current is None or self._runs is None:
             table = self._open()
@@ -136,9 +132,11 @@ class ScoresTable:
                 version = self._commit(table, [wanted[p] for p in adds], removes, run_id)
             except CommitFailedError as exc:
                 if attempt == _MAX_PUBLISH_ATTEMPTS:
-                    raise StorageError(
-                        f"{self.location.uri}: Delta commit failed {attempt} times against "
-                        f"concurrent writers: {exc}; rerun to publish"
+                    raise translated(
+                        exc,
+                        self.location.uri,
+                        f"Delta commit failed {attempt} times against concurrent writers",
+                        advice="rerun to publish",
                     ) from exc
                 continue  # another writer committed first: recompute against its version
             self._current = self._runs = None
@@ -219,12 +217,11 @@ class ScoresTable:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        try:
-            return DeltaTable(self.uri, storage_options=self.storage_options)
-        except TableNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageError(f"{self.location.uri}: cannot read the Delta log: {exc}") from exc
+        with storage_errors(self.location.uri, "cannot read the Delta log"):
+            try:
+                return DeltaTable(self.uri, storage_options=self.storage_options)
+            except TableNotFoundError:
+                return None
 
     def _active(self, table: DeltaTable) -> set[str]:
         """The current version's files, as relpaths below OUTPUT."""

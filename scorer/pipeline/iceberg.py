@@ -1,6 +1,6 @@
 """Scores as an Apache Iceberg table (``--format iceberg``): publishing committed shards with pyiceberg.
 
-``OUTPUT/scores/`` holds the table's data files, named as with Delta (``tables.run_file_relpath``:
+``OUTPUT/scores/`` holds the table's data files, named as with Delta (``layout.shard_output_relpath``:
 a published file is never rewritten); its metadata (metadata JSON, manifest lists, manifests) goes
 to ``scores/_iceberg/`` (the table property ``write.metadata.path``), hidden from hive readers of
 ``scores/`` as ``_delta_log/`` is. Which metadata file is current is the catalog's: a SQL catalog
@@ -36,31 +36,35 @@ import importlib
 import os
 import threading
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 
 from scorer.config import IcebergConfig
-from scorer.errors import ConfigError, OutputConflictError, ScorerError, StorageError
-from scorer.pipeline.layout import INTERNAL, SCORES
+from scorer.errors import ConfigError, OutputConflictError
+from scorer.pipeline.layout import (
+    EMBEDDED_CATALOG,
+    ICEBERG_METADATA,
+    SCORES,
+    file_run,
+    partition_values,
+)
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.tables import (
-    MARKERS,
     RUN_KEY,
     RUNS_KEY,
     Publication,
     S3Settings,
     changes,
     committed_files,
-    file_run,
     layout_keys,
-    partition_values,
     pause,
     table_schema,
 )
-from scorer.storage import Location, redact
+from scorer.storage import Location, redact, storage_errors, translated
 
 if TYPE_CHECKING:  # imported where used: a Parquet run need not pay for pyiceberg
     from pyiceberg.catalog import Catalog
@@ -68,9 +72,6 @@ if TYPE_CHECKING:  # imported where used: a Parquet run need not pay for pyicebe
     from pyiceberg.schema import Schema
     from pyiceberg.table import Table
 
-METADATA = MARKERS["iceberg"]
-EMBEDDED_CATALOG = f"{INTERNAL}/iceberg/catalog.db"
-"""The SQLite catalog of a local OUTPUT whose config names none."""
 _MAX_PUBLISH_ATTEMPTS = 5
 
 
@@ -124,7 +125,7 @@ class IcebergScores:
 
     def keeps(self, relpath: str) -> bool:
         """Whether ``relpath`` (below OUTPUT) may be referenced by a snapshot of the table."""
-        if relpath.startswith(f"{SCORES}/{METADATA}/"):
+        if relpath.startswith(f"{ICEBERG_METADATA}/"):
             return True
         if self._current is None or self._runs is None:
             table = self._load()
@@ -174,9 +175,12 @@ class IcebergScores:
                 OperationalError,  # a SQL catalog busy (SQLite: "database is locked")
             ) as exc:
                 if attempt == _MAX_PUBLISH_ATTEMPTS:
-                    raise StorageError(
-                        f"{self.name} in {self.shown_uri}: Iceberg commit failed {attempt} "
-                        f"times (concurrent writers, a busy catalog): {exc}; rerun to publish"
+                    raise translated(
+                        exc,
+                        f"{self.name} in {self.shown_uri}",
+                        f"Iceberg commit failed {attempt} times (concurrent writers, a busy "
+                        "catalog)",
+                        advice="rerun to publish",
                     ) from exc
                 time.sleep(0.1 * attempt)
                 continue
@@ -247,7 +251,7 @@ class IcebergScores:
             location=location,
             partition_spec=spec,
             properties={
-                "write.metadata.path": f"{location}/{METADATA}",
+                "write.metadata.path": self._uri(ICEBERG_METADATA),
                 "schema.name-mapping.default": create_mapping_from_schema(schema).model_dump_json(),
             },
         )
@@ -378,23 +382,14 @@ class IcebergScores:
             return f"file://{_local_path(location)}"
         return f"s3://{location.path}"
 
-    def _catalog_errors(self, doing: str, passes: tuple[type[Exception], ...] = ()) -> Any:
-        return _CatalogErrors(f"{self.name} in {self.shown_uri}", doing, passes)
-
-
-class _CatalogErrors:
-    """A catalog or object store that fails (unreachable database, driver not installed, denied)
-    becomes a StorageError naming the table and the catalog, its secrets redacted."""
-
-    def __init__(self, where: str, doing: str, passes: tuple[type[Exception], ...]) -> None:
-        self.where, self.doing, self.passes = where, doing, passes
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> Literal[False]:
+    @contextmanager
+    def _catalog_errors(
+        self, doing: str, passes: tuple[type[Exception], ...] = ()
+    ) -> Iterator[None]:
+        """A catalog or object store that fails (unreachable database, driver not installed,
+        denied) becomes a StorageError naming the table and the catalog, its secrets redacted
+        (``storage_errors``); what the publish handles itself (a commit another writer won, a
+        table not made yet) and ``passes`` go through."""
         from pyiceberg.exceptions import (
             CommitFailedException,
             CommitStateUnknownException,
@@ -405,29 +400,35 @@ class _CatalogErrors:
             ValidationException,
         )
 
-        if exc is None or isinstance(
-            exc,
-            (
-                CommitFailedException,
-                CommitStateUnknownException,
-                TableAlreadyExistsError,
-                ValidationException,
-                NoSuchTableError,
-                NoSuchNamespaceError,
-                ScorerError,
-                *self.passes,
+        where = f"{self.name} in {self.shown_uri}"
+        handled: tuple[type[BaseException], ...] = (
+            CommitFailedException,
+            CommitStateUnknownException,
+            TableAlreadyExistsError,
+            ValidationException,
+            NoSuchTableError,
+            NoSuchNamespaceError,
+            *passes,
+        )
+        not_installed: tuple[type[BaseException], ...] = (NotInstalledError, ModuleNotFoundError)
+        with (
+            storage_errors(
+                f"iceberg.catalog_uri: {where}",
+                "cannot load the catalog's driver",
+                error=ConfigError,
+                foreign=not_installed,
+                passes=handled,
+                advice="install it, e.g. psycopg2-binary for PostgreSQL",
+            ),
+            storage_errors(
+                where,
+                f"{doing} the catalog",
+                foreign=(Exception,),
+                passes=(*handled, *not_installed),
+                first_line=True,
             ),
         ):
-            return False
-        if isinstance(exc, (NotInstalledError, ModuleNotFoundError)):
-            raise ConfigError(
-                f"iceberg.catalog_uri: {self.where}: {exc} (install the catalog's driver, e.g. "
-                "psycopg2-binary for PostgreSQL)"
-            ) from exc
-        if isinstance(exc, Exception):
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise StorageError(f"{self.where}: {self.doing} the catalog: {message}") from exc
-        return False
+            yield
 
 
 def _iceberg_schema(schema: pa.Schema) -> Schema:

@@ -5,8 +5,10 @@ Layout under OUTPUT (docs/output.md); every path under OUTPUT is spelled here an
     scores/<folder>/<stem>-rg<start>-<stop>.parquet   shard outputs (``shard_output_relpath``)
     scores/<folder>/<stem>-rg<start>-<stop>-and-<n>-more-<digest>.parquet
                                                       a shard packing n + 1 files
-    scores/<…>.run-<run_id>.parquet, scores/_delta_log/   with --format delta: data files and the
-                                                      table's log (``delta``, which names them)
+    scores/<…>.run-<run_id>.parquet                   with a table format: a run's data files
+                                                      (``shard_output_relpath(run_id=…)``)
+    scores/_delta_log/, scores/_iceberg/              a Delta table's log, an Iceberg table's
+                                                      metadata (``TABLE_LOGS``)
     stats/shards/run_id=<run_id>/part-0.parquet       one row per shard attempt (``SHARD_STATS``)
     stats/runs/run_id=<run_id>/part-0.parquet         one row per run (``RUN_STATS``)
     calibration/run_id=<run_id>/part-0.parquet        labelled runs and `scorer evaluate` (``CALIBRATION``)
@@ -17,16 +19,20 @@ Layout under OUTPUT (docs/output.md); every path under OUTPUT is spelled here an
                                                       before commit, on every storage)
     _scorer/output.json                               the model (and output options) OUTPUT holds
     _scorer/lock.json                                 the run that holds OUTPUT (``lock``)
+    _scorer/iceberg/catalog.db                        the embedded Iceberg catalog (``EMBEDDED_CATALOG``)
 
 The per-run tables (``RUN_TABLES``) are hive-partitioned by ``run_id`` so that DuckDB, Polars or
-pandas read every run at once.
+pandas read every run at once. The names are built here and parsed back here
+(``file_run``, ``is_scorer_file``, ``partition_values``), so one module knows their grammar.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +41,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from scorer.config import OutputFormat
 from scorer.errors import ScorerError, ShardError
+from scorer.partitions import HIVE_NULL
 from scorer.storage import Location, storage_errors
 
 if TYPE_CHECKING:
@@ -53,11 +61,23 @@ TMP = f"{INTERNAL}/tmp"
 LOCK_NAME = "lock.json"
 LOCK = f"{INTERNAL}/{LOCK_NAME}"
 OUTPUT_STATE = f"{INTERNAL}/output.json"
+DELTA_LOG = f"{SCORES}/_delta_log"
+ICEBERG_METADATA = f"{SCORES}/_iceberg"
+TABLE_LOGS: Mapping[OutputFormat, str] = {
+    OutputFormat.DELTA: DELTA_LOG,
+    OutputFormat.ICEBERG: ICEBERG_METADATA,
+}
+"""The folder below ``scores/`` that each table format keeps its log or metadata in (hidden
+from hive readers of ``scores/`` by its leading ``_``)."""
+EMBEDDED_CATALOG = f"{INTERNAL}/iceberg/catalog.db"
+"""The SQLite catalog of a local OUTPUT whose config names none (docs/iceberg.md)."""
 
 RUN_TABLES = (SHARD_STATS, RUN_STATS, CALIBRATION, DRIFT)
 """The folders that hold one table per run, partitioned by ``run_id``."""
 RUN_PARTITION = "run_id"
 _RUN_TABLE_FILE = "part-0.parquet"
+_RUN_SUFFIX = ".run-"
+_SHARD_NAME = re.compile(r"-rg\d{5}-\d{5}")
 
 
 def run_folder(table: str, run_id: str) -> str:
@@ -83,6 +103,7 @@ def shard_output_relpath(
     digest: str = "",
     days: str = "",
     day_folder: str = "",
+    run_id: str = "",
 ) -> str:
     """A shard's score file: ``scores/<folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``.
 
@@ -96,14 +117,61 @@ def shard_output_relpath(
     ``<stem>-rg<start:05d>-<stop:05d>-dt-<days>.parquet``; one of a single day whose scores
     go to a table's partition is ``<folder>/<day_folder>/<stem>-rg<start:05d>-<stop:05d>.parquet``,
     ``day_folder`` being ``dt=<day>`` (``dt=`` `partitions.HIVE_NULL` for the rows without one).
+
+    With a ``run_id`` (a table format's run) the name ends ``.run-<run_id>.parquet``: a table's
+    data file is never rewritten (older versions reference it), so a run never writes onto a
+    published name; ``file_run`` reads the run back.
     """
     folder, _, name = relpath.rpartition("/")
     folder = "/".join(p for p in (folder, day_folder) if p)
     stem = name[: -len(".parquet")] if name.endswith(".parquet") else name
     packed = f"-and-{more}-more-{digest}" if more else ""
     selected = f"-dt-{days.replace('..', '_to_').replace(',', '+')}" if days else ""
-    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}{packed}{selected}.parquet"
+    run = f"{_RUN_SUFFIX}{run_id}" if run_id else ""
+    name = f"{stem}-rg{rg_start:05d}-{rg_stop:05d}{packed}{selected}{run}.parquet"
     return "/".join(p for p in (SCORES, folder, name) if p)
+
+
+def file_run(relpath: str) -> str | None:
+    """The run id in a table's data file name (``shard_output_relpath(run_id=…)``); None for
+    other names."""
+    name = relpath.rpartition("/")[2]
+    if _RUN_SUFFIX not in name or not name.endswith(".parquet"):
+        return None
+    return name[: -len(".parquet")].rpartition(_RUN_SUFFIX)[2]
+
+
+def is_scorer_file(relpath: str) -> bool:
+    """Written by the scorer (a shard's name, ``shard_output_relpath``), so a publish may
+    remove it."""
+    return file_run(relpath) is not None or _SHARD_NAME.search(relpath) is not None
+
+
+def partition_values(relpath: str) -> dict[str, str | None]:
+    """The hive ``key=value`` folders of a file below ``scores/``, in folder order;
+    `partitions.HIVE_NULL` is a null value (the rows of a day column without a day,
+    docs/nights-in-a-column.md)."""
+    folders = relpath.split("/")[1:-1]
+    return {
+        k: None if v == HIVE_NULL else v
+        for k, sep, v in (f.partition("=") for f in folders)
+        if sep and k
+    }
+
+
+def partition_folders(relpath: str) -> tuple[str, ...]:
+    """The hive ``key=value`` folders of a file below ``scores/``: the partition it is in."""
+    return tuple(f for f in relpath.split("/")[1:-1] if "=" in f)
+
+
+def record_key(shard_id: str) -> str:
+    """File name stem of a shard's commit record (shard ids hold ``/`` and ``=``)."""
+    return hashlib.sha1(shard_id.encode(), usedforsecurity=False).hexdigest()
+
+
+def commit_record_relpath(shard_id: str) -> str:
+    """``_scorer/commits/<record_key>.json``: the record that commits one shard."""
+    return f"{COMMITS}/{record_key(shard_id)}.json"
 
 
 def temp_relpath(run_id: str, relpath: str = "") -> str:

@@ -3,7 +3,7 @@
 A private local Ray costs seconds before its first actor scores a row (measured on 2 cores:
 `ray.init` and two actors ready in 3.6-4.7 s, plus ~1 s of Ray's import and shutdown), while
 the work of a typical nightly partition is a few seconds. So when no cluster is named, no actor
-count is asked for and no Ray is connected, the driver first asks whether Ray would finish the
+count is asked for and no Ray is connected, `executors` first asks whether Ray would finish the
 job sooner (`ray_pays_off`): its start-up against the rows it would score faster than the
 driver alone. If not, `InProcessWorker` scores the shards itself, with `stages.stream_shard` on
 its own stage threads (the overlap of read, score and write an actor has), and the run goes
@@ -119,7 +119,7 @@ def in_process_note(rows: int, cpus: int) -> str:
 
 
 class InProcessWorker:
-    """One worker in the driver process, with the pool's interface (`driver.Workers`).
+    """One worker in the driver process, with the pool's interface (`pool.Workers`).
 
     Shards run one at a time on an event loop thread of its own; `wait` and `fetch` give the
     driver the same view of them as of actors. A failed shard keeps the worker (there is no
@@ -241,7 +241,7 @@ class RayInBackground:
 
 
 class InProcessThenActors:
-    """`driver.Workers` over the in-process worker (index 0) and, once Ray is up, its actors
+    """`pool.Workers` over the in-process worker (index 0) and, once Ray is up, its actors
     (indices 1..N). When the actors join, the in-process worker takes no further shard: the
     driver goes back to dispatching and committing only."""
 

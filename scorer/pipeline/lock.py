@@ -36,7 +36,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -46,7 +46,7 @@ import psutil
 
 from scorer.errors import ConfigError, LockError, LockLostError, StorageError
 from scorer.pipeline.layout import LOCK, OutputLayout, now_iso
-from scorer.storage import Location
+from scorer.storage import Location, storage_errors
 
 LEASE_ENV = "SCORER_LOCK_LEASE_S"
 DEFAULT_LEASE_S = 60.0
@@ -400,23 +400,21 @@ class _LocalStore:
         self.folder = os.path.dirname(path)
 
     def read(self) -> tuple[bytes, object] | None:
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: cannot read: {exc}") from exc
+        with storage_errors(self.uri, "cannot read"):
+            try:
+                with open(self.path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return None
         return data, data
 
     def create(self, data: bytes) -> object | None:
         staged = self._stage(data)
         try:
-            os.link(staged, self.path)
+            with storage_errors(self.uri, "cannot write", passes=(FileExistsError,)):
+                os.link(staged, self.path)
         except FileExistsError:
             return None
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: cannot write: {exc}") from exc
         finally:
             os.unlink(staged)
         return data
@@ -424,26 +422,21 @@ class _LocalStore:
     def replace(self, data: bytes, version: object) -> object | None:
         staged = self._stage(data)
         try:
-            with self._flocked():
+            with storage_errors(self.uri, "cannot write"), self._flocked():
                 current = self.read()
                 if current is None or current[1] != version:
                     return None
                 os.replace(staged, self.path)
             return data
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: cannot write: {exc}") from exc
         finally:
             if os.path.exists(staged):
                 os.unlink(staged)
 
     def delete(self, version: object) -> None:
-        try:
-            with self._flocked():
-                current = self.read()
-                if current is not None and current[1] == version:
-                    os.unlink(self.path)
-        except OSError as exc:
-            raise StorageError(f"{self.uri}: cannot delete: {exc}") from exc
+        with storage_errors(self.uri, "cannot delete"), self._flocked():
+            current = self.read()
+            if current is not None and current[1] == version:
+                os.unlink(self.path)
 
     def _stage(self, data: bytes) -> str:
         os.makedirs(self.folder, exist_ok=True)
@@ -539,11 +532,7 @@ class _S3Store:
     def _code(exc: Exception) -> str:
         return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
+    def _errors(self, doing: str) -> AbstractContextManager[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            yield
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"{self.uri}: {doing}: {exc}") from exc
+        return storage_errors(self.uri, doing, foreign=(BotoCoreError, ClientError))

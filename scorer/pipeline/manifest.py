@@ -77,10 +77,12 @@ from scorer.pipeline.day_selection import piece_days
 from scorer.pipeline.footers import adopt_legacy
 from scorer.pipeline.layout import (
     COMMITS,
+    DELTA_LOG,
     OUTPUT_STATE,
     SCORES,
     TMP,
     OutputLayout,
+    commit_record_relpath,
     delete_dir,
     delete_files,
     list_files,
@@ -92,11 +94,6 @@ from scorer.pipeline.layout import (
 )
 from scorer.pipeline.plan import InputFile, Piece, Shard
 from scorer.storage import Location, storage_errors
-
-
-def record_key(shard_id: str) -> str:
-    """File name stem of a shard's commit record (shard ids hold ``/`` and ``=``)."""
-    return hashlib.sha1(shard_id.encode(), usedforsecurity=False).hexdigest()
 
 
 def options_digest(key_column: str, keep: Iterable[str]) -> str:
@@ -414,7 +411,7 @@ class Manifest:
         )
         lost = self._without_files(listed)
         self.fence()
-        delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in lost])
+        delete_files(fs, [self.layout.path(commit_record_relpath(r.shard_id)) for r in lost])
         referenced = {self.layout.path(r.output_relpath) for r in self._records.values()}
         orphans = [
             i.path
@@ -535,7 +532,7 @@ class Manifest:
             return
         self.fence()
         fs = self.layout.location.filesystem
-        delete_files(fs, [self.layout.path(_record_relpath(r.shard_id)) for r in records])
+        delete_files(fs, [self.layout.path(commit_record_relpath(r.shard_id)) for r in records])
         outputs = [r.output_relpath for r in records if not self._published(r.output_relpath)]
         delete_files(fs, [self.layout.path(relpath) for relpath in outputs])
 
@@ -590,7 +587,7 @@ class Manifest:
             run_id=run_id,
             committed_at=now_iso(),
         )
-        self._write_json(_record_relpath(shard.shard_id), record.to_dict(), run_id)
+        self._write_json(commit_record_relpath(shard.shard_id), record.to_dict(), run_id)
         self._remember(record)
         if self.layout.writes_direct:
             # Committed: now visible. A crash before the copy leaves the record and the staged
@@ -657,7 +654,7 @@ class Manifest:
 
     def _published(self, relpath: str) -> bool:
         """Whether a table's log may reference ``relpath``; a Delta log's own files always."""
-        if relpath.startswith(f"{SCORES}/_delta_log/"):
+        if relpath.startswith(f"{DELTA_LOG}/"):
             return True
         return self.published is not None and self.published.keeps(relpath)
 
@@ -714,7 +711,3 @@ def _identity_of(path: str, input_location: Location) -> str:
     if path.startswith("/"):
         return f"file://{os.path.realpath(path)}"
     return input_location.identity(path)
-
-
-def _record_relpath(shard_id: str) -> str:
-    return f"{COMMITS}/{record_key(shard_id)}.json"

@@ -45,6 +45,7 @@ def plan_shards(
     groups: Mapping[str, Mapping[int, DaySelection | None]] | None = None,
     *,
     day_folders: bool = False,
+    run_id: str = "",
 ) -> Plan:
     """Pack the files' row groups into shards of at most ``shard_rows`` rows, folder by folder.
 
@@ -58,7 +59,8 @@ def plan_shards(
     ``groups`` maps a file's relpath to the only row groups to read of it (`days.DayPlan`), each
     whole (None) or of some days alone, such a piece a shard of its own. ``day_folders``: each
     selected day of a row group is a piece of its own, in that day's folder, and consecutive row
-    groups of one day of a file one piece (within ``shard_rows``).
+    groups of one day of a file one piece (within ``shard_rows``). ``run_id``: the shards to
+    score write files named for that run (a table format's, ``layout.shard_output_relpath``).
     """
     if shard_rows < 1:
         raise ConfigError(f"--shard-rows must be at least 1, got {shard_rows}")
@@ -82,7 +84,7 @@ def plan_shards(
                         packer.add(f, group)
                     elif group in chosen:
                         packer.add(f, group, chosen[group])
-        shards += [_make_shard(pieces, partition) for pieces, partition in packer.finish()]
+        shards += [_make_shard(pieces, partition, run_id) for pieces, partition in packer.finish()]
     shards.sort(key=lambda s: (s.input_relpath, s.rg_start))
     partitions = {f.relpath: f.partition for f in files}
     return Plan(
@@ -105,8 +107,8 @@ def split_off(shard: Shard, input_path: str) -> tuple[Shard, Shard | None]:
     if not alone:
         raise ValueError(f"{shard.shard_id}: no piece of {input_path}")
     return (
-        _make_shard(alone, shard.partition),
-        _make_shard(rest, shard.partition) if rest else None,
+        _make_shard(alone, shard.partition, shard.run_id),
+        _make_shard(rest, shard.partition, shard.run_id) if rest else None,
     )
 
 
@@ -132,7 +134,10 @@ def with_quick_head(plan: Plan, quick: Callable[[int, int], bool]) -> Plan:
                 if group > piece.rg_start:  # the piece itself is cut on a row-group boundary
                     head += (_piece(f, piece.rg_start, group, piece.days, piece.day_folder),)
                 rest = (_piece(f, group, piece.rg_stop, piece.days, piece.day_folder), *rest)
-                cut = (_make_shard(head, first.partition), _make_shard(rest, first.partition))
+                cut = (
+                    _make_shard(head, first.partition, first.run_id),
+                    _make_shard(rest, first.partition, first.run_id),
+                )
                 return replace(plan, shards=(*cut, *plan.shards[1:]))
             rows += f.row_group_rows[group]
     return plan
@@ -249,7 +254,7 @@ def _piece(
     )
 
 
-def _make_shard(pieces: tuple[Piece, ...], partition: Partition) -> Shard:
+def _make_shard(pieces: tuple[Piece, ...], partition: Partition, run_id: str = "") -> Shard:
     first = pieces[0]
     more = len(pieces) - 1
     return Shard(
@@ -264,5 +269,7 @@ def _make_shard(pieces: tuple[Piece, ...], partition: Partition) -> Shard:
             digest=pieces_digest(pieces) if more else "",
             days=first.days.token if first.days is not None and not first.day_folder else "",
             day_folder=first.days.folder if first.days is not None and first.day_folder else "",
+            run_id=run_id,
         ),
+        run_id=run_id,
     )

@@ -169,7 +169,10 @@ class Shard:
     partition: Partition
     pieces: tuple[Piece, ...]
     output_relpath: str
-    """Below OUTPUT: ``layout.shard_output_relpath`` of the pieces."""
+    """Below OUTPUT: ``layout.shard_output_relpath`` of the pieces (and ``run_id``)."""
+    run_id: str = ""
+    """The run whose name the shard's file carries (a table format's run: its data files are
+    never rewritten); "" for plain Parquet. Shards cut from this one keep it."""
 
     @property
     def rows(self) -> int:

@@ -1,8 +1,8 @@
 """The pool of scoring actors: created together, spread over the nodes, replaced one by one.
 
-The driver (`scorer.pipeline.driver`) decides what runs where and retries shards; this module only owns
-the actors: their resources and settings, waiting until Ray has placed them, and replacing one
-that died. A replacement gets no shard until it is placed, so a lost node never leaves a shard
+`scorer.pipeline.executors` decides what runs where and the driver retries shards; this module
+only owns the actors: their resources and settings, waiting until Ray has placed them, and
+replacing one that died. A replacement gets no shard until it is placed, so a lost node never leaves a shard
 waiting on an actor that cannot start.
 """
 

@@ -2,8 +2,9 @@
 
 An attempt whose actor died (or hit any other Ray error) is retried until ``max_attempts``,
 after ``pool.ActorPool`` replaced the actor; so is a commit the manifest refused. An input that
-cannot be read fails its shard at once: bad data stays bad. ``ray_failure`` is the one place
-Ray's exceptions become a ``Failure``; ``will_retry`` is the decision.
+cannot be read fails its shard at once: bad data stays bad, and a packed shard's poison file
+fails alone while the shard's other files go back in line (``split_poison``). ``ray_failure``
+is the one place Ray's exceptions become a ``Failure``; ``will_retry`` is the decision.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scorer.errors import ScorerError, ShardReadError
+from scorer.pipeline.packing import split_off
+from scorer.pipeline.plan import Shard
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,17 @@ class Failure:
 def will_retry(failure: Failure, attempt: int, max_attempts: int) -> bool:
     """Whether the shard of a failed ``attempt`` (1-based) is tried again."""
     return failure.retryable and attempt < max_attempts
+
+
+def split_poison(shard: Shard, failure: Failure) -> tuple[Shard, Shard | None] | None:
+    """A packed shard failed by one file that cannot be read: that file's pieces as a shard of
+    their own (to fail, not retried) and the rest (None when nothing is left) to score in this
+    run. None when the failure is not that: the shard fails or is retried whole."""
+    poison = failure.input_path
+    files = {p.input_path for p in shard.pieces}
+    if poison in files and len(files) > 1 and not failure.retryable:
+        return split_off(shard, poison)
+    return None
 
 
 def ray_failure(exc: BaseException) -> Failure:

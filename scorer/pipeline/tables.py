@@ -6,37 +6,32 @@ end one commit makes the table's current version hold exactly the files the comm
 (of the scorer's files; others' are left alone), so that a publish replayed after a crash at any
 point adds nothing twice (README "Scores as a Delta Lake table", docs/iceberg.md).
 
-What this module holds, for ``delta`` and ``iceberg`` alike: the run's file names (a published
-data file is immutable: older versions reference it, so a run never writes onto a published
-name), which files a publish adds and removes, the test hook that stops a driver inside a
-publish, and the one place that picks the format of a run (``open_table``) and refuses to mix
-formats in one OUTPUT (``check_format``).
+What this module holds, for ``delta`` and ``iceberg`` alike, below both: what a publish is
+(``ScoresTableFormat``, ``Publication``), which files a publish adds and removes, the committed
+files as a table takes them, the commit metadata keys, and the test hook that stops a driver
+inside a publish. A run's data files are named by ``layout`` (``shard_output_relpath(run_id=…)``:
+a published file is immutable, so a run never writes onto a published name); which format a run
+publishes to is chosen above both formats, in ``publish``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import re
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import OutputConflictError, StorageError
-from scorer.partitions import HIVE_NULL
-from scorer.pipeline.layout import SCORES
+from scorer.errors import StorageError
+from scorer.pipeline.layout import SCORES, is_scorer_file, partition_folders, partition_values
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.plan import Plan
 from scorer.storage import Location, credential_env, storage_errors
-
-if TYPE_CHECKING:
-    from scorer.config import JobConfig
 
 PAUSE_ENV = "SCORER_PAUSE_AT"
 """Test hook only: the driver stops itself (SIGSTOP) at the named point of a publish, ``publish``
@@ -48,12 +43,7 @@ RUN_KEY = "intent-scorer.run_id"
 RUNS_KEY = "intent-scorer.runs"
 """Commit metadata: the runs whose files a commit added (the run ids in their names)."""
 
-MARKERS = {"delta": "_delta_log", "iceberg": "_iceberg"}
-"""The folder below ``scores/`` that each table format keeps its log or metadata in."""
-
 _CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-_RUN_SUFFIX = ".run-"
-_SHARD_NAME = re.compile(r"-rg\d{5}-\d{5}")
 
 
 @dataclass(frozen=True)
@@ -88,96 +78,10 @@ class ScoresTableFormat(Protocol):
         ...
 
 
-def open_table(output: Location, config: JobConfig) -> ScoresTableFormat | None:
-    """The table the run publishes to; None for plain Parquet. Imported on use: a Parquet run
-    need not pay for delta-rs or pyiceberg."""
-    if config.format == "delta":
-        from scorer.pipeline.delta import ScoresTable
-
-        return ScoresTable(output)
-    if config.format == "iceberg":
-        from scorer.pipeline.iceberg import IcebergScores
-
-        return IcebergScores(output, config.iceberg)
-    return None
-
-
-def check_format(output: Location, config: JobConfig) -> None:
-    """Refuse what would mix the formats in one OUTPUT, and outputs a format is not wired to.
-
-    A Parquet run on a table would delete files its older versions reference; ``--overwrite``
-    replaces the table. A table run on Parquet scores publishes the committed files it finds.
-    """
-    if config.format == "delta":
-        from scorer.pipeline.delta import check_location
-
-        check_location(output)
-    elif config.format == "iceberg":
-        from scorer.pipeline.iceberg import check_output
-
-        check_output(output, config.iceberg)
-    if config.overwrite:
-        return
-    for name, marker in MARKERS.items():
-        if name == config.format:
-            continue
-        folder = output.child(f"{SCORES}/{marker}")
-        with storage_errors(folder.uri, "cannot read"):
-            is_table = output.filesystem.get_file_info(folder.path).type == pafs.FileType.Directory
-        if is_table:
-            title = {"delta": "a Delta", "iceberg": "an Iceberg"}[name]
-            raise OutputConflictError(
-                f"{output.uri}: scores/ is {title} table: pass --format {name} (or format = "
-                f'"{name}"), or --overwrite to replace it with --format {config.format}'
-            )
-
-
-# -- the run's files ----------------------------------------------------------------------------
-
-
-def run_file_relpath(relpath: str, run_id: str) -> str:
-    """``scores/dt=…/<stem>-rg…-….parquet`` → ``…-….run-<run_id>.parquet``: never a published name."""
-    stem = relpath[: -len(".parquet")] if relpath.endswith(".parquet") else relpath
-    return f"{stem}{_RUN_SUFFIX}{run_id}.parquet"
-
-
-def file_run(relpath: str) -> str | None:
-    """The run id in a table's data file name (``run_file_relpath``); None for other names."""
-    name = relpath.rpartition("/")[2]
-    if _RUN_SUFFIX not in name or not name.endswith(".parquet"):
-        return None
-    return name[: -len(".parquet")].rpartition(_RUN_SUFFIX)[2]
-
-
-def with_run_names(plan: Plan, run_id: str) -> Plan:
-    """The plan with each shard to score writing ``run_file_relpath`` (skipped shards keep theirs)."""
-    shards = tuple(
-        dataclasses.replace(s, output_relpath=run_file_relpath(s.output_relpath, run_id))
-        for s in plan.shards
-    )
-    return dataclasses.replace(plan, shards=shards)
-
-
-def is_scorer_file(relpath: str) -> bool:
-    """Written by the scorer (a shard's name), so a publish may remove it."""
-    return file_run(relpath) is not None or _SHARD_NAME.search(relpath) is not None
-
-
-def partition_values(relpath: str) -> dict[str, str | None]:
-    """The hive ``key=value`` folders of a file below ``scores/``, in folder order; `HIVE_NULL`
-    is a null value (the rows of a day column without a day, docs/nights-in-a-column.md)."""
-    folders = relpath.split("/")[1:-1]
-    return {
-        k: None if v == HIVE_NULL else v
-        for k, sep, v in (f.partition("=") for f in folders)
-        if sep and k
-    }
-
-
 def plan_scope(plan: Plan) -> frozenset[tuple[str, ...]]:
     """The partitions (hive folders below ``scores/``) a run's plan covers, scored or skipped:
     what its publish may replace. ``--overwrite --partition dt=D`` replaces day D alone."""
-    return frozenset(_partition(s.output_relpath) for s in (*plan.shards, *plan.skipped))
+    return frozenset(partition_folders(s.output_relpath) for s in (*plan.shards, *plan.skipped))
 
 
 def changes(
@@ -187,7 +91,9 @@ def changes(
     files that no record names any more, within the run's partitions)."""
     wanted, active = set(wanted), set(active)
     adds = sorted(wanted - active)
-    removes = sorted(p for p in active - wanted if is_scorer_file(p) and _partition(p) in scope)
+    removes = sorted(
+        p for p in active - wanted if is_scorer_file(p) and partition_folders(p) in scope
+    )
     return adds, removes
 
 
@@ -266,7 +172,3 @@ def pause(point: str) -> None:
 
 
 _paused: set[str] = set()
-
-
-def _partition(relpath: str) -> tuple[str, ...]:
-    return tuple(f for f in relpath.split("/")[1:-1] if "=" in f)

@@ -10,7 +10,7 @@ import types
 import pytest
 from click.testing import CliRunner
 
-import scorer.pipeline.driver
+import scorer.pipeline.entry
 from scorer.cli import cli
 from scorer.config import (
     DEFAULT_BATCH_ROWS,
@@ -171,7 +171,7 @@ def captured_config(monkeypatch):
         seen["config"] = config
         return types.SimpleNamespace(plan_text="the plan", exit_code=0, alerts=[])
 
-    monkeypatch.setattr(scorer.pipeline.driver, "score", fake_score)
+    monkeypatch.setattr(scorer.pipeline.entry, "score", fake_score)
     monkeypatch.setattr(signal, "signal", lambda *args: None)  # leave the test's SIGTERM alone
     return seen
 

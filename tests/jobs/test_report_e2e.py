@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from scorer import metrics
 from scorer.cli import cli
 from scorer.jobs.report import read_report
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -260,7 +260,7 @@ def test_imported_model_scores_like_the_original(name, data, exports, imported, 
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_imported_model_on_actors_and_worker_processes_to_delta(data, imported, tmp_path):
-    from scorer.pipeline.driver import score
+    from scorer.pipeline.entry import score
 
     expected = load_model(imported["lgbm"]).score(pq.read_table(data["input"]))["intent_raw"]
     runs = {

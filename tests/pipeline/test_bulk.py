@@ -22,7 +22,7 @@ from scorer.errors import InputChangedError, ShardReadError
 from scorer.model.runtime import load_model
 from scorer.pipeline import bulk, reading
 from scorer.pipeline.bulk import is_bulk_type, joins_run
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 from scorer.pipeline.footers import footers_by_digest
 from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.reading import BULK_FILES_PER_READ

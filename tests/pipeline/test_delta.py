@@ -27,8 +27,9 @@ from support.outputs import assert_once, commits
 from scorer.cli import cli
 from scorer.config import JobConfig
 from scorer.errors import ConfigError, OutputConflictError
-from scorer.pipeline.driver import score
-from scorer.pipeline.tables import PAUSE_ENV, file_run
+from scorer.pipeline.entry import score
+from scorer.pipeline.layout import file_run
+from scorer.pipeline.tables import PAUSE_ENV
 
 SLOW_DELTA = ["--batch-rows", "5", "--shard-rows", "500", "--format", "delta", "--json"]
 

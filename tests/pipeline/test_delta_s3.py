@@ -23,7 +23,7 @@ from support.faults import wait_for
 from support.servers import moto_s3
 
 from scorer.jobs.generate import generate
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 from scorer.pipeline.tables import PAUSE_ENV
 
 pytestmark = pytest.mark.slow

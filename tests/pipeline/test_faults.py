@@ -47,7 +47,7 @@ from support.outputs import (
 
 from scorer.cli import cli
 from scorer.model.runtime import default_model_dir, load_model
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 
 SLOW_OPTIONS = ["--actors", "2", "--batch-rows", "5", "--shard-rows", "500"]
 SLOW = dict(actors=2, batch_rows=5, shard_rows=500)
@@ -196,7 +196,7 @@ def test_an_interrupt_before_the_run_starts_is_exit_130_too(tmp_path, monkeypatc
     def interrupted_scan(context):
         raise KeyboardInterrupt  # as if Ctrl-C came during a long footer scan
 
-    monkeypatch.setattr("scorer.pipeline.driver._scan", interrupted_scan)
+    monkeypatch.setattr("scorer.pipeline.entry._scan", interrupted_scan)
     result = CliRunner().invoke(cli, ["score", str(history), str(tmp_path / "out")])
     assert result.exit_code == 130, result.output
     assert result.output.startswith("Interrupted: ") and "rerun the same command" in result.output
@@ -212,7 +212,7 @@ def test_a_sigterm_before_the_run_starts_is_exit_143_and_the_handler_is_put_back
         os.kill(os.getpid(), signal.SIGTERM)  # as if a scheduler stopped the job mid-scan
         raise AssertionError("SIGTERM did not interrupt the scan")
 
-    monkeypatch.setattr("scorer.pipeline.driver._scan", terminated_scan)
+    monkeypatch.setattr("scorer.pipeline.entry._scan", terminated_scan)
     before = signal.getsignal(signal.SIGTERM)
     result = CliRunner().invoke(cli, ["score", str(history), str(tmp_path / "out")])
     assert result.exit_code == 143, result.output
@@ -229,7 +229,7 @@ def test_the_library_raises_interrupted_whatever_the_signal(tmp_path, monkeypatc
     def interrupted_scan(context):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("scorer.pipeline.driver._scan", interrupted_scan)
+    monkeypatch.setattr("scorer.pipeline.entry._scan", interrupted_scan)
     with pytest.raises(Interrupted) as caught:
         score(str(history), str(tmp_path / "out"))
     assert type(caught.value) is Interrupted and caught.value.exit_code == 130

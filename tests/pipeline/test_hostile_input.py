@@ -271,8 +271,8 @@ def test_workers_score_the_model_bytes_the_driver_verified(tmp_path, monkeypatch
     import shutil
 
     from scorer.model.runtime import default_model_dir, load_model
-    from scorer.pipeline import driver
-    from scorer.pipeline.driver import score
+    from scorer.pipeline import entry
+    from scorer.pipeline.entry import score
 
     model_a = tmp_path / "model"
     shutil.copytree(default_model_dir(), model_a)
@@ -294,7 +294,7 @@ def test_workers_score_the_model_bytes_the_driver_verified(tmp_path, monkeypatch
     subprocess.run(calibrate, check=True, capture_output=True, env=_env(), timeout=300)
     expected = load_model(model_a)
     assert load_model(model_b).card.sha256 != expected.card.sha256
-    real_load = driver.load_model
+    real_load = entry.load_model
 
     def load_then_recalibrated_in_place(*args, **kwargs):
         loaded = real_load(*args, **kwargs)
@@ -302,7 +302,7 @@ def test_workers_score_the_model_bytes_the_driver_verified(tmp_path, monkeypatch
             shutil.copyfile(model_b / name, model_a / name)
         return loaded
 
-    monkeypatch.setattr(driver, "load_model", load_then_recalibrated_in_place)
+    monkeypatch.setattr(entry, "load_model", load_then_recalibrated_in_place)
     out = tmp_path / "out"
     summary = score(
         str(history), str(out), model=str(model_a), processes=1, batch_rows=5, shard_rows=500

@@ -40,7 +40,7 @@ from support.servers import free_port
 
 from scorer.cli import cli
 from scorer.errors import OutputConflictError
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 from scorer.pipeline.tables import PAUSE_ENV, RUN_KEY, RUNS_KEY
 
 SLOW_ICEBERG = ["--batch-rows", "5", "--shard-rows", "500", "--format", "iceberg", "--json"]

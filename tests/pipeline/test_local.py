@@ -199,7 +199,7 @@ def test_a_run_where_ray_pays_off_scores_from_the_first_second_exactly_once(tmp_
     history = make_history(tmp_path / "in", **SLOW_HISTORY)
     out = tmp_path / "out"
     forced = (
-        "import scorer.pipeline.driver as d; d.ray_pays_off = lambda rows, cpus: True; "
+        "import scorer.pipeline.executors as d; d.ray_pays_off = lambda rows, cpus: True; "
         "from scorer.cli import main; main()"
     )
     command = ["score", str(history), str(out), *IN_PROCESS_OPTIONS, "--json"]

@@ -17,7 +17,8 @@ from support.manifests import OPTS, SHA_A, start_run, write_output, write_sessio
 
 from scorer.errors import OutputConflictError, ShardError
 from scorer.pipeline.footers import legacy_fingerprint
-from scorer.pipeline.manifest import CommitRecord, Manifest, record_key
+from scorer.pipeline.layout import record_key
+from scorer.pipeline.manifest import CommitRecord, Manifest
 from scorer.pipeline.packing import plan_shards
 from scorer.pipeline.scan import scan_inputs
 from scorer.storage import resolve

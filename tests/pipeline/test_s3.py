@@ -21,7 +21,7 @@ import pytest
 from support.servers import moto_s3
 
 from scorer.jobs.generate import generate
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

@@ -24,7 +24,7 @@ from support.servers import moto_s3, s3_latency
 from scorer.config import load_config
 from scorer.errors import ConfigError, Interrupted
 from scorer.jobs.generate import generate
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "latency-key", "AWS_SECRET_ACCESS_KEY": "latency-secret"}
 ROWS = 6_000

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from scorer.cli import cli
 from scorer.model.runtime import load_model
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -25,7 +25,7 @@ from support.inputs import make_history
 
 from scorer.errors import ChecksumError
 from scorer.model.runtime import default_model_dir
-from scorer.pipeline.driver import score
+from scorer.pipeline.entry import score
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
