@@ -3,7 +3,7 @@
 pandas' `to_parquet` and many Spark jobs write a small file as one row group, and a row group
 is one shard: the actor's memory must stay bounded by a batch, not grow with the group. The
 file is generated in a process of its own (its memory is not this one's), then scored here with
-`ShardScorer` on the actor's stage threads, as `tests/test_actor.py` does; the process's peak
+`ShardScorer` on the actor's stage threads, as `tests/pipeline/test_actor.py` does; the process's peak
 resident memory (VmHWM) is printed after the model is loaded and after the shard.
 
     python benchmarks/row_group_memory.py [--rows 2000000] [--batch-rows 65536] [--data DIR]

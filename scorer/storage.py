@@ -206,7 +206,7 @@ def resolve(uri_or_path: str | os.PathLike[str], options: StorageOptions | None 
 
 
 @contextmanager
-def storage_errors(
+def foreign_errors(
     where: str,
     doing: str,
     *,
@@ -260,7 +260,7 @@ def translated(
     """A foreign error as ours: ``error(f"{where}: {doing}: {exc}[; {advice}]")``; with
     ``first_line``, only the first line of the foreign message (a SQL driver's run on with the
     statement and a link), or its class name when it has none. The caller raises it ``from``
-    ``exc`` (``storage_errors`` does)."""
+    ``exc`` (``foreign_errors`` does)."""
     reason = str(exc)
     if first_line:
         reason = reason.splitlines()[0] if reason else type(exc).__name__
@@ -336,7 +336,7 @@ def _refuse_secrets(uri: str, parts: SplitResult) -> None:
 def _open(uri: str) -> Location:
     if not _URI.match(uri):
         return Location(pafs.LocalFileSystem(), uri, uri)
-    with storage_errors(redact(uri), "cannot open", foreign=(ValueError, pa.ArrowException)):
+    with foreign_errors(redact(uri), "cannot open", foreign=(ValueError, pa.ArrowException)):
         filesystem, path = pafs.FileSystem.from_uri(uri)
     if isinstance(filesystem, pafs.LocalFileSystem):
         return Location(filesystem, path, path)

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 
 from scorer.arrow import to_numpy
 from scorer.config import MonitorConfig
-from scorer.errors import EXIT_OK, EvaluateError, ScorerError, StorageError, exit_code
+from scorer.errors import EXIT_OK, EvaluateError, ScorerError, exit_code
 from scorer.metrics import CalibrationState, calibration_table
 from scorer.model.sessions import KEY_COLUMN, LABEL_COLUMN
 from scorer.partitions import DATE_KEY, HIVE_NULL, partition_of
@@ -77,7 +77,7 @@ from scorer.pipeline.manifest import CommitRecord, Manifest
 from scorer.pipeline.plan import FailedInput, InputFile
 from scorer.pipeline.scan import scan_inputs
 from scorer.pipeline.stats import write_table
-from scorer.storage import Location, StorageOptions, resolve, storage_errors
+from scorer.storage import Location, StorageOptions, foreign_errors, resolve
 
 __all__ = ["Evaluation", "evaluate"]
 
@@ -156,7 +156,7 @@ def evaluate(
             # Row order is irrelevant to the states; keeping it would serialize the join's output.
             con.execute("SET preserve_insertion_order = false")
             con.execute("SET enable_progress_bar = false")
-            with storage_errors(source.uri, "cannot read"):
+            with foreign_errors(source.uri, "cannot read"):
                 labels_data = ds.dataset(
                     [f.path for f in label_files],
                     schema=label_schema,
@@ -164,14 +164,16 @@ def evaluate(
                     filesystem=source.filesystem,
                 )
             joined = _Joined(days, f"{source.uri}: label column '{label}'")
-            try:
-                with _join(
+            with (
+                foreign_errors(
+                    out.uri, "cannot read the scores or LABELS", foreign=(duckdb.IOException,)
+                ),
+                _join(
                     con, out, scores, days, score_schema, labels_data, key, label, column_days
-                ) as join:
-                    for batch in join:
-                        joined.add(batch)
-            except duckdb.IOException as exc:
-                raise StorageError(f"{out.uri}: cannot read the scores or LABELS: {exc}") from exc
+                ) as join,
+            ):
+                for batch in join:
+                    joined.add(batch)
             duplicates = joined.scored_rows > rows_scored or _repeats(con, joined.unscored_keys())
             if duplicates:
                 raise EvaluateError(_duplicates_message(con, source, labels_data, key))
@@ -186,7 +188,7 @@ def evaluate(
             runs_by_day.setdefault(each, set()).add(record.run_id)
     table = _with_scored_runs(calibration_table(run_id, by_day, DATE_KEY), runs_by_day, source.uri)
     target = out.child(run_table_relpath(CALIBRATION, run_id))
-    with storage_errors(target.uri, "cannot write"):
+    with foreign_errors(target.uri, "cannot write"):
         write_table(out.filesystem, target.path, table)
     seconds = time.perf_counter() - started
     monitor = monitor or MonitorConfig()
@@ -237,7 +239,7 @@ def _column_days(
     paths = [out.child(r.output_relpath).path for day, r in scores if day is None]
     if not paths:
         return None
-    with storage_errors(out.uri, "cannot read a committed score file"):
+    with foreign_errors(out.uri, "cannot read a committed score file"):
         schema = pq.read_schema(paths[0], filesystem=out.filesystem)
         if DATE_KEY not in schema.names:
             return None
@@ -260,7 +262,7 @@ def _score_schema(
 ) -> pa.Schema:
     """The key and scores of the score files (all of one OUTPUT share its options)."""
     first = out.child(scores[0][1].output_relpath)
-    with storage_errors(first.uri, "cannot read"):
+    with foreign_errors(first.uri, "cannot read"):
         schema = pq.read_schema(first.path, filesystem=out.filesystem)
     if key not in schema.names:
         raise EvaluateError(
@@ -363,7 +365,7 @@ def _join(
                 f"COALESCE((list_position([{listed}], CAST({DATE_KEY} AS VARCHAR)) - 1)"
                 f"::SMALLINT, {part}::SMALLINT)"
             )
-        with storage_errors(out.uri, "cannot read a committed score file"):
+        with foreign_errors(out.uri, "cannot read a committed score file"):
             data = ds.dataset(paths, schema=schema, format="parquet", filesystem=out.filesystem)
         con.register(f"scores_{part}", data)
         selects.append(

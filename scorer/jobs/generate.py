@@ -60,9 +60,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from scorer.errors import ConfigError, OutputConflictError, StorageError
+from scorer.errors import ConfigError, OutputConflictError
 from scorer.model.sessions import MONTHS, SESSION_SCHEMA, VISITOR_TYPES, load_bundled_sessions
-from scorer.storage import Location, StorageOptions, resolve
+from scorer.storage import Location, StorageOptions, foreign_errors, resolve
 
 DEFAULT_CONVERSION_RATE = None
 # None: no intercept shift, so every month converts at the real store's own rate for that month
@@ -387,13 +387,11 @@ def _open_output(output: str | os.PathLike, storage: StorageOptions | None) -> L
     """Where to write, refusing a place that already holds files."""
     location = resolve(output, storage)
     fs, root = location.filesystem, location.path
-    try:
+    with foreign_errors(str(location), "cannot inspect OUTPUT", foreign=(pa.ArrowException,)):
         info = fs.get_file_info(root)
         is_occupied = info.type == pafs.FileType.Directory and fs.get_file_info(
             pafs.FileSelector(root)
         )
-    except (OSError, pa.ArrowException) as exc:
-        raise StorageError(f"{location}: {exc}") from exc
     if info.type == pafs.FileType.File:
         raise OutputConflictError(f"{location}: OUTPUT is a file, not a directory")
     if is_occupied:
@@ -606,7 +604,7 @@ def _write_file(
     positives = 0
     pending: list[pa.Table] = []
     pending_rows = 0
-    try:
+    with foreign_errors(file.path, "cannot write the file"):
         fs.create_dir(file.path.rsplit("/", 1)[0], recursive=True)
         with pq.ParquetWriter(
             file.path,
@@ -628,8 +626,6 @@ def _write_file(
                     pending, pending_rows = [buffered.slice(whole)], pending_rows - whole
             if pending_rows:
                 writer.write_table(pa.concat_tables(pending), row_group_size=row_group_rows)
-    except OSError as exc:
-        raise StorageError(f"{file.path}: {exc}") from exc
     return positives
 
 

@@ -466,7 +466,7 @@ def moto_server_path() -> str | None:
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
     """moto's S3 server on a free loopback port (its ``host:port``), stopped by its pid: the
-    bench's, and the tests' (`tests/servers.py` sets their credentials around it)."""
+    bench's, and the tests' (`tests/support/servers.py` sets their credentials around it)."""
     server = moto_server_path()
     if server is None:
         raise ConfigError("moto's S3 server is not installed: pip install 'moto[server]'")

@@ -17,6 +17,7 @@ from typing import Any
 
 from scorer.errors import ChecksumError, ModelError
 from scorer.model.reference import Reference, reference_from_json, reference_to_json
+from scorer.storage import foreign_errors
 
 CARD_FILE = "model.json"
 GRAPH_FILE = "model.onnx"
@@ -196,12 +197,17 @@ def read_card(model_dir: str | Path) -> tuple[ModelCard, bytes]:
     read once, so that the card shipped is the card whose checksum was verified)."""
     path = Path(model_dir) / CARD_FILE
     try:
-        data = path.read_bytes()
-        doc = json.loads(data.decode("utf-8"))
+        with foreign_errors(
+            str(path),
+            "unreadable model card",
+            error=ModelError,
+            foreign=(UnicodeDecodeError, json.JSONDecodeError),
+            passes=(FileNotFoundError,),
+        ):
+            data = path.read_bytes()
+            doc = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ModelError(f"{path}: no model card (is {model_dir} a model directory?)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable model card: {exc}") from exc
     return _card_from_json(_Reader(doc, path, "")), data
 
 
@@ -220,10 +226,8 @@ def verify_checksum(model_dir: str | Path, card: ModelCard) -> bytes:
     that was checked, even if the file is replaced in between.
     """
     path = Path(model_dir) / GRAPH_FILE
-    try:
+    with foreign_errors(str(path), "cannot read the model graph", error=ModelError):
         graph = path.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"{path}: cannot read the model graph: {exc}") from exc
     actual = hashlib.sha256(graph).hexdigest()
     if actual != card.sha256:
         raise ChecksumError(

@@ -39,6 +39,7 @@ from scorer.errors import ForeignGraphError
 from scorer.model.card import ELEMENT_TYPES, OUTPUT_KINDS, GraphInput
 from scorer.model.graph import CalibratorParams, calibration_stage
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT
+from scorer.storage import foreign_errors
 
 LOGIT_OUTPUT = "intent_logit"
 PREFIX = "intent_scorer/"
@@ -84,13 +85,13 @@ class ScoreOutput:
 def read_graph(path: str | Path) -> ForeignGraph:
     """Read an ONNX file; refuse external data files and operator domains onnxruntime lacks."""
     path = Path(path)
-    try:
+    with foreign_errors(str(path), "cannot read", error=ForeignGraphError):
         data = path.read_bytes()
+    # protobuf's DecodeError and onnx's own exceptions are undocumented: any is a bad file.
+    with foreign_errors(
+        str(path), "not an ONNX model", error=ForeignGraphError, foreign=(Exception,)
+    ):
         model = onnx.load_from_string(data)
-    except OSError as exc:
-        raise ForeignGraphError(f"{path}: cannot read: {exc}") from exc
-    except Exception as exc:  # protobuf's DecodeError and onnx's own, undocumented
-        raise ForeignGraphError(f"{path}: not an ONNX model: {exc}") from exc
     for tensor in _initializers(model.graph):
         if tensor.data_location == TensorProto.EXTERNAL:
             where = {entry.key: entry.value for entry in tensor.external_data}.get("location", "?")

@@ -41,6 +41,7 @@ from scorer.model.encode import (
 )
 from scorer.model.foreign_feed import ForeignFeed
 from scorer.model.interface import CALIBRATED_OUTPUT, RAW_OUTPUT, session_options
+from scorer.storage import foreign_errors
 
 _OUTPUT_NAMES = (RAW_OUTPUT, CALIBRATED_OUTPUT)
 _DICTIONARY_STRING = pa.dictionary(pa.int32(), pa.string())
@@ -348,12 +349,13 @@ def load_model(
             f"{model_dir / GRAPH_FILE}: sha256 {card.sha256} is not the model this run verified "
             f"({expected_sha256})"
         )
-    try:
+    # onnxruntime raises its own, undocumented exception types: any of them is the graph's fault.
+    with foreign_errors(
+        str(model_dir), "onnxruntime cannot load model.onnx", error=ModelError, foreign=(Exception,)
+    ):
         session = onnxruntime.InferenceSession(
             graph, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
-    except Exception as exc:  # onnxruntime raises its own, undocumented exception types
-        raise ModelError(f"{model_dir}: onnxruntime cannot load model.onnx: {exc}") from exc
     _check_graph_matches_card(model_dir, card, session)
     return IntentModel(model_dir, card, session, {CARD_FILE: card_bytes, GRAPH_FILE: graph})
 

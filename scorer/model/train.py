@@ -78,6 +78,7 @@ from scorer.model.sessions import (
     bundled_sessions_path,
 )
 from scorer.partitions import DATE_KEY
+from scorer.storage import foreign_errors
 
 BUNDLED_DESCRIPTION = "bundled real sessions (UCI Online Shoppers Purchasing Intention)"
 SPLITS = (("train", 0.6), ("calibration", 0.2), ("test", 0.2))
@@ -170,11 +171,14 @@ def read_labelled(
         return data, "an in-memory table"
     path = bundled_sessions_path() if data is None else Path(data)
     described = str(path) if data is not None else BUNDLED_DESCRIPTION
-    try:
+    with foreign_errors(
+        str(path),
+        "cannot read labelled sessions",
+        error=TrainingDataError,
+        foreign=(pa.ArrowException,),
+    ):
         dataset = ds.dataset(path, format="parquet", partitioning="hive")
         table = dataset.to_table(filter=_days_filter(dataset, path, since, until))
-    except (OSError, pa.ArrowException) as exc:
-        raise TrainingDataError(f"{path}: cannot read labelled sessions: {exc}") from exc
     if since or until:
         described += f" (dt {since or '...'} to {until or '...'})"
     if table.num_rows == 0:
@@ -190,10 +194,10 @@ def join_late_labels(
     without a session too); a key labelled twice is an error naming it. Rows come out in key
     order, so the seeded splits do not depend on how the join was scheduled."""
     path = Path(labels_path)
-    try:
+    with foreign_errors(
+        str(path), "cannot read labels", error=TrainingDataError, foreign=(pa.ArrowException,)
+    ):
         table = ds.dataset(path, format="parquet", partitioning="hive").to_table()
-    except (OSError, pa.ArrowException) as exc:
-        raise TrainingDataError(f"{path}: cannot read labels: {exc}") from exc
     for column, of in ((key, path), (label, path)):
         if column not in table.column_names:
             raise TrainingDataError(f"{of}: no column {column!r} in the labels")

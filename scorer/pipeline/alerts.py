@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 from scorer.config import MonitorConfig, MonitorMetric
 from scorer.partitions import DATE_KEY
 from scorer.pipeline.layout import CALIBRATION, DRIFT, run_table_relpath
-from scorer.storage import Location, storage_errors
+from scorer.storage import Location, foreign_errors
 
 CALIBRATED = "intent_calibrated"
 
@@ -188,7 +188,7 @@ def score_hint(input_uri: str, model: str | None) -> RecalibrateHint:
 def read_run_table(output: Location, table: str, run_id: str) -> pa.Table | None:
     """One run's ``table`` (``layout.run_table_relpath``); None when the run wrote none."""
     where = output.child(run_table_relpath(table, run_id))
-    with storage_errors(where.uri, "cannot read"):
+    with foreign_errors(where.uri, "cannot read"):
         if output.filesystem.get_file_info(where.path).type == pafs.FileType.NotFound:
             return None
         # One file, read as one: `pq.read_table` goes through pyarrow.dataset, whose import

@@ -59,7 +59,7 @@ from scorer.pipeline.day_selection import (
     selected_days,
 )
 from scorer.pipeline.plan import FailedInput, InputFile
-from scorer.storage import storage_errors
+from scorer.storage import foreign_errors
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -315,7 +315,7 @@ def _exact_days(
     unsure = [g for g, picked in chosen.items() if picked is None or not picked.one_day]
     if not unsure:
         return exact
-    with storage_errors(f.path, "cannot read"):
+    with foreign_errors(f.path, "cannot read"):
         parquet = pq.ParquetFile(f.path, filesystem=filesystem)
         for group in unsure:
             data = parquet.read_row_group(group, columns=[source.column])

@@ -69,7 +69,7 @@ from scorer.pipeline.tables import (
     pause,
     table_schema,
 )
-from scorer.storage import Location, storage_errors, translated
+from scorer.storage import Location, foreign_errors, translated
 
 if TYPE_CHECKING:  # imported where used: 0.1 s that a Parquet run need not pay
     from deltalake import DeltaTable
@@ -217,7 +217,7 @@ class ScoresTable:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        with storage_errors(self.location.uri, "cannot read the Delta log"):
+        with foreign_errors(self.location.uri, "cannot read the Delta log"):
             try:
                 return DeltaTable(self.uri, storage_options=self.storage_options)
             except TableNotFoundError:

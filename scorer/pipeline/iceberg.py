@@ -64,7 +64,7 @@ from scorer.pipeline.tables import (
     pause,
     table_schema,
 )
-from scorer.storage import Location, redact, storage_errors, translated
+from scorer.storage import Location, foreign_errors, redact, translated
 
 if TYPE_CHECKING:  # imported where used: a Parquet run need not pay for pyiceberg
     from pyiceberg.catalog import Catalog
@@ -388,7 +388,7 @@ class IcebergScores:
     ) -> Iterator[None]:
         """A catalog or object store that fails (unreachable database, driver not installed,
         denied) becomes a StorageError naming the table and the catalog, its secrets redacted
-        (``storage_errors``); what the publish handles itself (a commit another writer won, a
+        (``foreign_errors``); what the publish handles itself (a commit another writer won, a
         table not made yet) and ``passes`` go through."""
         from pyiceberg.exceptions import (
             CommitFailedException,
@@ -412,7 +412,7 @@ class IcebergScores:
         )
         not_installed: tuple[type[BaseException], ...] = (NotInstalledError, ModuleNotFoundError)
         with (
-            storage_errors(
+            foreign_errors(
                 f"iceberg.catalog_uri: {where}",
                 "cannot load the catalog's driver",
                 error=ConfigError,
@@ -420,7 +420,7 @@ class IcebergScores:
                 passes=handled,
                 advice="install it, e.g. psycopg2-binary for PostgreSQL",
             ),
-            storage_errors(
+            foreign_errors(
                 where,
                 f"{doing} the catalog",
                 foreign=(Exception,),

@@ -44,7 +44,7 @@ import pyarrow.fs as pafs
 from scorer.config import OutputFormat
 from scorer.errors import ScorerError, ShardError
 from scorer.partitions import HIVE_NULL
-from scorer.storage import Location, storage_errors
+from scorer.storage import Location, foreign_errors
 
 if TYPE_CHECKING:
     from scorer.pipeline.plan import Shard
@@ -218,11 +218,11 @@ class OutputLayout:
             buffer = pa.BufferOutputStream()
             yield buffer
             data = buffer.getvalue()
-            with storage_errors(self.uri(shard.output_relpath), "cannot write", error=ShardError):
+            with foreign_errors(self.uri(shard.output_relpath), "cannot write", error=ShardError):
                 with fs.open_output_stream(path) as out:
                     out.write(data)
             return
-        with storage_errors(path, "cannot write", error=ShardError):
+        with foreign_errors(path, "cannot write", error=ShardError):
             fs.create_dir(path.rpartition("/")[0], recursive=True)
             sink = fs.open_output_stream(path)
         try:
@@ -284,7 +284,7 @@ def read_json_record(
 def list_files(
     fs: pafs.FileSystem, path: str, *, recursive: bool, where: str
 ) -> list[pafs.FileInfo]:
-    with storage_errors(where, "cannot list"):
+    with foreign_errors(where, "cannot list"):
         selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
         infos: list[pafs.FileInfo] = fs.get_file_info(selector)
     return infos
@@ -292,12 +292,12 @@ def list_files(
 
 def delete_files(fs: pafs.FileSystem, paths: list[str]) -> None:
     for path in paths:
-        with storage_errors(path, "cannot delete", missing_ok=True):
+        with foreign_errors(path, "cannot delete", missing_ok=True):
             fs.delete_file(path)
 
 
 def delete_dir(fs: pafs.FileSystem, path: str) -> None:
-    with storage_errors(path, "cannot delete", missing_ok=True):
+    with foreign_errors(path, "cannot delete", missing_ok=True):
         fs.delete_dir(path)
 
 

@@ -46,7 +46,7 @@ import psutil
 
 from scorer.errors import ConfigError, LockError, LockLostError, StorageError
 from scorer.pipeline.layout import LOCK, OutputLayout, now_iso
-from scorer.storage import Location, storage_errors
+from scorer.storage import Location, foreign_errors
 
 LEASE_ENV = "SCORER_LOCK_LEASE_S"
 DEFAULT_LEASE_S = 60.0
@@ -400,7 +400,7 @@ class _LocalStore:
         self.folder = os.path.dirname(path)
 
     def read(self) -> tuple[bytes, object] | None:
-        with storage_errors(self.uri, "cannot read"):
+        with foreign_errors(self.uri, "cannot read"):
             try:
                 with open(self.path, "rb") as f:
                     data = f.read()
@@ -411,7 +411,7 @@ class _LocalStore:
     def create(self, data: bytes) -> object | None:
         staged = self._stage(data)
         try:
-            with storage_errors(self.uri, "cannot write", passes=(FileExistsError,)):
+            with foreign_errors(self.uri, "cannot write", passes=(FileExistsError,)):
                 os.link(staged, self.path)
         except FileExistsError:
             return None
@@ -422,7 +422,7 @@ class _LocalStore:
     def replace(self, data: bytes, version: object) -> object | None:
         staged = self._stage(data)
         try:
-            with storage_errors(self.uri, "cannot write"), self._flocked():
+            with foreign_errors(self.uri, "cannot write"), self._flocked():
                 current = self.read()
                 if current is None or current[1] != version:
                     return None
@@ -433,7 +433,7 @@ class _LocalStore:
                 os.unlink(staged)
 
     def delete(self, version: object) -> None:
-        with storage_errors(self.uri, "cannot delete"), self._flocked():
+        with foreign_errors(self.uri, "cannot delete"), self._flocked():
             current = self.read()
             if current is not None and current[1] == version:
                 os.unlink(self.path)
@@ -535,4 +535,4 @@ class _S3Store:
     def _errors(self, doing: str) -> AbstractContextManager[None]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        return storage_errors(self.uri, doing, foreign=(BotoCoreError, ClientError))
+        return foreign_errors(self.uri, doing, foreign=(BotoCoreError, ClientError))

@@ -93,7 +93,7 @@ from scorer.pipeline.layout import (
     temp_relpath,
 )
 from scorer.pipeline.plan import InputFile, Piece, Shard
-from scorer.storage import Location, storage_errors
+from scorer.storage import Location, foreign_errors
 
 
 def options_digest(key_column: str, keep: Iterable[str]) -> str:
@@ -380,7 +380,7 @@ class Manifest:
         self.fence()
         # A Delta table's files stay: its current version serves readers until the new one.
         for relpath in (COMMITS,) if self.published else (COMMITS, SCORES):
-            with storage_errors(self.layout.uri(relpath), "cannot delete"):
+            with foreign_errors(self.layout.uri(relpath), "cannot delete"):
                 fs.delete_dir_contents(self.layout.path(relpath), missing_dir_ok=True)
         delete_files(fs, [self.layout.path(OUTPUT_STATE)])
         self._records.clear()
@@ -560,7 +560,7 @@ class Manifest:
         final_uri = self.layout.uri(shard.output_relpath)
         temp = self.layout.temp_path_for(shard, run_id)
         temp_missing = (ShardError, "the shard's temporary output is missing")
-        with storage_errors(final_uri, "cannot commit", missing=temp_missing):
+        with foreign_errors(final_uri, "cannot commit", missing=temp_missing):
             if self.layout.writes_direct:
                 if fs.get_file_info(temp).type != pafs.FileType.File:
                     raise ShardError(f"{final_uri}: the shard's staged output was not written")
@@ -592,7 +592,7 @@ class Manifest:
         if self.layout.writes_direct:
             # Committed: now visible. A crash before the copy leaves the record and the staged
             # file, which the next run's cleanup copies into place (`_roll_forward`).
-            with storage_errors(final_uri, "cannot copy into place"):
+            with foreign_errors(final_uri, "cannot copy into place"):
                 fs.copy_file(temp, final)
         return record
 
@@ -645,7 +645,7 @@ class Manifest:
             if final in present:
                 continue
             staged = self.layout.path(temp_relpath(record.run_id, record.output_relpath))
-            with storage_errors(self.layout.uri(record.output_relpath), "cannot copy into place"):
+            with foreign_errors(self.layout.uri(record.output_relpath), "cannot copy into place"):
                 if fs.get_file_info(staged).type != pafs.FileType.File:
                     continue  # not staged either: its file was deleted after it committed
                 fs.copy_file(staged, final)
@@ -683,7 +683,7 @@ class Manifest:
         self.fence()
         fs = self.layout.location.filesystem
         payload = json.dumps(data, indent=1, sort_keys=True).encode()
-        with storage_errors(self.layout.uri(relpath), "cannot write"):
+        with foreign_errors(self.layout.uri(relpath), "cannot write"):
             if self.layout.writes_direct:
                 with fs.open_output_stream(self.layout.path(relpath)) as out:
                     out.write(payload)

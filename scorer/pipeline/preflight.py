@@ -7,7 +7,7 @@ committed (``check_day_folders``).
 
 The score files carry the key column (and every `--keep` column) in the type each input file
 has it. Readers of a scores folder take those files as one table, so the types must union. What
-unions was measured with pyarrow 26 and DuckDB (tests/test_preflight.py keeps the facts):
+unions was measured with pyarrow 26 and DuckDB (tests/pipeline/test_preflight.py keeps the facts):
 
 - string, large_string, string_view and dictionaries of strings: read as one string column by
   `pyarrow.dataset`, `pq.read_table` and DuckDB's `read_parquet`, in any file order. Allowed.

@@ -19,7 +19,7 @@ from scorer.pipeline.delta import ScoresTable, check_location
 from scorer.pipeline.iceberg import IcebergScores, check_output
 from scorer.pipeline.layout import TABLE_LOGS
 from scorer.pipeline.tables import ScoresTableFormat
-from scorer.storage import Location, storage_errors
+from scorer.storage import Location, foreign_errors
 
 __all__ = ["check_format", "open_table"]
 
@@ -51,7 +51,7 @@ def check_format(output: Location, config: JobConfig) -> None:
         if table_format is config.format:
             continue
         folder = output.child(log)
-        with storage_errors(folder.uri, "cannot read"):
+        with foreign_errors(folder.uri, "cannot read"):
             is_table = output.filesystem.get_file_info(folder.path).type == pafs.FileType.Directory
         if is_table:
             raise OutputConflictError(

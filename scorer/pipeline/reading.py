@@ -62,6 +62,7 @@ from scorer.pipeline.ranges import (
     group_ranges,
 )
 from scorer.pipeline.shipping import ActorSettings
+from scorer.storage import foreign_errors
 
 Run = list[list[pa.RecordBatch]]
 """The batches of a run of small files read by one task, a list per file."""
@@ -405,12 +406,8 @@ class ShardReader:
         remote = source.remote
         assert remote is not None
         self._fetch(source, group)
-        try:
+        with foreign_errors(piece.input_path, f"cannot read row group {group} from object storage"):
             ranges = [future.result() for future in remote.fetched.pop(group)]
-        except OSError as exc:
-            raise StorageError(
-                f"{piece.input_path}: cannot read row group {group} from object storage: {exc}"
-            ) from exc
         view = RangeFile(remote.file, remote.size, ranges, remote.counts)
         parquet = pq.ParquetFile(
             pa.PythonFile(view, mode="r"),

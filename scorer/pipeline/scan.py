@@ -41,7 +41,7 @@ from scorer.partitions import (
 from scorer.pipeline.footers import file_fingerprint, read_footer, row_group_bytes, row_group_rows
 from scorer.pipeline.limits import check_row_groups
 from scorer.pipeline.plan import FailedInput, InputFile
-from scorer.storage import Location, storage_errors
+from scorer.storage import Location, foreign_errors
 
 
 def scan_inputs(
@@ -164,7 +164,7 @@ def _discover(location: Location) -> list[_Candidate]:
     """INPUT's Parquet files in relpath order, each file once: of the relpaths that reach one
     file (symlinks, a folder linked beside its target), the first."""
     root = location.path.rstrip("/") or "/"
-    with storage_errors(location.uri, "cannot list"):
+    with foreign_errors(location.uri, "cannot list"):
         if location.is_local:
             parent, listed = _list_local(root, location.uri)
         else:

@@ -31,7 +31,7 @@ from scorer.errors import StorageError
 from scorer.pipeline.layout import SCORES, is_scorer_file, partition_folders, partition_values
 from scorer.pipeline.manifest import CommitRecord
 from scorer.pipeline.plan import Plan
-from scorer.storage import Location, credential_env, storage_errors
+from scorer.storage import Location, credential_env, foreign_errors
 
 PAUSE_ENV = "SCORER_PAUSE_AT"
 """Test hook only: the driver stops itself (SIGSTOP) at the named point of a publish, ``publish``
@@ -101,7 +101,7 @@ def committed_files(output: Location, records: list[CommitRecord]) -> list[pafs.
     """The records' files as they are on storage (size, modification time), in order; a
     StorageError when one is missing: a table must never name an absent file."""
     paths = [output.child(r.output_relpath).path for r in records]
-    with storage_errors(output.child(SCORES).uri, "cannot publish"):
+    with foreign_errors(output.child(SCORES).uri, "cannot publish"):
         infos = output.filesystem.get_file_info(paths) if paths else []
     missing = [r.output_relpath for r, i in zip(records, infos) if i.type != pafs.FileType.File]
     if missing:
@@ -129,7 +129,7 @@ def table_schema(output: Location, relpath: str, keys: list[str]) -> pa.Schema:
     """A score file's schema as a table's: dictionaries as their values, plus the hive keys as
     string columns, in folder order."""
     location = output.child(relpath)
-    with storage_errors(location.uri, "cannot read"):
+    with foreign_errors(location.uri, "cannot read"):
         with output.filesystem.open_input_file(location.path) as f:
             schema = pq.read_schema(f)
     fields = [
