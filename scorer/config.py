@@ -64,7 +64,7 @@ DEFAULT_SHARD_ROWS = 1_000_000
 DEFAULT_MAX_ATTEMPTS = 3  # per shard, the first included (docs/backfills.md)
 DEFAULT_THREADS_PER_ACTOR = 1
 DEFAULT_CPUS_PER_ACTOR = 1.0
-# Object storage (measured through a latency proxy, README "Sizing"): row groups of a shard
+# Object storage (measured through a latency proxy, docs/object-storage.md): row groups of a shard
 # fetched ahead of the one decoded, and ranged reads an actor has in flight at most.
 DEFAULT_READ_AHEAD = 2
 DEFAULT_REQUESTS_IN_FLIGHT = 8

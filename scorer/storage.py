@@ -152,7 +152,7 @@ class Location:
         """What names the file at ``path`` (a path on this location's filesystem) however it is
         reached: ``file://`` and its resolved absolute path locally (symlinks followed), else the
         scheme, the endpoint where one is set, and the bucket and key. Two roots that reach one
-        file give it one identity; two files never share one (README: "What identifies a file")."""
+        file give it one identity; two files never share one (docs/input.md, "What identifies a file")."""
         if self.is_local:
             return f"file://{os.path.realpath(path)}"
         parts = urlsplit(self.uri)

@@ -7,7 +7,7 @@ a batch without invalid rows, costs two reductions per numeric column for valida
 A row's status is `ok` or the reason of the first failing column in the card's input order:
 `missing:<col>` (null), `not_finite:<col>` (NaN or ±inf, or beyond float32, which the graph
 takes: ±inf there), `out_of_range:<col>` (outside the card's min/max). A null key comes before
-every input: `missing:<key column>` (README "Scores"), so a row nobody can join back is never
+every input: `missing:<key column>` (docs/output.md), so a row nobody can join back is never
 scored. A categorical value outside the vocabulary is not an error: it is fed as "unseen"
 (index `len(vocabulary)`, weight 0) and counted. Invalid rows are fed zeros; the model nulls their
 scores.

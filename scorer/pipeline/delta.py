@@ -30,7 +30,7 @@ never writes onto a published name: with Delta a shard's file is ``<today's name
 ``--overwrite`` drops the records but not the files, superseding drops records and only files never
 published, and orphan cleanup spares every file a retained version may reference: the current
 version's, and those of runs named in the log's commits (``intent-scorer.runs``). Such files go
-with ``DeltaTable.vacuum`` (README). Nothing under ``_delta_log/`` is ever deleted by the scorer.
+with ``DeltaTable.vacuum`` (docs/delta.md). Nothing under ``_delta_log/`` is ever deleted by the scorer.
 
 Schema: the score files' (dictionary-encoded columns as their value type) plus the input's hive
 keys as string partition columns, in folder order; a day column's scores are written in ``dt=``

@@ -188,7 +188,7 @@ def _identified(
     progress: Progress | None = None,
 ) -> list[InputFile | FailedInput]:
     """The inputs under the names their scores go by, once the records of earlier releases
-    name files as this one does (README: "What identifies a file"); a dry run changes nothing
+    name files as this one does (docs/input.md, "What identifies a file"); a dry run changes nothing
     on storage (``on_storage=False``)."""
     doubles = manifest.adopt_identities(context.input)
     manifest.drop(doubles, on_storage=on_storage)

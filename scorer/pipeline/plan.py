@@ -15,7 +15,7 @@ relpath). Its *relpath*, its path below INPUT led by INPUT's own trailing ``key=
 (so that scoring ``sessions/dt=2026-11-27`` and scoring ``sessions`` partition that day's files
 alike), is only the name its scores go by: ``scan.with_output_names`` keeps the name a file was
 committed under before, and gives a file whose natural name another file's scores hold a name of
-its own (README: "What identifies a file").
+its own (docs/input.md, "What identifies a file").
 """
 
 from __future__ import annotations

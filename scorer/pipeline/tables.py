@@ -4,7 +4,7 @@ A table format's log (Delta) or catalog (Iceberg) decides what readers of ``OUTP
 the shard protocol of ``manifest`` is unchanged under it. The visibility unit is the run: at its
 end one commit makes the table's current version hold exactly the files the commit records name
 (of the scorer's files; others' are left alone), so that a publish replayed after a crash at any
-point adds nothing twice (README "Scores as a Delta Lake table", docs/iceberg.md).
+point adds nothing twice (docs/delta.md, docs/iceberg.md).
 
 What this module holds, for ``delta`` and ``iceberg`` alike, below both: what a publish is
 (``ScoresTableFormat``, ``Publication``), which files a publish adds and removes, the committed

@@ -121,7 +121,7 @@ def test_the_run_evaluated_is_recorded_and_reads_with_the_score_runs_calibration
     assert table.column(SCORED_RUN_IDS).to_pylist() == [runs] * table.num_rows
     assert table.schema.metadata[b"scorer.evaluate.labels"] == str(labels).encode()
     assert evaluation.run_id[:8].isdigit() and evaluation.run_id not in runs
-    # Every calibration file of OUTPUT together, as the README's query reads them.
+    # Every calibration file of OUTPUT together, as docs/monitoring.md's query reads them.
     read = duckdb.sql(
         f"SELECT DISTINCT run_id, {SCORED_RUN_IDS} IS NULL AS scored "
         f"FROM read_parquet('{output}/calibration/*/*.parquet', hive_partitioning = true, "

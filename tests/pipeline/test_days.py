@@ -43,7 +43,7 @@ def _score(*args: str) -> dict:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    """The README walkthrough's store, smaller: 14 nights, 1.5% conversion, page_value zeroed on
+    """The store of docs/night.md, smaller: 14 nights, 1.5% conversion, page_value zeroed on
     one night; in dt= folders, labelled."""
     root = tmp_path_factory.mktemp("walk") / "store"
     generate(

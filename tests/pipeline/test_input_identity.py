@@ -1,4 +1,4 @@
-"""What identifies an input file (README: "What identifies a file"): where it is, not its path
+"""What identifies an input file (docs/input.md, "What identifies a file"): where it is, not its path
 below INPUT. Nightly folders without ``key=value`` names into one OUTPUT keep every night; one
 file reached through another root, a folder symlink or a symlink loop is scored once; a commit
 record counts only while its score file exists; OUTPUTs of 0.2.0 resume without rescoring.

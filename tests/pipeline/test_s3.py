@@ -192,7 +192,7 @@ def test_worker_processes_read_and_write_s3_with_the_credentials_they_are_sent(
 
 
 def test_objects_of_one_name_under_two_nightly_prefixes_keep_both_nights(endpoint, lake):
-    """A file is identified by its bucket and key (README: "What identifies a file"): each night's
+    """A file is identified by its bucket and key (docs/input.md, "What identifies a file"): each night's
     ``part-0.parquet`` is a file of its own, and a rerun of either night skips it."""
     table = pq.read_table("lake/sessions", filesystem=lake, partitioning=None).slice(0, 2_000)
     for night, offset in (("2026-11-27", 0), ("2026-11-28", 1_000_000)):
