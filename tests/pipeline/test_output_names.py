@@ -4,8 +4,8 @@ dispatch included."""
 
 from __future__ import annotations
 
-import pyarrow as pa
 import pytest
+from support.inputs import synthetic
 
 from scorer.config import OUTPUT_FORMATS, JobConfig, OutputFormat, load_config
 from scorer.errors import ConfigError
@@ -21,24 +21,7 @@ from scorer.pipeline.layout import (
     shard_output_relpath,
 )
 from scorer.pipeline.packing import plan_shards, split_off, with_quick_head
-from scorer.pipeline.plan import InputFile
 from scorer.pipeline.retry import Failure, split_poison
-
-
-def _file(relpath: str, rg_rows: list[int]) -> InputFile:
-    """An InputFile as a footer would describe it: planning reads nothing else."""
-    return InputFile(
-        path=f"/in/{relpath}",
-        identity=f"file:///in/{relpath}",
-        relpath=relpath,
-        partition=(),
-        size=1,
-        mtime_ns=1,
-        fingerprint="f1",
-        row_group_rows=tuple(rg_rows),
-        row_group_bytes=tuple(10 * r for r in rg_rows),
-        schema=pa.schema([]),
-    )
 
 
 def test_a_shard_name_is_built_and_parsed_back_by_layout():
@@ -61,7 +44,7 @@ def test_a_table_run_names_every_shard_it_writes_once_the_cut_ones_too():
     """The plan names shards for the run; shards cut from them (the quick head, a poison file
     split off at dispatch) keep the run's name, so no file of a table run has a published
     name. Renaming after planning left the shards cut at dispatch with plain names."""
-    files = [_file(f"dt=1/f{i}.parquet", [10, 10]) for i in range(3)]
+    files = [synthetic(f"dt=1/f{i}.parquet", [10, 10]) for i in range(3)]
     plan = plan_shards(files, 100, run_id="R1")
     (shard,) = plan.shards
     assert file_run(shard.output_relpath) == "R1"
