@@ -378,10 +378,14 @@ def recalibrated(model: onnx.ModelProto, calibrator: CalibratorParams) -> onnx.M
         for out in (RAW_OUTPUT, CALIBRATED_OUTPUT, LOGIT_OUTPUT)
     )
     helper.set_model_props(result, {**_props(model), "calibration": calibrator.method})
-    try:
+    # onnx's ValidationError and shape inference's errors, which onnx does not document.
+    with foreign_errors(
+        "the composed graph",
+        "does not pass onnx's checker",
+        error=ForeignGraphError,
+        foreign=(Exception,),
+    ):
         onnx.checker.check_model(result, full_check=True)
-    except Exception as exc:  # onnx's ValidationError and shape inference's errors
-        raise ForeignGraphError(f"the composed graph does not pass onnx's checker: {exc}") from exc
     return result
 
 

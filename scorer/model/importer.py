@@ -70,6 +70,7 @@ from scorer.model.train import (
     split_rows,
     write_model,
 )
+from scorer.storage import foreign_errors
 
 AUTO = "auto"
 CALIBRATION_CHOICES = (AUTO, *CALIBRATION_METHODS)
@@ -309,17 +310,20 @@ def _check_parity(
     graph: ForeignGraph, output: ScoreOutput, model: IntentModel, table: pa.Table
 ) -> None:
     """The composed graph's score must be the original file's, bit for bit, on every row."""
-    try:
+    # onnxruntime raises its own, undocumented exception types: any of them is the graph's fault.
+    where = str(graph.path)
+    unknown = (Exception,)
+    with foreign_errors(
+        where, "onnxruntime cannot load it", error=ForeignGraphError, foreign=unknown
+    ):
         original = onnxruntime.InferenceSession(
             graph.data, sess_options=session_options(), providers=["CPUExecutionProvider"]
         )
-    except Exception as exc:  # onnxruntime raises its own, undocumented exception types
-        raise ForeignGraphError(f"{graph.path}: onnxruntime cannot load it: {exc}") from exc
     feed = model.graph_feed(table)
-    try:
+    with foreign_errors(
+        where, "onnxruntime cannot run it", error=ForeignGraphError, foreign=unknown
+    ):
         (theirs,) = original.run([output.name], feed)
-    except Exception as exc:
-        raise ForeignGraphError(f"{graph.path}: onnxruntime cannot run it: {exc}") from exc
     expected = original_score(theirs, output)
     wanted = RAW_OUTPUT if output.kind == "probability" else "intent_logit"
     (ours,) = model.session.run([wanted], feed)
